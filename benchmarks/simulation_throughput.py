@@ -1,0 +1,49 @@
+"""Simulation throughput: images per hour at the paper and CPU presets, 1 vs 2 dask workers.
+
+Run: ``python benchmarks/simulation_throughput.py [--structures N] [--presets cpu paper]``.
+For each worker count one LocalCluster is started and warmed up with one structure per worker
+(FFTW planning, imports), as a long-lived worker would be; then N structures (3 images each)
+are generated and timed. Prints images/hour and the 2-worker / 1-worker ratio measured in this
+same invocation (the machine is shared: compare ratios, not absolute numbers across runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+from distributed import Client, LocalCluster
+
+from segdepth.generate import PRESETS, generate_dataset
+
+ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+def images_per_hour(params, n_structures: int, workers: int) -> float:
+    with LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=":0", env=ENV) as cluster, \
+            Client(cluster) as client, tempfile.TemporaryDirectory() as tmp:
+        generate_dataset(params, f"{tmp}/warm", n_structures=workers, client=client, progress=False)
+        t0 = time.perf_counter()
+        generate_dataset(params.with_(seed=params.seed + 1), f"{tmp}/timed", n_structures=n_structures,
+                         client=client, progress=False)
+        dt = time.perf_counter() - t0
+    return 3600 * n_structures * params.n_defocus / dt
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--structures", type=int, default=4, help="structures per timed run")
+    ap.add_argument("--presets", nargs="+", default=["cpu", "paper"], choices=sorted(PRESETS))
+    args = ap.parse_args(argv)
+    for name in args.presets:
+        params = PRESETS[name].with_(structures_per_shard=1, n_defocus=3)
+        rate = {w: images_per_hour(params, args.structures, w) for w in (1, 2)}
+        for w, r in rate.items():
+            print(f"{name:6s} {params.gpts}->{params.image_shape} px, {w} worker(s): {r:7.0f} images/hour", flush=True)
+        print(f"{name:6s} ratio 2 workers / 1 worker: {rate[2] / rate[1]:.2f}x", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

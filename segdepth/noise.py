@@ -1,0 +1,87 @@
+"""Shot noise of eq. (1): ``x ~ Poisson(lambda * c) / lambda``.
+
+The clean image ``c`` is normalised so that vacuum is 1; ``lambda`` is then the
+mean number of electrons per pixel in vacuum. ``E[x] = c`` and
+``Var[x] = c / lambda``, so the signal-to-noise ratio of a pixel is
+``sqrt(lambda * c)`` (eq. 2 of the paper).
+
+Both functions take an explicit random generator; nothing here seeds a global
+state. The numpy version never imports torch and the torch version never
+imports numpy's random state.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+__all__ = ["check_lambda", "poisson_noise", "poisson_noise_torch"]
+
+
+def check_lambda(lam) -> None:
+    """Raise ``ValueError`` unless every dose ``lam`` is a finite positive number."""
+    arr = np.asarray(lam, dtype=float) if not hasattr(lam, "detach") else lam.detach().cpu().numpy()
+    if arr.size == 0 or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        raise ValueError(f"lam (dose lambda, electrons per pixel in vacuum) must be finite and > 0, got {lam!r}")
+
+
+def _check_clean(clean: np.ndarray) -> None:
+    if not np.all(np.isfinite(clean)):
+        raise ValueError("clean image contains NaN or inf")
+    if np.any(clean < 0):
+        raise ValueError("clean image must be non-negative (it is an intensity)")
+
+
+def poisson_noise(clean, lam, *, rng: np.random.Generator) -> np.ndarray:
+    """Draw a noisy image ``Poisson(lam * clean) / lam``.
+
+    Parameters
+    ----------
+    clean : array_like
+        Clean intensity, vacuum = 1 [dimensionless].
+    lam : float or array_like
+        Dose: mean electron count per pixel in vacuum [e/pixel]. Broadcast
+        against ``clean`` (one value per sample is allowed).
+    rng : numpy.random.Generator
+        Source of randomness (keyword-only, required).
+
+    Returns
+    -------
+    numpy.ndarray
+        Float32 noisy image with the shape of ``clean``.
+    """
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError("rng must be a numpy.random.Generator (use numpy.random.default_rng(seed))")
+    check_lambda(lam)
+    clean = np.asarray(clean, dtype=np.float64)
+    _check_clean(clean)
+    lam = np.asarray(lam, dtype=np.float64)
+    counts = rng.poisson(lam * clean)
+    return (counts / lam).astype(np.float32)
+
+
+def poisson_noise_torch(clean, lam, *, generator=None):
+    """Torch version of :func:`poisson_noise` (works on CPU and GPU tensors).
+
+    Parameters
+    ----------
+    clean : torch.Tensor
+        Clean intensity, vacuum = 1.
+    lam : float or torch.Tensor
+        Dose [e/pixel]; a tensor broadcastable to ``clean`` (for example shape
+        ``(batch, 1, 1, 1)``) gives every sample its own dose.
+    generator : torch.Generator, optional
+        Source of randomness; pass one for reproducible noise.
+    """
+    import torch
+
+    check_lambda(lam)
+    if not torch.isfinite(clean).all():
+        raise ValueError("clean image contains NaN or inf")
+    if (clean < 0).any():
+        raise ValueError("clean image must be non-negative (it is an intensity)")
+    lam_t = torch.as_tensor(lam, dtype=clean.dtype, device=clean.device)
+    rate = (clean * lam_t).expand_as(clean) if lam_t.ndim else clean * lam_t
+    counts = torch.poisson(rate.contiguous(), generator=generator)
+    return counts / lam_t

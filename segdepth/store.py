@@ -1,0 +1,186 @@
+"""Dataset store: netCDF shards written atomically, opened together as one dataset.
+
+A dataset is a directory holding ``parameters.json`` (the full generation
+parameters) and shards ``shard_00000.nc``, ``shard_00001.nc``, ... Each shard is
+written to a temporary file in the same directory and renamed into place, so
+a killed job never leaves a readable half-written shard; a re-run skips shards
+that exist. A directory made with other parameters is refused rather than
+mixed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from . import __version__
+
+__all__ = [
+    "git_commit",
+    "write_netcdf_atomic",
+    "write_json_atomic",
+    "prepare_directory",
+    "shard_path",
+    "finished_shards",
+    "open_dataset",
+    "provenance_attrs",
+]
+
+SHARD_GLOB = "shard_*.nc"
+
+
+def git_commit() -> str:
+    """The repository's current commit hash, or ``"unknown"`` outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def provenance_attrs(parameters: dict, seed: int) -> dict:
+    """Dataset attributes: parameters as JSON, package version, git commit and seed."""
+    return {
+        "parameters": json.dumps(parameters, sort_keys=True),
+        "segdepth_version": __version__,
+        "git_commit": git_commit(),
+        "seed": int(seed),
+    }
+
+
+def _atomic(path: Path, write) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def write_netcdf_atomic(ds: xr.Dataset, path, *, compress: bool = True) -> Path:
+    """Write ``ds`` to ``path`` (netCDF4) via a temporary file and a rename."""
+    encoding = {}
+    if compress:
+        for name, var in ds.data_vars.items():
+            if var.dtype.kind in "fiub":
+                encoding[name] = {"zlib": True, "complevel": 1}
+    return _atomic(Path(path), lambda tmp: ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding))
+
+
+def write_json_atomic(obj, path) -> Path:
+    """Write ``obj`` as indented JSON via a temporary file and a rename."""
+
+    def write(tmp):
+        with open(tmp, "w") as fh:
+            json.dump(obj, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+
+    return _atomic(Path(path), write)
+
+
+def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += _diff_keys(va, vb, prefix + k + ".")
+        elif va != vb:
+            keys.append(prefix + k)
+    return keys
+
+
+def prepare_directory(directory, parameters: dict) -> Path:
+    """Create ``directory`` for a dataset made with ``parameters``, or check it matches.
+
+    Raises
+    ------
+    ValueError
+        If the directory already holds a dataset made with other parameters.
+    """
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"output path {directory} exists and is not a directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    pfile = directory / "parameters.json"
+    canonical = json.loads(json.dumps(parameters, sort_keys=True))
+    if pfile.exists():
+        existing = json.loads(pfile.read_text())
+        if existing != canonical:
+            diff = ", ".join(_diff_keys(existing, canonical)) or "?"
+            raise ValueError(
+                f"output path {directory} holds a dataset made with different parameters "
+                f"(differing: {diff}); choose another output path or delete it"
+            )
+    else:
+        if any(directory.glob(SHARD_GLOB)):
+            raise ValueError(f"output path {directory} holds shards but no parameters.json; refusing to mix")
+        write_json_atomic(canonical, pfile)
+    return directory
+
+
+def shard_path(directory, index: int) -> Path:
+    return Path(directory) / f"shard_{index:05d}.nc"
+
+
+def finished_shards(directory) -> list[int]:
+    """Indices of the complete shards in ``directory`` (temporary files are ignored)."""
+    out = []
+    for p in sorted(Path(directory).glob(SHARD_GLOB)):
+        try:
+            out.append(int(p.stem.split("_")[1]))
+        except (IndexError, ValueError):
+            continue
+    return out
+
+
+def open_dataset(directory, *, load: bool = False) -> xr.Dataset:
+    """Open every shard of a dataset directory as one dataset along ``sample``.
+
+    Parameters
+    ----------
+    directory : path
+        Dataset directory (or a single ``.nc`` file).
+    load : bool
+        Load everything into memory (otherwise lazily, with dask).
+    """
+    directory = Path(directory)
+    if directory.is_file():
+        return xr.load_dataset(directory) if load else xr.open_dataset(directory)
+    paths = sorted(directory.glob(SHARD_GLOB))
+    if not paths:
+        raise FileNotFoundError(f"no dataset shards ({SHARD_GLOB}) in {directory}")
+    if load:
+        parts = [xr.load_dataset(p) for p in paths]
+        ds = xr.concat(parts, dim="sample", data_vars="minimal", coords="minimal", compat="override")
+    else:
+        ds = xr.open_mfdataset(
+            paths, combine="nested", concat_dim="sample", data_vars="minimal", coords="minimal", compat="override"
+        )
+    ds.attrs = dict(ds.attrs)
+    ds.attrs["n_shards"] = len(paths)
+    return ds
+
+
+def as_str_coord(values) -> np.ndarray:
+    return np.asarray([str(v) for v in values], dtype=object)

@@ -1,0 +1,366 @@
+"""Atomic models of CeO2 nanoparticle surfaces viewed along [110].
+
+The orthogonal CeO2 cell used here has x = [1-10] (3.826 A), y = [001]
+(5.411 A) and z = [110] (3.826 A, the beam direction). It holds 2 Ce and 4 O
+atoms; every projected column is pure Ce or pure O and holds one atom per
+3.826 A along the beam, so a column of ``n`` atoms is ``n`` cells thick.
+
+A nanoparticle model is an island of crystal inside a vacuum margin. Its
+right-hand side (+x) is the (1-10) surface under study, seen edge-on, with a
+``flat``, ``sawtooth`` or ``stepped`` profile along y; the other sides are flat
+(001) and (-110) facets. The number of atoms per column follows a bulk
+thickness that thins gradually (a wedge) towards every edge of the island, with
+optional random +-1 roughness and random oxygen vacancies. Every random choice
+comes from an explicit :class:`numpy.random.Generator`.
+
+References
+----------
+Leibovich et al., "Atomic Depth Estimation From Noisy Electron Microscopy Data
+Via Deep Learning" (CeO2 surface models, Sec. III).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from ase import Atoms
+from ase.spacegroup import crystal
+
+__all__ = [
+    "LATTICE_CONSTANT",
+    "SURFACES",
+    "MAX_ATOMS",
+    "ParticleSpec",
+    "Structure",
+    "ceo2_110_cell",
+    "projected_columns",
+    "build_particle",
+    "random_particle_spec",
+]
+
+LATTICE_CONSTANT = 5.411  # CeO2 fluorite [A]
+SURFACES = ("flat", "sawtooth", "stepped")
+MAX_ATOMS = 10
+Z_CE, Z_O = 58, 8
+
+_PERIOD_X = LATTICE_CONSTANT / np.sqrt(2)  # [1-10] repeat, 3.826 A
+_PERIOD_Y = LATTICE_CONSTANT  # [001] repeat
+_PERIOD_Z = LATTICE_CONSTANT / np.sqrt(2)  # [110] repeat (beam)
+
+
+def ceo2_110_cell(a: float = LATTICE_CONSTANT) -> Atoms:
+    """Orthogonal CeO2 cell with [110] along z (2 Ce + 4 O).
+
+    Built from the fluorite crystal (space group 225, Ce at (0,0,0), O at
+    (1/4,1/4,1/4)) by rotating into x = [1-10], y = [001], z = [110], wrapping
+    and removing duplicates.
+
+    Parameters
+    ----------
+    a : float
+        Cubic lattice constant [A].
+    """
+    bulk = crystal(["Ce", "O"], basis=[(0, 0, 0), (0.25, 0.25, 0.25)], spacegroup=225, cellpar=[a, a, a, 90, 90, 90])
+    bulk = bulk.repeat((2, 2, 2))
+    pos = bulk.get_positions()
+    u = (pos[:, 0] - pos[:, 1]) / np.sqrt(2)
+    v = pos[:, 2]
+    w = (pos[:, 0] + pos[:, 1]) / np.sqrt(2)
+    lx, ly, lz = a / np.sqrt(2), a, a / np.sqrt(2)
+    new = np.stack([np.mod(u, lx), np.mod(v, ly), np.mod(w, lz)], axis=1)
+    new[np.isclose(new, [lx, ly, lz], atol=1e-6)] = 0.0
+    new = np.round(new, 6)
+    keys, index = np.unique(np.round(new, 4), axis=0, return_index=True)
+    numbers = bulk.numbers[index]
+    cell = Atoms(numbers=numbers, positions=new[index], cell=[lx, ly, lz], pbc=True)
+    if sorted(cell.get_chemical_symbols()) != ["Ce"] * 2 + ["O"] * 4:
+        raise RuntimeError("CeO2 [110] cell construction failed")  # pragma: no cover
+    return cell
+
+
+def projected_columns(a: float = LATTICE_CONSTANT) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Projected column positions of one [110] cell.
+
+    Returns
+    -------
+    xy : ndarray, shape (6, 2)
+        Column positions in the cell [A].
+    z_offset : ndarray, shape (6,)
+        Height of the column's atom inside the 3.826 A repeat [A].
+    numbers : ndarray, shape (6,)
+        Atomic numbers (58 Ce, 8 O).
+    """
+    cell = ceo2_110_cell(a)
+    pos = cell.get_positions()
+    return pos[:, :2].copy(), pos[:, 2].copy(), cell.numbers.copy()
+
+
+@dataclass(frozen=True)
+class ParticleSpec:
+    """Geometry of one nanoparticle-surface model.
+
+    Parameters
+    ----------
+    extent : tuple of float
+        Size of the simulation cell in x and y [A].
+    surface : str
+        Profile of the (1-10) surface: ``"flat"``, ``"sawtooth"`` or ``"stepped"``.
+    thickness : int
+        Bulk thickness, atoms per column (1-10) away from the edges.
+    vacuum : float
+        Minimum vacuum between the crystal and the cell edges [A] (>= 10).
+    surface_position : float
+        Mean x of the studied surface [A].
+    x_start, y_start, y_stop : float
+        The other island edges [A].
+    wedge : float
+        Width over which the thickness ramps up from the edges [A].
+    amplitude : float
+        Peak-to-peak depth of sawtooth teeth / total height of steps [A].
+    period : float
+        Period of the sawtooth / width of a terrace along y [A].
+    phase : float
+        Offset of the profile along y [A].
+    roughness : float
+        Probability of a +-1 atom change per column.
+    vacancy_rate : float
+        Probability that any O atom is missing.
+    """
+
+    extent: tuple[float, float]
+    surface: str = "flat"
+    thickness: int = 6
+    vacuum: float = 10.0
+    surface_position: float | None = None
+    x_start: float | None = None
+    y_start: float | None = None
+    y_stop: float | None = None
+    wedge: float = 6.0
+    amplitude: float = 4.0
+    period: float = 10.0
+    phase: float = 0.0
+    roughness: float = 0.0
+    vacancy_rate: float = 0.0
+    edge_wedge: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad parameter."""
+        if self.surface not in SURFACES:
+            raise ValueError(f"surface must be one of {SURFACES}, got {self.surface!r}")
+        if isinstance(self.thickness, bool) or not isinstance(self.thickness, (int, np.integer)):
+            raise ValueError(f"thickness must be an integer number of atoms (1-{MAX_ATOMS}), got {self.thickness!r}")
+        if not 1 <= self.thickness <= MAX_ATOMS:
+            raise ValueError(f"thickness must be within 1-{MAX_ATOMS} atoms per column, got {self.thickness}")
+        if not self.vacuum >= 10.0:
+            raise ValueError(f"vacuum must be >= 10 A (the potential is periodic), got {self.vacuum}")
+        if not 0.0 <= self.vacancy_rate <= 1.0:
+            raise ValueError(f"vacancy_rate must be within 0-1, got {self.vacancy_rate}")
+        if not 0.0 <= self.roughness <= 1.0:
+            raise ValueError(f"roughness must be within 0-1, got {self.roughness}")
+        if self.wedge < 0:
+            raise ValueError(f"wedge must be >= 0 A, got {self.wedge}")
+        if self.period <= 0:
+            raise ValueError(f"period must be > 0 A, got {self.period}")
+        ex, ey = self.extent
+        if min(ex, ey) <= 2 * self.vacuum:
+            raise ValueError(f"extent {self.extent} A leaves no room for crystal inside {self.vacuum} A of vacuum")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["extent"] = list(d["extent"])
+        return d
+
+
+@dataclass
+class Structure:
+    """An atomic model with its projected column table.
+
+    Attributes
+    ----------
+    atoms : ase.Atoms
+        All atoms, positions in the physical frame [A] (the image pixel ``i``
+        centre is at ``(i + 0.5) * sampling``).
+    column_x, column_y : ndarray
+        Projected column centres [A].
+    column_Z : ndarray
+        Atomic number of each column (58 Ce or 8 O).
+    column_count : ndarray
+        Atoms actually present in each column (vacancies removed; >= 1).
+    spec : ParticleSpec
+        The geometry it was built from.
+    """
+
+    atoms: Atoms
+    column_x: np.ndarray
+    column_y: np.ndarray
+    column_Z: np.ndarray
+    column_count: np.ndarray
+    spec: ParticleSpec
+
+    @property
+    def n_columns(self) -> int:
+        return int(self.column_x.size)
+
+
+def _surface_profile(spec: ParticleSpec, y: np.ndarray) -> np.ndarray:
+    """x position of the studied surface as a function of y [A]."""
+    s0 = spec.surface_position
+    t = (y - spec.phase) / spec.period
+    if spec.surface == "flat":
+        return np.full_like(y, s0, dtype=float)
+    if spec.surface == "sawtooth":
+        tri = 2.0 * np.abs(t - np.floor(t + 0.5))  # 0..1 triangle wave
+        return s0 + spec.amplitude * (tri - 0.5)
+    # stepped: terraces of width `period`, rising by `amplitude / n_steps` per terrace,
+    # the staircase going up and back down so that the island stays compact
+    n_steps = 3
+    k = np.floor(t).astype(int)
+    level = np.abs(((k + n_steps) % (2 * n_steps)) - n_steps)  # 0..n_steps..0
+    return s0 + spec.amplitude * (level / n_steps - 0.5)
+
+
+def build_particle(spec: ParticleSpec, *, rng: np.random.Generator) -> Structure:
+    """Build the atoms and column table of a nanoparticle-surface model.
+
+    Parameters
+    ----------
+    spec : ParticleSpec
+        Geometry (validated here; bad values raise ``ValueError``).
+    rng : numpy.random.Generator
+        Source of randomness for roughness and vacancies.
+    """
+    spec.validate()
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError("rng must be a numpy.random.Generator")
+    ex, ey = spec.extent
+    vac = spec.vacuum
+    s0 = spec.surface_position if spec.surface_position is not None else 0.6 * ex
+    spec = _replace(spec, surface_position=s0)
+    x0 = spec.x_start if spec.x_start is not None else vac
+    y0 = spec.y_start if spec.y_start is not None else vac
+    y1 = spec.y_stop if spec.y_stop is not None else ey - vac
+    x0, y0, y1 = max(x0, vac), max(y0, vac), min(y1, ey - vac)
+
+    xy, zoff, numbers = projected_columns()
+    nx = int(np.ceil(ex / _PERIOD_X)) + 1
+    ny = int(np.ceil(ey / _PERIOD_Y)) + 1
+    ix, iy = np.meshgrid(np.arange(nx), np.arange(ny), indexing="ij")
+    cx = (ix.ravel()[:, None] * _PERIOD_X + xy[None, :, 0]).ravel()
+    cy = (iy.ravel()[:, None] * _PERIOD_Y + xy[None, :, 1]).ravel()
+    cz = np.tile(zoff, ix.size)
+    cZ = np.tile(numbers, ix.size)
+
+    surf = np.minimum(_surface_profile(spec, cy), ex - vac)
+    inside = (cx >= x0) & (cx <= surf) & (cy >= y0) & (cy <= y1)
+    cx, cy, cz, cZ, surf = cx[inside], cy[inside], cz[inside], cZ[inside], surf[inside]
+
+    # thickness: bulk value, thinning linearly towards the edges over `wedge`
+    dist = surf - cx
+    if spec.edge_wedge:  # the other facets thin over half the wedge width
+        dist = np.minimum.reduce([dist, 2 * (cx - x0), 2 * (cy - y0), 2 * (y1 - cy)])
+    ramp = np.ones_like(dist) if spec.wedge == 0 else np.clip((dist + _PERIOD_X / 2) / spec.wedge, 0.0, 1.0)
+    count = np.ceil(spec.thickness * ramp - 1e-9).astype(int)
+    if spec.roughness > 0:
+        bump = rng.choice([-1, 0, 1], size=count.size, p=[spec.roughness / 2, 1 - spec.roughness, spec.roughness / 2])
+        count = count + bump
+    count = np.clip(count, 1, MAX_ATOMS)
+
+    # stack atoms along the beam, centred on the slab mid-plane
+    n_max = int(count.max()) if count.size else 1
+    positions, zs = [], []
+    for x, y, z, n in zip(cx, cy, cz, count):
+        k0 = (n_max - n) // 2
+        zcol = z + _PERIOD_Z * (k0 + np.arange(n))
+        positions.append(np.column_stack([np.full(n, x), np.full(n, y), zcol]))
+        zs.append(np.full(n, 0))
+    pos = np.concatenate(positions) if positions else np.zeros((0, 3))
+    col_index = np.repeat(np.arange(count.size), count)
+    Z = np.repeat(cZ, count)
+
+    if spec.vacancy_rate > 0:
+        keep = ~((Z == Z_O) & (rng.random(Z.size) < spec.vacancy_rate))
+        pos, Z, col_index = pos[keep], Z[keep], col_index[keep]
+    present = np.bincount(col_index, minlength=count.size)
+    has_atoms = present > 0
+
+    atoms = Atoms(numbers=Z, positions=pos, cell=[ex, ey, max(n_max * _PERIOD_Z, _PERIOD_Z)], pbc=True)
+    return Structure(
+        atoms=atoms,
+        column_x=cx[has_atoms].astype(np.float64),
+        column_y=cy[has_atoms].astype(np.float64),
+        column_Z=cZ[has_atoms].astype(np.uint8),
+        column_count=present[has_atoms].astype(np.uint8),
+        spec=spec,
+    )
+
+
+def _replace(spec: ParticleSpec, **changes) -> ParticleSpec:
+    d = asdict(spec)
+    d.update(changes)
+    d["extent"] = tuple(d["extent"])
+    return ParticleSpec(**d)
+
+
+def random_particle_spec(
+    extent: tuple[float, float],
+    *,
+    rng: np.random.Generator,
+    surfaces: tuple[str, ...] = SURFACES,
+    thickness_range: tuple[int, int] = (3, 10),
+    vacuum: float = 10.0,
+    vacancy_max: float = 0.0,
+    vacancy_probability: float = 0.5,
+) -> ParticleSpec:
+    """Draw a varied particle geometry: outline, thickness profile, vacuum fraction, vacancies.
+
+    Parameters
+    ----------
+    extent : tuple of float
+        Cell size [A].
+    rng : numpy.random.Generator
+        Source of randomness.
+    surfaces : tuple of str
+        Surface types to choose from (uniformly).
+    thickness_range : tuple of int
+        Inclusive range of the bulk thickness [atoms per column], within 1-10.
+    vacuum : float
+        Vacuum margin at the cell edges [A].
+    vacancy_max : float
+        Upper bound of the O vacancy rate; a structure gets a rate drawn
+        uniformly in [0, vacancy_max] with probability ``vacancy_probability``.
+    """
+    lo, hi = thickness_range
+    if not (1 <= lo <= hi <= MAX_ATOMS):
+        raise ValueError(f"thickness_range must satisfy 1 <= lo <= hi <= {MAX_ATOMS}, got {thickness_range}")
+    for s in surfaces:
+        if s not in SURFACES:
+            raise ValueError(f"surface must be one of {SURFACES}, got {s!r}")
+    ex, ey = extent
+    inner_x = ex - 2 * vacuum
+    inner_y = ey - 2 * vacuum
+    if inner_x <= 4 or inner_y <= 4:
+        raise ValueError(f"extent {extent} A is too small for {vacuum} A of vacuum on each side")
+    # fraction of the inner area that is vacuum beyond the surface: 10-45 %
+    surface_position = vacuum + inner_x * rng.uniform(0.55, 0.9)
+    x_start = vacuum + inner_x * rng.uniform(0.0, 0.1)
+    y_start = vacuum + inner_y * rng.uniform(0.0, 0.1)
+    y_stop = ey - vacuum - inner_y * rng.uniform(0.0, 0.1)
+    rate = float(rng.uniform(0, vacancy_max)) if (vacancy_max > 0 and rng.random() < vacancy_probability) else 0.0
+    return ParticleSpec(
+        extent=(float(ex), float(ey)),
+        surface=str(rng.choice(list(surfaces))),
+        thickness=int(rng.integers(lo, hi + 1)),
+        vacuum=float(vacuum),
+        surface_position=float(surface_position),
+        x_start=float(x_start),
+        y_start=float(y_start),
+        y_stop=float(y_stop),
+        wedge=float(rng.uniform(0.0, 8.0)),
+        amplitude=float(rng.uniform(2.0, 0.3 * inner_x)),
+        period=float(rng.uniform(4.0, max(5.0, 0.6 * inner_y))),
+        phase=float(rng.uniform(0.0, 10.0)),
+        roughness=float(rng.choice([0.0, 0.1, 0.25])),
+        vacancy_rate=rate,
+    )

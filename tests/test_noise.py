@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from segdepth.noise import poisson_noise, poisson_noise_torch
+
+
+@pytest.mark.parametrize("lam", [0.1, 2.5, 40.0])
+def test_numpy_noise_moments(lam):
+    clean = np.full((400, 400), 1.3)
+    x = poisson_noise(clean, lam, rng=np.random.default_rng(0))
+    # E[x] = c, Var[x] = c / lambda (eq. 1-2)
+    assert x.mean() == pytest.approx(1.3, rel=0.02)
+    assert x.var() == pytest.approx(1.3 / lam, rel=0.03)
+    # values are counts / lambda
+    assert np.allclose(np.round(x * lam), x * lam, atol=1e-3)
+
+
+def test_torch_noise_moments_and_per_sample_dose():
+    clean = torch.full((2, 1, 300, 300), 0.8)
+    lam = torch.tensor([1.0, 10.0]).view(2, 1, 1, 1)
+    g = torch.Generator().manual_seed(0)
+    x = poisson_noise_torch(clean, lam, generator=g)
+    assert x.shape == clean.shape
+    for i, l in enumerate([1.0, 10.0]):
+        assert x[i].mean().item() == pytest.approx(0.8, rel=0.02)
+        assert x[i].var().item() == pytest.approx(0.8 / l, rel=0.05)
+
+
+def test_same_seed_same_noise():
+    clean = np.random.default_rng(3).uniform(0.5, 1.5, (64, 64))
+    a = poisson_noise(clean, 2.5, rng=np.random.default_rng(7))
+    b = poisson_noise(clean, 2.5, rng=np.random.default_rng(7))
+    c = poisson_noise(clean, 2.5, rng=np.random.default_rng(8))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    t = torch.as_tensor(clean)
+    ta = poisson_noise_torch(t, 2.5, generator=torch.Generator().manual_seed(1))
+    tb = poisson_noise_torch(t, 2.5, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(ta, tb)
+
+
+@pytest.mark.parametrize("lam", [0, -1.0, float("nan"), float("inf")])
+def test_bad_lambda(lam):
+    with pytest.raises(ValueError, match="lam"):
+        poisson_noise(np.ones((4, 4)), lam, rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="lam"):
+        poisson_noise_torch(torch.ones(4, 4), lam)
+
+
+def test_bad_clean_and_rng():
+    with pytest.raises(ValueError, match="NaN"):
+        poisson_noise(np.array([1.0, np.nan]), 1.0, rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="rng"):
+        poisson_noise(np.ones(3), 1.0, rng=0)

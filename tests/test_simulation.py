@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase import Atoms
+
+from segdepth.simulation import PAPER_SAMPLING, check_grid, simulate_images
+from segdepth.structures import ParticleSpec, Structure
+
+GPTS = 512  # the smallest grid used in tests; sampling stays at the paper's 0.0265 A
+EXT = GPTS * PAPER_SAMPLING
+
+
+def _structure(atoms: Atoms) -> Structure:
+    e = np.zeros(0)
+    return Structure(atoms, e, e, e.astype(np.uint8), e.astype(np.uint8), ParticleSpec(extent=(EXT, EXT)))
+
+
+def test_empty_cell_is_one():
+    im = simulate_images(_structure(Atoms(cell=[EXT, EXT, 4.0], pbc=True)), [50.0], gpts=GPTS)
+    assert im.shape == (1, GPTS // 2, GPTS // 2)
+    assert np.allclose(im, 1.0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_defocus_sign_bright_columns_at_overfocus():
+    # a 5-atom Ce column at the cell centre: bright at overfocus (C10 > 0) with C3 < 0
+    c = EXT / 2
+    atoms = Atoms("Ce5", positions=[(c, c, 3.826 * k) for k in range(5)], cell=[EXT, EXT, 20.0], pbc=True)
+    over, under = simulate_images(_structure(atoms), [50.0, -50.0], gpts=GPTS)
+    i = GPTS // 4  # pixel holding the column
+    centre_over = over[i - 1 : i + 1, i - 1 : i + 1].mean()
+    centre_under = under[i - 1 : i + 1, i - 1 : i + 1].mean()
+    assert centre_over > 1.2 > centre_under
+    # the brightest pixel of the overfocus image is at the column (no axis swap)
+    iy, ix = np.unravel_index(np.argmax(over), over.shape)
+    assert abs(iy - i) <= 2 and abs(ix - i) <= 2
+    # flux is conserved up to aperture losses
+    assert 0.9 < over.mean() <= 1.0 + 1e-3
+
+
+@pytest.mark.parametrize(
+    "gpts, sampling, binning, word",
+    [
+        (512, 0.053, 2, "coarser"),
+        (510, PAPER_SAMPLING, 4, "divisible by the binning"),
+        (520, PAPER_SAMPLING, 2, "label_factor"),
+        (0, PAPER_SAMPLING, 2, "gpts"),
+    ],
+)
+def test_bad_grid(gpts, sampling, binning, word):
+    with pytest.raises(ValueError, match=word):
+        check_grid(gpts, sampling, binning)
