@@ -8,7 +8,7 @@ STAMP := $(VENV)/.segdepth-installed
 TORCH := torch==2.13.0
 RUN_NB := $(PY) -m segdepth.notebook
 
-.PHONY: all venv test test-fast reproduce data notebooks lint sync benchmark clean
+.PHONY: all venv test test-fast reproduce data train evaluate reproduce-evaluate lint sync benchmark clean
 
 all: reproduce
 
@@ -38,10 +38,26 @@ sync: $(STAMP)
 data: $(STAMP)
 	$(RUN_NB) notebooks/01_data_generation.py
 
-reproduce: data
+# Step 02: train the shipped model (base 16, lambda 2.5) on a training set made by 01 with
+# `-p output data/simulated/cpu_train -p n_structures 96 -p n_defocus 4 -p seed 0` (see README).
+train: $(STAMP)
+	$(RUN_NB) notebooks/02_training.py
+
+# Step 03: Table I, Figs. 1, 6, 7, 8 on the test split of the training set (committed results).
+evaluate: $(STAMP)
+	$(RUN_NB) notebooks/03_evaluation.py
+
+# Step 03 on the small dataset of step 01 with the shipped model; writes under */reproduce/.
+reproduce-evaluate: $(STAMP)
+	$(RUN_NB) notebooks/03_evaluation.py -o notebooks/executed/03_evaluation_reproduce.ipynb \
+		-p data data/simulated/nb01_cpu -p results data/results/reproduce/evaluation_lam2.5.nc \
+		-p examples data/results/reproduce/evaluation_examples_lam2.5.nc \
+		-p table data/results/reproduce/table1_lam2.5.md -p figure_prefix figures/reproduce/
+
+reproduce: data reproduce-evaluate
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/simulation_throughput.py
 
 clean:
-	rm -rf notebooks/executed data/simulated/nb01_* .pytest_cache
+	rm -rf notebooks/executed data/simulated/nb01_* data/results/reproduce figures/reproduce .pytest_cache

@@ -1,34 +1,103 @@
-"""Notebooks executed by papermill on tiny parameters; assertions are on the files they write."""
+"""Notebooks executed by papermill on tiny parameters; assertions are on the files they write.
+
+The chain is the user's: 01 simulates a tiny dataset, 02 trains a tiny network on it, 03 evaluates
+that network on the test split recorded in its model card.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import xarray as xr
 
+from segdepth.modelio import load_model
 from segdepth.notebook import run_notebook
 from segdepth.store import open_dataset
 
 NB = Path(__file__).resolve().parents[1] / "notebooks"
 
 
-@pytest.mark.slow
-def test_01_data_generation(tmp_path):
-    out = tmp_path / "sim"
-    fig = tmp_path / "fig3.png"
+@pytest.fixture(scope="module")
+def nb01(tmp_path_factory):
+    """Notebook 01 at the tiny preset: 4 structures x 2 overfocus values, in-process."""
+    root = tmp_path_factory.mktemp("nb")
+    out, fig = root / "sim", root / "fig3.png"
     run_notebook(
         NB / "01_data_generation.py",
-        tmp_path / "01.ipynb",
-        {"preset": "tiny", "n_structures": 2, "n_defocus": 2, "workers": 0, "output": str(out),
+        root / "01.ipynb",
+        {"preset": "tiny", "n_structures": 4, "n_defocus": 2, "workers": 0, "output": str(out),
          "figure": str(fig), "n_show": 2, "seed": 5},
     )
-    ds = open_dataset(out, load=True)
-    assert ds.sizes["sample"] == 4 and ds.sizes["y"] == 512
+    return root
+
+
+@pytest.fixture(scope="module")
+def nb02(nb01):
+    """Notebook 02 on that dataset: a narrow 6-scale UNet, two short epochs."""
+    root = nb01
+    run_notebook(
+        NB / "02_training.py",
+        root / "02.ipynb",
+        {"data": str(root / "sim"), "base_channels": 4, "head_channels": [8, 8], "epochs": 2, "crop": 128,
+         "batch_size": 2, "steps_per_epoch": 2, "split": [0.5, 0.25, 0.25], "patience": 5,
+         "checkpoint_dir": str(root / "ckpt"), "model_out": str(root / "model.safetensors"),
+         "history_out": str(root / "history.nc"), "figure": str(root / "history.png"), "max_minutes": 0},
+    )
+    return root
+
+
+@pytest.mark.slow
+def test_01_data_generation(nb01):
+    ds = open_dataset(nb01 / "sim", load=True)
+    assert ds.sizes["sample"] == 8 and ds.sizes["y"] == 512
     assert json.loads(ds.attrs["parameters"])["seed"] == 5
+    fig = nb01 / "fig3.png"
     assert fig.exists() and fig.stat().st_size > 10_000
-    executed = json.loads((tmp_path / "01.ipynb").read_text())
+    executed = json.loads((nb01 / "01.ipynb").read_text())
     assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in executed["cells"])
+
+
+@pytest.mark.slow
+def test_02_training_writes_model_card_and_history(nb02):
+    model, card = load_model(nb02 / "model.safetensors")
+    assert card["architecture"]["base_channels"] == 4
+    assert card["architecture"]["head_channels"] == [8, 8]
+    assert card["lam"] == 2.5
+    ds = open_dataset(nb02 / "sim")
+    test_structures = set(card["split"]["test_structures"])
+    assert test_structures and test_structures < set(ds.structure.values.tolist())
+    h = xr.load_dataset(nb02 / "history.nc")
+    assert h.sizes["epoch"] == 2 and np.all(np.isfinite(h.train_loss.values))
+    assert (nb02 / "history.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_03_evaluation_uses_the_test_split_and_writes_figures(nb02):
+    root = nb02
+    _, card = load_model(root / "model.safetensors")
+    ds = open_dataset(root / "sim")
+    n_test = int(np.isin(ds.structure.values, card["split"]["test_structures"]).sum())
+    run_notebook(
+        NB / "03_evaluation.py",
+        root / "03.ipynb",
+        {"data": str(root / "sim"), "models": [str(root / "model.safetensors")], "saliency_lams": [1.0, 10.0],
+         "results": str(root / "eval.nc"), "examples": str(root / "examples.nc"),
+         "table": str(root / "table1.md"), "figure_prefix": str(root) + "/"},
+    )
+    r = xr.load_dataset(root / "eval.nc")
+    assert r.sizes["model"] == 1 and r.attrs["lam"] == 2.5
+    for name in ("pixelwise_accuracy", "center_accuracy", "real_atom_detection_rate", "hallucination_rate"):
+        assert 0.0 <= r[name].item() <= 1.0
+    # the confusion matrix counts every label pixel of exactly the test samples
+    assert int(r.confusion.sum()) == n_test * ds.sizes["label_y"] * ds.sizes["label_x"]
+    assert "| paper | 64 |" in (root / "table1.md").read_text()
+    for name in ("fig1_depth_confidence", "fig6_confusion", "fig7_calibration", "fig8_saliency"):
+        assert (root / f"{name}.png").stat().st_size > 10_000, name
+    ex = xr.load_dataset(root / "examples.nc")
+    assert ex.saliency_lam.sizes["lam"] == 2 and float(ex.saliency_column.max()) > 0
 
 
 def test_notebooks_have_parameters_cell_and_pair():

@@ -44,7 +44,7 @@ def test_defocus_sign_bright_columns_at_overfocus():
     [
         (512, 0.053, 2, "coarser"),
         (510, PAPER_SAMPLING, 4, "divisible by the binning"),
-        (520, PAPER_SAMPLING, 2, "label_factor"),
+        (516, PAPER_SAMPLING, 2, "label_factor"),
         (0, PAPER_SAMPLING, 2, "gpts"),
     ],
 )

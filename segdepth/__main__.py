@@ -1,0 +1,7 @@
+"""``python -m segdepth``: see :mod:`segdepth.cli`."""
+
+from __future__ import annotations
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,172 @@
+"""Command line: ``python -m segdepth <command> ...``.
+
+Commands
+--------
+``predict INPUT --out OUT.nc``
+    Depth map of every frame of an image file (see :mod:`segdepth.io` for the
+    formats) with the default or a given model; writes a netCDF file with
+    ``depth``, ``confidence`` and optionally ``probability`` on the label grid,
+    in Angstrom coordinates that overlay the input.
+
+Every expected problem (unreadable or invalid input, missing model, bad pixel
+size, missing output directory) ends the program with exit code 2 and one line
+``segdepth: error: <message>`` on stderr. The output file is written
+atomically: it is either complete or not there (nor is a partial file left).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["CommandError", "build_parser", "main"]
+
+PROG = "segdepth"
+
+
+class CommandError(Exception):
+    """An expected error: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument parser whose usage errors are one line, like every other error."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        raise CommandError(f"{message} (see '{self.prog} --help')")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _positive_float(text: str, option: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise CommandError(f"{option} must be a positive number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise CommandError(f"{option} must be finite and > 0, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``segdepth`` argument parser, one sub-parser per command."""
+    parser = _Parser(prog=PROG, description="Atomic column depth from noisy HRTEM images (Leibovich et al.).")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    p = commands.add_parser(
+        "predict",
+        help="depth map of an image or image stack",
+        description="Predict the number of atoms in every atomic column of an HRTEM image (or every frame of a "
+        "stack). Formats: .npy, .tif/.tiff, .nc, .dm3/.dm4, .emd, .ser, .mrc.",
+    )
+    p.add_argument("input", metavar="INPUT", help="image file")
+    p.add_argument("--out", "-o", required=True, metavar="OUT.nc", help="output netCDF file (written atomically)")
+    p.add_argument("--model", metavar="PATH", help="model file (.safetensors with its card); default: shipped model")
+    p.add_argument("--pixel-size", metavar="A", help="pixel size of INPUT [Angstrom]; overrides the file's calibration")
+    p.add_argument(
+        "--lambda",
+        dest="lam",
+        metavar="L",
+        help="dose of INPUT [electrons per pixel in vacuum]; recorded, and compared with the model's training dose",
+    )
+    p.add_argument("--probabilities", action="store_true", help="also write the per-pixel depth distribution")
+    p.add_argument("--tile", type=int, default=512, metavar="N", help="tile edge [model pixels] (default 512)")
+    p.add_argument("--overlap", type=int, default=64, metavar="N", help="tile overlap [model pixels] (default 64)")
+    p.add_argument("--batch-size", type=int, default=1, metavar="N", help="tiles per forward pass (default 1)")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
+    p.set_defaults(func=_predict_command)
+    return parser
+
+
+def _check_output(out: Path) -> None:
+    directory = out.parent if str(out.parent) else Path(".")
+    if not directory.is_dir():
+        raise CommandError(f"{directory}: output directory does not exist")
+    if out.is_dir():
+        raise CommandError(f"{out}: is a directory, expected an output file name")
+
+
+def _predict_command(args: argparse.Namespace) -> int:
+    from .io import check_pixel_size, read_image, write_netcdf_atomic
+
+    out = Path(args.out)
+    _check_output(out)
+    pixel_size = None if args.pixel_size is None else check_pixel_size(args.pixel_size, name="--pixel-size")
+    lam = None if args.lam is None else _positive_float(args.lam, "--lambda")
+    limits = (("--tile", args.tile, 1), ("--overlap", args.overlap, 0), ("--batch-size", args.batch_size, 1))
+    for option, value, least in limits:
+        if value < least:
+            raise CommandError(f"{option} must be >= {least}, got {value}")
+
+    image = read_image(args.input, pixel_size=pixel_size)  # validate the input before loading a model
+    from .predict import _image_pixel_size, load_default_model, predict
+
+    _image_pixel_size(image)  # fail fast (before torch is imported) when the pixel size is unknown
+
+    if args.model is None:
+        model, card = load_default_model()
+    else:
+        model_path = Path(args.model)
+        if not model_path.is_file():
+            raise FileNotFoundError(f"{model_path}: model file not found")
+        from .modelio import load_model
+
+        model, card = load_model(model_path)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    ds = predict(
+        image,
+        model,
+        card,
+        tile=args.tile,
+        overlap=args.overlap,
+        lam=lam,
+        return_probabilities=args.probabilities,
+        progress=progress,
+        batch_size=args.batch_size,
+    )
+    ds.attrs["input"] = str(args.input)
+    ds.attrs["model"] = "default" if args.model is None else str(args.model)
+    ds.attrs["command"] = json.dumps(["segdepth", *sys.argv[1:]] if args.argv is None else ["segdepth", *args.argv])
+    write_netcdf_atomic(ds, out)
+    n_frames, n_y, n_x = ds["depth"].shape
+    print(
+        f"{PROG}: wrote {out} ({n_frames} frame{'s' if n_frames != 1 else ''}, {n_y} x {n_x} label pixels of "
+        f"{ds.attrs['label_pixel_size']:.4g} A)"
+    )
+    return 0
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"{PROG}: warning: {_one_line(message)}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code (0 success, 2 expected error)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        args.argv = None if argv is None else list(argv)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.func(args)
+    except (CommandError, ValueError, FileNotFoundError, OSError) as err:
+        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130

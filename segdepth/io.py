@@ -1,0 +1,475 @@
+"""Reading microscope images and writing results.
+
+:func:`read_image` turns a file from a microscope or a simulation into one
+``xarray.DataArray`` with dims ``(frame, y, x)``, float32 intensities and
+coordinates in Angstrom, whatever the format. Every problem with the input is a
+``ValueError`` (or ``FileNotFoundError``) whose one-line message names the file
+and says what is wrong, so that the command line can print it as it is.
+
+Supported formats
+-----------------
+========================  ==============================  ===========================================
+extension                 reader                          pixel size taken from
+========================  ==============================  ===========================================
+``.npy``                  ``numpy.load``                  nowhere (pass ``pixel_size``)
+``.tif``, ``.tiff``       ``tifffile``                    Gatan or ImageJ tags, else resolution tags
+                                                          in cm / mm / um (dots per inch are ignored:
+                                                          they are a printing convention)
+``.nc``                   ``xarray``                      spacing of the ``x`` coordinate (its
+                                                          ``units``; Angstrom when absent)
+``.dm3``, ``.dm4``        ``rsciio.digitalmicrograph``    axes scale and units
+``.emd``                  ``rsciio.emd`` (needs h5py)     axes scale and units
+``.ser``, ``.emi``        ``rsciio.tia``                  axes scale and units
+``.mrc``                  ``rsciio.mrc``                  axes scale and units
+========================  ==============================  ===========================================
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import math
+import numbers
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:  # xarray is imported where it is used: a failing command line stays quick
+    import xarray as xr
+
+__all__ = ["SUPPORTED_EXTENSIONS", "check_pixel_size", "read_image", "write_netcdf_atomic"]
+
+#: Length units understood in file metadata, as their size in Angstrom.
+LENGTH_UNITS = {
+    "a": 1.0, "å": 1.0, "\u212b": 1.0, "ang": 1.0, "angstrom": 1.0, "angstroms": 1.0,
+    "pm": 0.01, "nm": 10.0, "um": 1e4, "µm": 1e4, "μm": 1e4, "micron": 1e4, "microns": 1e4,
+    "mm": 1e7, "cm": 1e8, "m": 1e10,
+}  # fmt: skip
+_NO_UNITS = {"", "<undefined>", "undefined", "px", "pixel", "pixels", "none", "t.b.d."}
+
+_RSCIIO_READERS = {
+    ".dm3": "digitalmicrograph", ".dm4": "digitalmicrograph", ".emd": "emd",
+    ".ser": "tia", ".emi": "tia", ".mrc": "mrc",
+}  # fmt: skip
+SUPPORTED_EXTENSIONS = (".npy", ".tif", ".tiff", ".nc", *_RSCIIO_READERS)
+
+
+class _Unreadable(Exception):
+    """Internal: a reader failed; the message is completed by :func:`read_image`."""
+
+
+def _one_line(text) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def check_pixel_size(pixel_size, *, name: str = "pixel size") -> float:
+    """Return ``pixel_size`` as a float, or raise ``ValueError`` unless it is finite and > 0 [A]."""
+    if isinstance(pixel_size, bool) or not isinstance(pixel_size, numbers.Real | str | np.number):
+        raise ValueError(f"{name} must be a positive number of Angstrom, got {pixel_size!r}")
+    try:
+        value = float(pixel_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive number of Angstrom, got {pixel_size!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be finite and > 0 [A], got {pixel_size!r}")
+    return value
+
+
+def _unit_to_angstrom(units, where: str) -> float | None:
+    """Size of ``units`` in Angstrom; ``None`` when the file gives no length unit."""
+    if units is None:
+        return None
+    if isinstance(units, bytes):
+        units = units.decode("latin-1")
+    text = str(units).strip()
+    if "\\u" in text:  # ImageJ writes Angstrom as the escape "\u00C5"
+        text = text.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    key = text.lower()
+    if key in _NO_UNITS:
+        return None
+    if key.startswith("1/") or "^-1" in key or "⁻¹" in key:
+        raise ValueError(f"{where}: axes are in reciprocal units ({text!r}); expected a real-space image")
+    if key in LENGTH_UNITS:
+        return LENGTH_UNITS[key]
+    raise ValueError(f"{where}: unknown length unit {text!r} for the pixel size; pass pixel_size explicitly")
+
+
+def _scaled(scale, units, where: str) -> float | None:
+    factor = _unit_to_angstrom(units, where)
+    if factor is None or scale is None:
+        return None
+    try:
+        value = float(scale) * factor
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(value) or value <= 0:
+        return None
+    return value
+
+
+def _square(px_y: float | None, px_x: float | None, where: str) -> float | None:
+    if px_x is None or px_y is None:
+        return px_x if px_y is None else px_y
+    if not math.isclose(px_x, px_y, rel_tol=1e-3):
+        raise ValueError(f"{where}: pixels are not square (y {px_y:.6g} A, x {px_x:.6g} A); resample the image first")
+    return px_x
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names):
+    """Silence the readers' own log warnings: their problems reach the caller as one ValueError."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR + 10)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+# --------------------------------------------------------------------- readers
+# Each returns (array, pixel size in A or None, is_rgb: bool | None).
+
+
+def _read_npy(path: Path):
+    try:
+        data = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as err:
+        if any(text in str(err) for text in ("allow_pickle", "Object arrays", "Python objects")):
+            raise ValueError(f"{path}: non-numeric data (object array); expected a numeric image") from None
+        raise _Unreadable(_one_line(err)) from None
+    except Exception as err:  # truncated header, not a .npy file, ...
+        raise _Unreadable(_one_line(err)) from None
+    if not isinstance(data, np.ndarray):
+        raise ValueError(f"{path}: expected a single array in the .npy file")
+    return data, None, None
+
+
+def _tag_value(page, code):
+    tag = page.tags.get(code)
+    return None if tag is None else tag.value
+
+
+def _tiff_pixel_size(tif, page, where: str) -> float | None:
+    # Gatan DigitalMicrograph export: scales in tags 65009 (y) / 65010 (x), units 65003 / 65004.
+    if _tag_value(page, 65010) is not None:
+        px_x = _scaled(_tag_value(page, 65010), _tag_value(page, 65004), where)
+        px_y = _scaled(_tag_value(page, 65009), _tag_value(page, 65003), where)
+        if px_x is not None or px_y is not None:
+            return _square(px_y, px_x, where)
+    xres, yres = _tag_value(page, "XResolution"), _tag_value(page, "YResolution")
+    if not xres or not yres or 0 in (xres[0], yres[0]):
+        return None
+    per_px_x, per_px_y = xres[1] / xres[0], yres[1] / yres[0]  # units per pixel
+    imagej = tif.imagej_metadata or {}
+    if "unit" in imagej:
+        units = imagej["unit"]
+    else:
+        import tifffile
+
+        resunit = _tag_value(page, "ResolutionUnit")
+        units = {
+            tifffile.RESUNIT.CENTIMETER: "cm",
+            tifffile.RESUNIT.MILLIMETER: "mm",
+            tifffile.RESUNIT.MICROMETER: "um",
+        }.get(resunit)  # NONE and INCH (dots per inch) carry no calibration
+    return _square(_scaled(per_px_y, units, where), _scaled(per_px_x, units, where), where)
+
+
+def _read_tiff(path: Path, calibrate: bool):
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            page = series.pages[0] if hasattr(series, "pages") else tif.pages[0]
+            data = series.asarray()
+            is_rgb = getattr(page, "photometric", None) == tifffile.PHOTOMETRIC.RGB
+            pixel_size = None
+            if calibrate:
+                try:
+                    pixel_size = _tiff_pixel_size(tif, page, str(path))
+                except ValueError:
+                    raise
+                except Exception:  # unusual tag values: treat as uncalibrated
+                    pixel_size = None
+    except ValueError as err:
+        if str(err).startswith(str(path)):
+            raise
+        raise _Unreadable(_one_line(err)) from None
+    except Exception as err:
+        raise _Unreadable(_one_line(err)) from None
+    return data, pixel_size, is_rgb
+
+
+def _read_netcdf(path: Path, calibrate: bool):
+    import xarray as xr
+
+    try:
+        with xr.open_dataset(path) as ds:
+            names = list(ds.data_vars)
+            if "image" in names:
+                name = "image"
+            elif len(names) == 1:
+                name = names[0]
+            elif not names:
+                raise ValueError(f"{path}: no data variables in the file (empty, or corrupt or truncated?)")
+            else:
+                raise ValueError(
+                    f"{path}: expected a data variable named 'image' or a single data variable, found {names}"
+                )
+            da = ds[name].load()
+            ds_attrs = dict(ds.attrs)
+    except ValueError as err:
+        if str(err).startswith(str(path)):
+            raise
+        raise _Unreadable(_one_line(err)) from None
+    except Exception as err:
+        raise _Unreadable(_one_line(err)) from None
+    if "y" in da.dims and "x" in da.dims:
+        da = da.transpose(..., "y", "x")
+    where = str(path)
+    pixel_size = None
+    if calibrate:
+        pixel_size = _square(_coord_spacing(da, da.dims[-2], where), _coord_spacing(da, da.dims[-1], where), where)
+    if calibrate and pixel_size is None:
+        for attrs in (da.attrs, ds_attrs):
+            for key in ("pixel_size", "sampling"):
+                value = attrs.get(key)
+                if isinstance(value, numbers.Real | np.number) and np.isfinite(value) and value > 0:
+                    pixel_size = float(value)
+                    break
+            if pixel_size is not None:
+                break
+    if not np.issubdtype(da.dtype, np.number) and da.dtype != bool:
+        raise ValueError(f"{path}: non-numeric data (dtype {da.dtype}); expected a numeric image")
+    return da.values, pixel_size, None
+
+
+def _coord_spacing(da: xr.DataArray, dim, where: str) -> float | None:
+    if dim not in da.coords or da.sizes[dim] < 2:
+        return None
+    coord = da.coords[dim]
+    values = np.asarray(coord.values)
+    if not np.issubdtype(values.dtype, np.number):
+        return None
+    steps = np.diff(values.astype(np.float64))
+    step = float(np.mean(steps))
+    if not np.all(np.isfinite(steps)) or step <= 0 or not np.allclose(steps, step, rtol=1e-3, atol=0):
+        raise ValueError(f"{where}: coordinate {dim!r} is not evenly spaced and increasing")
+    factor = _unit_to_angstrom(coord.attrs.get("units", "A"), where)
+    return None if factor is None else step * factor
+
+
+def _read_rsciio(path: Path, plugin: str, calibrate: bool):
+    try:
+        reader = importlib.import_module(f"rsciio.{plugin}")
+    except ImportError as err:
+        missing = getattr(err, "name", None) or "a dependency"
+        raise ValueError(
+            f"{path}: reading {path.suffix} files needs the Python package {missing!r} (pip install {missing})"
+        ) from None
+    try:
+        signals = reader.file_reader(str(path), lazy=False)
+    except Exception as err:
+        raise _Unreadable(_one_line(err)) from None
+    signals = signals if isinstance(signals, list) else [signals]
+    images = []
+    for signal in signals:
+        data, axes = np.asarray(signal.get("data")), signal.get("axes") or []
+        if data.ndim in (2, 3):
+            images.append((data, axes))
+    if not images:
+        shapes = [np.shape(s.get("data")) for s in signals]
+        raise ValueError(f"{path}: no 2-D image or 3-D image stack in the file (found data of shapes {shapes})")
+    data, axes = images[0]
+    pixel_size = None
+    if len(axes) == data.ndim:
+        axes = sorted(axes, key=lambda ax: ax.get("index_in_array", axes.index(ax)))
+        nav = [bool(ax.get("navigate", False)) for ax in axes]
+        if data.ndim == 3 and nav[-2:] != [False, False]:
+            raise ValueError(f"{path}: the data is not an image stack (its last two axes are not both spatial)")
+        if calibrate:
+            where = str(path)
+            px_y = _scaled(axes[-2].get("scale"), axes[-2].get("units"), where)
+            px_x = _scaled(axes[-1].get("scale"), axes[-1].get("units"), where)
+            pixel_size = _square(px_y, px_x, where)
+    return data, pixel_size, None
+
+
+# ------------------------------------------------------------------ validation
+
+
+def _to_float_frames(data: np.ndarray, path: Path, is_rgb: bool | None) -> np.ndarray:
+    """Check shape and dtype, merge equal RGB channels; return a float32 (frame, y, x) array."""
+    if data.dtype.names:  # structured RGB(A) as written by DigitalMicrograph / rsciio
+        names = [n for n in ("R", "G", "B") if n in data.dtype.names]
+        if len(names) != 3:
+            raise ValueError(f"{path}: non-numeric data (structured dtype {data.dtype}); expected a numeric image")
+        data = np.stack([data[n] for n in names], axis=-1)
+        is_rgb = True
+    kind = data.dtype.kind
+    if kind not in "iuf":
+        what = {"c": "complex", "b": "boolean"}.get(kind, "non-numeric")
+        raise ValueError(f"{path}: {what} data (dtype {data.dtype}); expected a real-valued intensity image")
+    if data.size == 0:
+        raise ValueError(f"{path}: the image is empty (shape {data.shape})")
+    if is_rgb is None:  # guess: a trailing axis of 3 or 4 channels on a real image
+        is_rgb = data.ndim in (3, 4) and data.shape[-1] in (3, 4) and min(data.shape[-3:-1]) > 4
+    if is_rgb:
+        channels = data[..., :3]
+        if channels.shape[-1] == 3 and not (
+            np.array_equal(channels[..., 0], channels[..., 1]) and np.array_equal(channels[..., 0], channels[..., 2])
+        ):
+            raise ValueError(f"{path}: colour (RGB) image with different channels; save the intensity as greyscale")
+        data = data[..., 0]
+    if data.ndim == 2:
+        data = data[np.newaxis]
+    if data.ndim != 3:
+        raise ValueError(f"{path}: expected a 2-D image (y, x) or a 3-D stack (frame, y, x), got shape {data.shape}")
+    if min(data.shape) == 0:
+        raise ValueError(f"{path}: the image is empty (shape {data.shape})")
+    if data.dtype != np.float32:
+        data = data.astype(np.float32)
+    for i in range(data.shape[0]):  # frame by frame: a memory-mapped stack is never loaded whole
+        frame = np.asarray(data[i])
+        what = f"{path}: frame {i}" if data.shape[0] > 1 else f"{path}: the image"
+        if not np.all(np.isfinite(frame)):
+            bad = "NaN" if np.isnan(frame).any() else "infinite values"
+            raise ValueError(f"{what} contains {bad}; expected finite intensities")
+        if not np.any(frame):
+            raise ValueError(f"{what} is all zero")
+        if frame.max() <= 0:
+            raise ValueError(f"{what} is all negative; expected an intensity image (counts >= 0)")
+        if frame.mean(dtype=np.float64) <= 0:
+            raise ValueError(f"{what} has a mean intensity <= 0; expected an intensity image (counts >= 0)")
+    return data
+
+
+def read_image(path, *, pixel_size=None) -> xr.DataArray:
+    """Read an image or image stack from a file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        File to read; the format follows the extension (see the module docstring).
+    pixel_size : float, optional
+        Pixel size [A]. Overrides the file's metadata; needed for formats without any.
+
+    Returns
+    -------
+    xarray.DataArray
+        Float32 intensities with dims ``(frame, y, x)`` (a 2-D image is one frame),
+        coordinates ``y``, ``x`` at pixel centres ``(i + 0.5) * pixel_size`` [A]
+        (absent when the pixel size is unknown) and attributes ``pixel_size``
+        [A] (``None`` when unknown) and ``source`` (the file name).
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``path`` does not exist.
+    ValueError
+        For a directory, an unsupported extension, an unreadable, corrupt or
+        truncated file, non-numeric or complex data, an empty, 1-D or 4-D+
+        array, NaN or infinite values, an all-zero or all-negative frame, an
+        RGB image with different channels or an invalid ``pixel_size``.
+    """
+    path = Path(path)
+    if pixel_size is not None:
+        pixel_size = check_pixel_size(pixel_size)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.is_dir():
+        raise ValueError(f"{path}: is a directory, expected an image file")
+    suffix = path.suffix.lower()
+    calibrate = pixel_size is None  # a given pixel size overrides (and skips) the file's calibration
+    # The readers' log messages and warnings about a file they then fail to read would only
+    # precede our one-line error: silence the logs, and pass warnings on only after a success.
+    with _quiet_loggers("tifffile", "rsciio"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if suffix == ".npy":
+                data, file_pixel_size, is_rgb = _read_npy(path)
+            elif suffix in (".tif", ".tiff"):
+                data, file_pixel_size, is_rgb = _read_tiff(path, calibrate)
+            elif suffix == ".nc":
+                data, file_pixel_size, is_rgb = _read_netcdf(path, calibrate)
+            elif suffix in _RSCIIO_READERS:
+                data, file_pixel_size, is_rgb = _read_rsciio(path, _RSCIIO_READERS[suffix], calibrate)
+            else:
+                supported = ", ".join(SUPPORTED_EXTENSIONS)
+                raise ValueError(f"{path}: unsupported file type {path.suffix!r} (supported: {supported})")
+        except _Unreadable as err:
+            failure = f"could not read the file as {suffix} (corrupt or truncated?): {err}"
+        except PermissionError:
+            failure = "permission denied"
+        else:
+            failure = None
+    if failure is not None:  # raised here, with no chained reader traceback keeping the reader's files open
+        raise ValueError(f"{path}: {failure}")
+    frames = _to_float_frames(data, path, is_rgb)
+    import xarray as xr
+
+    for warning in caught:  # what the readers say about a file they could read (not their resource leaks)
+        if issubclass(warning.category, UserWarning):
+            warnings.warn(f"{path}: {warning.message}", warning.category, stacklevel=2)
+    if pixel_size is None:
+        pixel_size = file_pixel_size
+    coords = {"frame": np.arange(frames.shape[0])}
+    if pixel_size is not None:
+        for dim, n in zip(("y", "x"), frames.shape[1:], strict=True):
+            coords[dim] = xr.Variable(
+                dim, (np.arange(n) + 0.5) * pixel_size, {"units": "Å", "long_name": f"{dim} (pixel centre)"}
+            )
+    return xr.DataArray(
+        frames,
+        dims=("frame", "y", "x"),
+        coords=coords,
+        name="image",
+        attrs={"pixel_size": pixel_size, "source": path.name, "long_name": "intensity"},
+    )
+
+
+def write_netcdf_atomic(ds: xr.Dataset, path) -> Path:
+    """Write ``ds`` to netCDF at ``path`` so that ``path`` is either complete or untouched.
+
+    The dataset goes to a temporary file in the same directory, which then
+    replaces ``path`` (``os.replace`` is atomic on one file system). The
+    temporary file is removed when writing fails.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the directory of ``path`` does not exist.
+    ValueError
+        When ``path`` is a directory.
+    """
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: output directory does not exist")
+    if path.is_dir():
+        raise ValueError(f"{path}: is a directory, expected an output file name")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it ordinary permissions
+        ds.to_netcdf(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path

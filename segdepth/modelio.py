@@ -1,0 +1,207 @@
+"""Saving and loading trained networks: safetensors weights plus a JSON model card.
+
+A saved model is two files side by side::
+
+    models/unet_b16.safetensors   tensors of model.state_dict() (no pickle)
+    models/unet_b16.json          the model card
+
+The card holds ``architecture`` (``UNet.config``, enough to rebuild the
+network) and whatever the caller adds: training dose ``lambda``, pixel size,
+metrics, data set hashes, git commit. Both files are written atomically (temp
+file in the same directory, then :func:`os.replace`), weights first, so a
+reader never sees a half-written file. Loading never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from segdepth.model import UNet
+
+__all__ = ["save_model", "load_model", "card_path"]
+
+WEIGHTS_SUFFIX = ".safetensors"
+CARD_SUFFIX = ".json"
+
+
+def card_path(path: str | os.PathLike) -> Path:
+    """Path of the JSON model card that belongs to the weights file ``path``."""
+    return Path(path).with_suffix(CARD_SUFFIX)
+
+
+def _check_weights_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if path.suffix != WEIGHTS_SUFFIX:
+        raise ValueError(f"weights path must end in {WEIGHTS_SUFFIX!r}, got {str(path)!r}")
+    return path
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"model card value of type {type(obj).__name__} is not JSON-serialisable")
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temp file next to ``path``, then move it into place."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model(
+    model: UNet, path: str | os.PathLike, card: dict[str, Any] | None = None, *, weights_dtype: str | None = None
+) -> Path:
+    """Write ``model`` as ``path`` (safetensors) and its card as ``path`` with suffix ``.json``.
+
+    Parameters
+    ----------
+    model : UNet
+        Network to save; its ``config`` becomes ``card["architecture"]``.
+    path : str or os.PathLike
+        Weights file, ending in ``.safetensors``. The directory must exist.
+    card : dict, optional
+        JSON-serialisable metadata (numpy scalars and arrays are converted),
+        e.g. ``{"lambda": 100.0, "sampling": 0.053, "metrics": {...}}``
+        [units as the caller documents them]. An ``architecture`` entry, if
+        present, must equal ``model.config``.
+    weights_dtype : {"float16", "bfloat16"}, optional
+        Store floating-point tensors in this precision (halves the file; they
+        are converted back to the model's float32 on loading).
+
+    Returns
+    -------
+    pathlib.Path
+        Path of the card that was written.
+    """
+    path = _check_weights_path(path)
+    if not isinstance(getattr(model, "config", None), dict):
+        raise ValueError("model must have a config dict (a segdepth.model.UNet)")
+    card = {} if card is None else dict(card)
+    if "architecture" in card and card["architecture"] != model.config:
+        raise ValueError("card['architecture'] differs from model.config; leave it out and save_model fills it in")
+    card["architecture"] = model.config
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
+    if weights_dtype is not None:
+        if weights_dtype not in ("float16", "bfloat16"):
+            raise ValueError(f"weights_dtype must be 'float16' or 'bfloat16', got {weights_dtype!r}")
+        dtype = getattr(torch, weights_dtype)
+        tensors = {k: (t.to(dtype) if t.is_floating_point() else t) for k, t in tensors.items()}
+        card["weights_dtype"] = weights_dtype
+    text = json.dumps(card, indent=2, sort_keys=True, default=_json_default) + "\n"
+    _atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    cpath = card_path(path)
+    _atomic_write(cpath, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return cpath
+
+
+def _read_card(cpath: Path) -> dict[str, Any]:
+    if not cpath.is_file():
+        raise FileNotFoundError(f"model card not found: {cpath} (save_model writes it beside the weights)")
+    try:
+        card = json.loads(cpath.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"model card {cpath} is not valid JSON: {err}") from None
+    if not isinstance(card, dict) or not isinstance(card.get("architecture"), dict):
+        raise ValueError(f"model card {cpath} must be a JSON object with an 'architecture' object")
+    return card
+
+
+_ABSENT = object()
+
+
+def _show(value: Any) -> str:
+    return "<absent>" if value is _ABSENT else repr(value)
+
+
+def _architecture_diff(found: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    """``"key (card ..., expected ...)"`` for every key whose value differs."""
+    diffs = []
+    for key in sorted(set(found) | set(expected)):
+        a, b = found.get(key, _ABSENT), expected.get(key, _ABSENT)
+        if a != b:
+            diffs.append(f"{key} (card {_show(a)}, expected {_show(b)})")
+    return diffs
+
+
+def _check_tensors(loaded: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: Path) -> None:
+    for name, ref in expected.items():
+        if name not in loaded:
+            raise ValueError(f"weights {source} do not match the card's architecture: tensor {name!r} is missing")
+        if tuple(loaded[name].shape) != tuple(ref.shape):
+            raise ValueError(
+                f"weights {source} do not match the card's architecture: tensor {name!r} has shape "
+                f"{tuple(loaded[name].shape)}, expected {tuple(ref.shape)}"
+            )
+    extra = [name for name in loaded if name not in expected]
+    if extra:
+        raise ValueError(f"weights {source} do not match the card's architecture: unexpected tensor {extra[0]!r}")
+
+
+def load_model(
+    path: str | os.PathLike,
+    *,
+    architecture: dict[str, Any] | None = None,
+    map_location: str | torch.device = "cpu",
+) -> tuple[UNet, dict[str, Any]]:
+    """Rebuild a network saved by :func:`save_model`, in eval mode.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Weights file (``.safetensors``); the card is read from the same stem
+        with suffix ``.json``.
+    architecture : dict, optional
+        Expected ``UNet.config``. If given, a card describing a different
+        network raises ``ValueError`` naming the differing keys.
+    map_location : str or torch.device
+        Device for the returned model.
+
+    Returns
+    -------
+    model : UNet
+        The network with the saved weights, in eval mode.
+    card : dict
+        The model card.
+    """
+    path = _check_weights_path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model weights not found: {path}")
+    cpath = card_path(path)
+    card = _read_card(cpath)
+    if architecture is not None:
+        expected = json.loads(json.dumps(dict(architecture), default=_json_default))  # tuples -> lists
+        diffs = _architecture_diff(card["architecture"], expected)
+        if diffs:
+            raise ValueError(f"model card {cpath} describes a different architecture: " + "; ".join(diffs))
+
+    model = UNet.from_config(card["architecture"])
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"could not read weights {path} as safetensors: {err}") from None
+    _check_tensors(tensors, model.state_dict(), path)
+    model.load_state_dict(tensors, strict=True)
+    model.to(map_location)
+    model.eval()
+    return model, card

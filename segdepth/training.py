@@ -1,0 +1,799 @@
+"""Training of the depth-segmentation UNet: loss, configuration, loop, checkpoints.
+
+The loop follows the paper (section "Training"): weighted cross-entropy
+(eq. 6), continuous noise sampling (a fresh Poisson draw for every batch),
+Adam with a learning-rate schedule and early stopping on the validation loss.
+
+Reproducibility
+---------------
+Every random choice is a function of ``TrainConfig.seed`` and counters, never
+of a global random state:
+
+- weight initialisation: ``(seed, "init")`` inside :func:`torch.random.fork_rng`
+  (the caller's global generator is left untouched);
+- order of the training samples in epoch ``e``: ``(seed, e, "shuffle")``;
+- crop and flip of sample ``i`` in epoch ``e``: ``(seed, e, i)``
+  (:class:`segdepth.torchdata.CropDataset`);
+- noise (and dose, for a ``lam_range``) of step ``s`` in epoch ``e``:
+  ``(seed, e, s, "noise")``;
+- validation noise of sample ``i``: ``(seed, i, "validation")``, the same
+  every epoch.
+
+A checkpoint after every epoch therefore holds all the state there is
+(weights, batch-norm statistics, optimiser and scheduler state, epoch counter,
+early-stopping counters, history), and a resumed run continues bit for bit as
+an uninterrupted one would (on the same machine and thread count).
+
+Files written to ``out_dir``
+----------------------------
+``checkpoint.json``
+    Everything but tensors (JSON; the commit point, replaced last).
+``checkpoint-NNNN.safetensors``
+    Model and optimiser tensors of the checkpoint (no pickle).
+``model.safetensors`` (+ its card, :mod:`segdepth.modelio`)
+    The model with the lowest validation loss so far.
+``history.nc``
+    Per-epoch losses, learning rate, metrics and time (dim ``epoch``).
+
+All are written to a temporary file and moved into place with
+:func:`os.replace`, so a killed run leaves the previous complete version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+from safetensors.torch import load_file, save_file
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from . import __version__
+from .metrics import summarise
+from .model import UNet, paper_config
+from .modelio import load_model, save_model
+from .noise import poisson_noise_torch
+from .preprocess import normalise
+from .torchdata import CropDataset, collate
+
+__all__ = [
+    "TrainConfig",
+    "class_weights",
+    "evaluate",
+    "load_checkpoint",
+    "train",
+    "weighted_cross_entropy",
+]
+
+N_CLASSES = 11
+CHECKPOINT_NAME = "checkpoint.json"
+MODEL_NAME = "model.safetensors"
+HISTORY_NAME = "history.nc"
+NORMALISATION = "divide by frame mean"
+_CHECKPOINT_FORMAT = "segdepth-training-checkpoint"
+_CHECKPOINT_VERSION = 1
+# Tags that separate the random streams derived from one seed.
+_INIT, _SHUFFLE, _NOISE, _VALIDATION = 0x1A17, 0x5AFF, 0x0015E, 0x7A11D
+# Fields that may change between a run and its resumption without changing its course.
+_RESUMABLE_CHANGES = ("epochs", "max_minutes", "num_threads")
+_SCHEDULES = ("plateau", "cosine", "constant")
+METRIC_NAMES = ("pixelwise_accuracy", "center_accuracy", "real_atom_detection_rate", "hallucination_rate")
+
+
+def weighted_cross_entropy(logits: torch.Tensor, label: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Weighted cross-entropy of eq. (6) of the paper.
+
+    ``L = sum_i w_i * (-log softmax(logits)_i[label_i]) / sum_i w_i`` over all
+    pixels ``i`` of the batch.
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        (batch, n_classes, H, W) unnormalised class scores.
+    label : torch.Tensor
+        (batch, H, W) integer target classes.
+    weight : torch.Tensor
+        (batch, H, W) non-negative pixel weights; pixels of weight 0 do not
+        contribute.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar loss; 0 when all weights are 0.
+    """
+    if logits.ndim != 4 or label.shape != (logits.shape[0], *logits.shape[2:]) or weight.shape != label.shape:
+        raise ValueError(
+            "expected logits (B, C, H, W) and label, weight (B, H, W); got "
+            f"logits {tuple(logits.shape)}, label {tuple(label.shape)}, weight {tuple(weight.shape)}"
+        )
+    nll = F.cross_entropy(logits, label.long(), reduction="none")
+    weight = weight.to(nll.dtype)
+    return (weight * nll).sum() / weight.sum().clamp_min(torch.finfo(nll.dtype).tiny)
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (all JSON-serialisable).
+
+    Parameters
+    ----------
+    base_channels : int
+        Width of the UNet's full-resolution scale.
+    model_kwargs : dict
+        Extra :class:`segdepth.model.UNet` arguments (e.g. ``n_scales``,
+        ``channels``). Empty: the paper's architecture,
+        :func:`segdepth.model.paper_config` ``(base_channels)``.
+    lam : float, optional
+        Dose of the training noise [e/pixel in vacuum]. Default 2.5 (the
+        paper's main value) unless ``lam_range`` is given.
+    lam_range : (float, float), optional
+        ``(lo, hi)``: draw every sample's dose log-uniformly in this range
+        (a dose-robust model). Exclusive with ``lam``.
+    crop : int
+        Side of the square training crops [image pixels].
+    val_crop : int, optional
+        Side of the (fixed) validation crops; default ``crop``.
+    label_factor : int
+        Image pixels per label pixel.
+    augment : bool
+        Random flips along x / y (never 90 degree rotations).
+    focus : float
+        Probability that a training or validation crop is placed on a
+        labelled column rather than uniformly (see ``CropDataset``).
+    batch_size : int
+        Crops per optimisation step.
+    val_batch_size : int, optional
+        Crops per validation forward pass; default ``batch_size``.
+    epochs : int
+        Maximum number of epochs.
+    steps_per_epoch : int, optional
+        Cap on the optimisation steps per epoch (default: one pass over the
+        training set, last incomplete batch dropped).
+    lr : float
+        Initial Adam learning rate.
+    lr_schedule : {"plateau", "cosine", "constant"}
+        ``"plateau"``: multiply by ``lr_factor`` after ``lr_patience`` epochs
+        without a better validation loss; ``"cosine"``: cosine annealing from
+        ``lr`` to ``min_lr`` over ``epochs``.
+    lr_factor, lr_patience, min_lr : float, int, float
+        Parameters of the schedule.
+    patience : int
+        Early stopping: stop after this many epochs without a lower
+        validation loss.
+    class_balance : float
+        Exponent ``p`` of the class weights ``(frequency of class d among the
+        labelled pixels of the training split) ** -p`` for d = 1..10,
+        normalised to mean 1 over labelled pixels; background keeps weight 1.
+        They multiply the weight map. 0 (default) disables them, 0.5 is
+        inverse square-root frequency, 1 inverse frequency.
+    class_weight_max : float
+        Upper limit of a class weight.
+    seed : int
+        Seed of initialisation, crops, flips, shuffling and noise.
+    num_threads : int
+        ``torch.set_num_threads`` during training.
+    max_minutes : float, optional
+        Wall-clock budget of one call of :func:`train` [min]; training stops
+        cleanly after the epoch in which it is exceeded (resume to continue).
+    """
+
+    base_channels: int = 16
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    lam: float | None = None
+    lam_range: tuple[float, float] | None = None
+    crop: int = 256
+    val_crop: int | None = None
+    label_factor: int = 4
+    augment: bool = True
+    focus: float = 0.0
+    batch_size: int = 4
+    val_batch_size: int | None = None
+    epochs: int = 100
+    steps_per_epoch: int | None = None
+    lr: float = 1e-3
+    lr_schedule: str = "plateau"
+    lr_factor: float = 0.5
+    lr_patience: int = 3
+    min_lr: float = 1e-6
+    patience: int = 10
+    class_balance: float = 0.0
+    class_weight_max: float = 10.0
+    seed: int = 0
+    num_threads: int = 2
+    max_minutes: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.lam is not None and self.lam_range is not None:
+            raise ValueError("give either lam (one dose) or lam_range (log-uniform doses), not both")
+        if self.lam is None and self.lam_range is None:
+            self.lam = 2.5
+        if self.lam is not None and not (math.isfinite(self.lam) and self.lam > 0):
+            raise ValueError(f"lam must be a finite positive dose [e/pixel], got {self.lam!r}")
+        if self.lam_range is not None:
+            lo, hi = (float(v) for v in self.lam_range)
+            if not (0 < lo <= hi and math.isfinite(hi)):
+                raise ValueError(f"lam_range must be (lo, hi) with 0 < lo <= hi, got {self.lam_range!r}")
+            self.lam_range = (lo, hi)
+        if self.lr_schedule not in _SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {_SCHEDULES}, got {self.lr_schedule!r}")
+        for name in ("batch_size", "epochs", "crop", "label_factor", "num_threads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("steps_per_epoch", "val_batch_size", "val_crop"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be None or a positive integer, got {value!r}")
+        if self.patience < 1 or self.lr_patience < 0:
+            raise ValueError(f"patience must be >= 1 and lr_patience >= 0, got {self.patience}, {self.lr_patience}")
+        if self.class_balance < 0 or self.class_weight_max < 1:
+            raise ValueError("class_balance must be >= 0 and class_weight_max >= 1")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError(f"max_minutes must be None or > 0, got {self.max_minutes!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as a JSON-compatible dict (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`."""
+        return cls(**values)
+
+    def build_model(self) -> UNet:
+        """A freshly initialised UNet, seeded from ``seed`` without touching global RNG state."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_derived_seed(self.seed, _INIT))
+            if self.model_kwargs:
+                return UNet(base_channels=self.base_channels, **self.model_kwargs)
+            return UNet.from_config(paper_config(self.base_channels))
+
+
+def class_weights(label, *, power: float, max_weight: float = 10.0, n_classes: int = N_CLASSES) -> np.ndarray:
+    """Per-class loss weights that up-weight rare depth classes.
+
+    Parameters
+    ----------
+    label : array_like
+        Integer label maps of the training split (any shape).
+    power : float
+        Weight of depth class ``d >= 1`` is ``frequency_d ** -power``, scaled
+        so that the mean weight over labelled (``label > 0``) pixels is 1.
+        0 gives all ones.
+    max_weight : float
+        Upper limit (also the weight of classes absent from ``label``).
+    n_classes : int
+        Number of classes.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n_classes,) float32; entry 0 (background) is 1.
+    """
+    label = np.asarray(label)
+    if label.size and (label.min() < 0 or label.max() >= n_classes):
+        raise ValueError(f"labels must lie in 0..{n_classes - 1}, got {label.min()}..{label.max()}")
+    weights = np.ones(n_classes, dtype=np.float64)
+    counts = np.bincount(label.ravel().astype(np.int64), minlength=n_classes)[1:].astype(np.float64)
+    if power == 0 or counts.sum() == 0:
+        return weights.astype(np.float32)
+    present = counts > 0
+    raw = np.full(n_classes - 1, np.inf)
+    raw[present] = (counts[present] / counts.sum()) ** -power
+    raw[present] /= (counts[present] * raw[present]).sum() / counts.sum()
+    weights[1:] = np.minimum(raw, max_weight)
+    return weights.astype(np.float32)
+
+
+def _derived_seed(*keys: int) -> int:
+    """A 63-bit seed for ``torch.Generator`` derived from integer keys."""
+    state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+def _noisy_input(clean: torch.Tensor, generator: torch.Generator, *, lam, lam_range) -> torch.Tensor:
+    """Model input ``normalise(Poisson(lam c) / lam)``; one dose per sample for a ``lam_range``."""
+    if lam_range is not None:
+        lo, hi = lam_range
+        u = torch.rand(clean.shape[0], 1, 1, 1, generator=generator, dtype=clean.dtype)
+        lam = lo * (hi / lo) ** u
+    return normalise(poisson_noise_torch(clean, lam, generator=generator))
+
+
+def _sampling(ds: xr.Dataset) -> float:
+    if "sampling" in ds.attrs:
+        return float(ds.attrs["sampling"])
+    x = np.asarray(ds["x"].values, dtype=float)
+    if x.size < 2:
+        raise ValueError("cannot tell the pixel size: no 'sampling' attribute and fewer than 2 x coordinates")
+    return float(np.mean(np.diff(x)))
+
+
+def _data_parameters(ds: xr.Dataset):
+    parameters = ds.attrs.get("parameters")
+    if isinstance(parameters, str):
+        try:
+            return json.loads(parameters)
+        except json.JSONDecodeError:
+            return parameters
+    return parameters
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    dataset: CropDataset,
+    *,
+    seed: int,
+    lam: float | None = None,
+    lam_range: tuple[float, float] | None = None,
+    batch_size: int = 4,
+    class_weight: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """Validation loss and the paper's metrics with fixed (seeded) noise.
+
+    Sample ``i`` of ``dataset`` always gets the same noise (and dose, for a
+    ``lam_range``), drawn from ``(seed, i, "validation")``, so successive
+    epochs are compared on identical inputs. The model is put in eval mode
+    and returned to its previous mode.
+
+    Returns
+    -------
+    dict
+        ``loss`` (eq. 6 over the whole set, class weights included) and the
+        entries of :func:`segdepth.metrics.summarise` on the argmax
+        prediction against ``label``.
+    """
+    if (lam is None) == (lam_range is None):
+        raise ValueError("give exactly one of lam and lam_range")
+    was_training = model.training
+    model.eval()
+    total, weight_sum = 0.0, 0.0
+    preds, labels, centers = [], [], []
+    try:
+        for start in range(0, len(dataset), batch_size):
+            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            batch = collate(items)
+            inputs = []
+            for item in items:
+                generator = torch.Generator().manual_seed(_derived_seed(seed, int(item["index"]), 0, _VALIDATION))
+                inputs.append(_noisy_input(item["image"][None], generator, lam=lam, lam_range=lam_range))
+            logits = model(torch.cat(inputs))
+            weight = batch["weight"]
+            if class_weight is not None:
+                weight = weight * class_weight[batch["label"]]
+            nll = F.cross_entropy(logits, batch["label"], reduction="none")
+            total += float((weight * nll).sum(dtype=torch.float64))
+            weight_sum += float(weight.sum(dtype=torch.float64))
+            preds.append(logits.argmax(dim=1).to(torch.uint8).numpy())
+            labels.append(batch["label"].to(torch.uint8).numpy())
+            centers.append(batch["center_mask"].numpy())
+    finally:
+        model.train(was_training)
+    metrics = summarise(np.concatenate(preds), np.concatenate(labels), np.concatenate(centers))
+    return {"loss": total / weight_sum if weight_sum > 0 else 0.0, **{k: float(v) for k, v in metrics.items()}}
+
+
+# ---------------------------------------------------------------------------
+# Files: atomic writes, checkpoints, history
+# ---------------------------------------------------------------------------
+
+
+def _atomic_write(path: Path, write: Callable[[str], None], suffix: str = ".tmp") -> None:
+    """Call ``write(tmp_path)`` on a temporary file next to ``path``, fsync it, then move it over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    text = json.dumps(_encode_json(obj), indent=1, allow_nan=False)
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _encode_json(obj: Any) -> Any:
+    """Make ``obj`` strict JSON: non-finite floats become ``{"float": "inf"}`` etc."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return {"float": repr(obj)}
+    if isinstance(obj, dict):
+        return {str(k): _encode_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_encode_json(v) for v in obj]
+    if isinstance(obj, (np.integer, np.floating, np.bool_)):
+        return _encode_json(obj.item())
+    return obj
+
+
+def _decode_json(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {"float"}:
+            return float(obj["float"])
+        return {k: _decode_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_decode_json(v) for v in obj]
+    return obj
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimiser state dict into named tensors and a JSON-able rest."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, entries in state["state"].items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _optimizer_state(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optimizer."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = value
+    for index, entries in rest["scalars"].items():
+        state.setdefault(int(index), {}).update(entries)
+    groups = [dict(group) for group in rest["param_groups"]]
+    for group in groups:
+        if isinstance(group.get("betas"), list):
+            group["betas"] = tuple(group["betas"])
+    return {"state": state, "param_groups": groups}
+
+
+def load_checkpoint(out_dir) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+    """Read the last complete checkpoint of ``out_dir``: ``(json_state, tensors)``, or None if none.
+
+    Uses only :mod:`json` and :mod:`safetensors` (no pickle). Raises
+    ``ValueError`` if the tensor file does not match the checksum recorded in
+    the JSON file.
+    """
+    out_dir = Path(out_dir)
+    path = out_dir / CHECKPOINT_NAME
+    if not path.exists():
+        return None
+    state = _decode_json(json.loads(path.read_text()))
+    if state.get("format") != _CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a SegDepth training checkpoint")
+    tensor_path = out_dir / state["tensors"]
+    if _sha256(tensor_path) != state["sha256"]:
+        raise ValueError(f"{tensor_path} does not match the checksum in {path}; the checkpoint is corrupt")
+    return state, load_file(tensor_path)
+
+
+def _save_checkpoint(out_dir: Path, state: dict[str, Any], model, optimizer) -> None:
+    optimizer_tensors, optimizer_rest = _optimizer_tensors(optimizer)
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors.update(optimizer_tensors)
+    name = f"checkpoint-{state['epoch']:04d}.safetensors"
+    _atomic_write(out_dir / name, lambda tmp: save_file(tensors, tmp), suffix=".safetensors")
+    state = {
+        "format": _CHECKPOINT_FORMAT,
+        "version": _CHECKPOINT_VERSION,
+        **state,
+        "tensors": name,
+        "sha256": _sha256(out_dir / name),
+        "optimizer": optimizer_rest,
+    }
+    _write_json(out_dir / CHECKPOINT_NAME, state)  # the commit point
+    for old in out_dir.glob("checkpoint-*.safetensors"):
+        if old.name != name:
+            old.unlink()
+
+
+def history_dataset(history: list[dict[str, float]], cfg: TrainConfig) -> xr.Dataset:
+    """Per-epoch records as an xarray Dataset with dim ``epoch``."""
+    described = {
+        "train_loss": ("", "training loss (eq. 6, mean over steps)"),
+        "val_loss": ("", "validation loss (eq. 6, fixed noise)"),
+        "lr": ("", "learning rate"),
+        "pixelwise_accuracy": ("", "validation pixelwise accuracy"),
+        "center_accuracy": ("", "validation center accuracy"),
+        "real_atom_detection_rate": ("", "validation real atom detection rate"),
+        "hallucination_rate": ("", "validation hallucinated atom rate"),
+        "seconds": ("s", "wall-clock time of the epoch"),
+    }
+    epochs = np.array([record["epoch"] for record in history], dtype=np.int64)
+    data_vars = {}
+    for name, (units, long_name) in described.items():
+        values = np.array([record.get(name, np.nan) for record in history], dtype=np.float64)
+        attrs = {"long_name": long_name, **({"units": units} if units else {})}
+        data_vars[name] = xr.DataArray(values, dims="epoch", attrs=attrs)
+    ds = xr.Dataset(data_vars, coords={"epoch": ("epoch", epochs, {"long_name": "epoch (0-based)"})})
+    ds.attrs = {"parameters": json.dumps(cfg.to_dict()), "segdepth_version": __version__, "seed": cfg.seed}
+    return ds
+
+
+# ---------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------
+
+
+def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, out_dir: Path) -> None:
+    current = cfg.to_dict()
+    free = set(_RESUMABLE_CHANGES) - ({"epochs"} if cfg.lr_schedule == "cosine" else set())
+    changed = sorted(k for k in set(saved) | set(current) if k not in free and saved.get(k) != current.get(k))
+    if changed:
+        raise ValueError(
+            f"the checkpoint in {out_dir} was written with different settings ({', '.join(changed)}); "
+            "resume with the same TrainConfig, or pass resume=False / a new out_dir"
+        )
+
+
+def _make_scheduler(cfg: TrainConfig, optimizer):
+    if cfg.lr_schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr
+        )
+    if cfg.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=cfg.min_lr)
+    return None
+
+
+def train(
+    cfg: TrainConfig,
+    train_ds: xr.Dataset,
+    val_ds: xr.Dataset,
+    out_dir,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+    callback: Callable[[int, dict[str, float]], None] | None = None,
+) -> xr.Dataset:
+    """Train a UNet on ``train_ds``, validate on ``val_ds``, write results to ``out_dir``.
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+        Settings of the run.
+    train_ds, val_ds : xarray.Dataset
+        Simulated datasets in the format of ``docs/conventions.md`` (clean
+        images; the noise is drawn here). Split them by structure
+        (:func:`segdepth.torchdata.split_indices`).
+    out_dir : str or path-like
+        Folder for checkpoints, the best model and the history (created).
+    resume : bool
+        Continue from the last complete checkpoint in ``out_dir`` if there is
+        one (it must have been written with the same settings, apart from
+        ``epochs``, ``max_minutes`` and ``num_threads``). ``False`` starts
+        afresh and overwrites.
+    progress : bool
+        Show a tqdm progress bar with the running loss.
+    callback : callable, optional
+        ``callback(epoch, record)`` after each epoch's checkpoint is written.
+
+    Returns
+    -------
+    xarray.Dataset
+        The history (also in ``out_dir / "history.nc"``), with dim ``epoch``:
+        ``train_loss``, ``val_loss``, ``lr``, the four metrics of
+        :func:`segdepth.metrics.summarise` (``pixelwise_accuracy``,
+        ``center_accuracy``, ``real_atom_detection_rate``,
+        ``hallucination_rate``) and ``seconds``. Its attribute ``stopped``
+        says why training ended ("early stopping", "time budget", "epochs").
+
+    Notes
+    -----
+    The best model is saved with :func:`segdepth.modelio.save_model` as
+    ``out_dir / "model.safetensors"``; its card records the architecture,
+    ``sampling`` [A], ``label_factor``, ``lam`` / ``lam_range``, the
+    normalisation, the data parameters, ``val_metrics`` of the best epoch,
+    ``best_epoch``, and (updated when the call returns) ``epochs_run`` and
+    ``training_seconds``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.num_threads)
+    try:
+        return _train(cfg, train_ds, val_ds, out_dir, resume=resume, progress=progress, callback=callback)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(cfg, train_ds, val_ds, out_dir: Path, *, resume, progress, callback) -> xr.Dataset:
+    started = time.monotonic()
+    train_set = CropDataset(
+        train_ds, crop=cfg.crop, label_factor=cfg.label_factor, augment=cfg.augment, seed=cfg.seed, focus=cfg.focus
+    )
+    val_set = CropDataset(
+        val_ds, crop=cfg.val_crop or cfg.crop, label_factor=cfg.label_factor, augment=False, seed=cfg.seed,
+        focus=cfg.focus,
+    )
+    model = cfg.build_model()
+    for name, crop in (("crop", train_set.crop), ("val_crop", val_set.crop)):
+        if crop % model.required_multiple:
+            raise ValueError(
+                f"{name}={crop} must be a multiple of the model's required_multiple={model.required_multiple}"
+            )
+    if model.output_factor != cfg.label_factor:
+        raise ValueError(f"the model's output is {model.output_factor}x coarser, the labels {cfg.label_factor}x")
+    class_weight = torch.from_numpy(
+        class_weights(train_set.label, power=cfg.class_balance, max_weight=cfg.class_weight_max)
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    scheduler = _make_scheduler(cfg, optimizer)
+    batch_size = min(cfg.batch_size, len(train_set))
+    n_steps = len(train_set) // batch_size
+    if cfg.steps_per_epoch is not None:
+        n_steps = min(n_steps, cfg.steps_per_epoch)
+    lam = None if cfg.lam_range is not None else cfg.lam
+
+    counters = {"epoch": -1, "best_val_loss": math.inf, "best_epoch": -1, "bad_epochs": 0, "training_seconds": 0.0}
+    history: list[dict[str, float]] = []
+    stopped = None
+    checkpoint = load_checkpoint(out_dir) if resume else None
+    if not resume and (out_dir / CHECKPOINT_NAME).exists():
+        (out_dir / CHECKPOINT_NAME).unlink()
+    if checkpoint is not None:
+        saved, tensors = checkpoint
+        _check_resumable(saved["config"], cfg, out_dir)
+        model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+        optimizer.load_state_dict(_optimizer_state(tensors, saved["optimizer"]))
+        if scheduler is not None:
+            scheduler.load_state_dict(saved["scheduler"])
+        counters = {k: saved[k] for k in counters}
+        history = saved["history"]
+        stopped = saved["stopped"] if saved["stopped"] == "early stopping" else None
+
+    card_base = {
+        "model_class": type(model).__name__,
+        "sampling": _sampling(train_ds),
+        "sampling_units": "A",
+        "label_factor": cfg.label_factor,
+        "lam": cfg.lam,
+        "lam_range": list(cfg.lam_range) if cfg.lam_range is not None else None,
+        "normalisation": NORMALISATION,
+        "data_parameters": _data_parameters(train_ds),
+        "train_config": cfg.to_dict(),
+        "class_weights": class_weight.tolist(),
+        "n_train": len(train_set),
+        "n_val": len(val_set),
+        "segdepth_version": __version__,
+    }
+    seconds_before = counters["training_seconds"]
+    first_epoch = counters["epoch"] + 1
+    model.train()
+    for epoch in range(first_epoch, cfg.epochs):
+        if stopped is not None:
+            break
+        epoch_started = time.monotonic()
+        train_set.set_epoch(epoch)
+        order = np.random.default_rng([cfg.seed, epoch, _SHUFFLE]).permutation(len(train_set))
+        lr = optimizer.param_groups[0]["lr"]
+        losses = []
+        bar = tqdm(total=n_steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        for step in range(n_steps):
+            batch = collate([train_set[i] for i in order[step * batch_size : (step + 1) * batch_size]])
+            generator = torch.Generator().manual_seed(_derived_seed(cfg.seed, epoch, step, _NOISE))
+            inputs = _noisy_input(batch["image"], generator, lam=lam, lam_range=cfg.lam_range)
+            logits = model(inputs)
+            loss = weighted_cross_entropy(logits, batch["label"], batch["weight"] * class_weight[batch["label"]])
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss is {float(loss)} at epoch {epoch}, step {step}; lower lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            bar.update()
+            bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+        bar.close()
+
+        val = evaluate(
+            model,
+            val_set,
+            seed=cfg.seed,
+            lam=lam,
+            lam_range=cfg.lam_range,
+            batch_size=cfg.val_batch_size or cfg.batch_size,
+            class_weight=class_weight,
+        )
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(val["loss"])
+        elif scheduler is not None:
+            scheduler.step()
+        improved = val["loss"] < counters["best_val_loss"]
+        if improved:
+            counters.update(best_val_loss=val["loss"], best_epoch=epoch, bad_epochs=0)
+        else:
+            counters["bad_epochs"] += 1
+        record = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)) if losses else math.nan,
+            "val_loss": val["loss"],
+            "lr": lr,
+            **{name: val[name] for name in METRIC_NAMES},
+            "seconds": time.monotonic() - epoch_started,
+        }
+        history.append(record)
+        counters["epoch"] = epoch
+        counters["training_seconds"] = seconds_before + time.monotonic() - started
+        if counters["bad_epochs"] >= cfg.patience:
+            stopped = "early stopping"
+        elif cfg.max_minutes is not None and time.monotonic() - started > 60 * cfg.max_minutes:
+            stopped = "time budget"
+        elif epoch + 1 >= cfg.epochs:
+            stopped = "epochs"
+        if improved:
+            card = {
+                **card_base,
+                "training_seconds": counters["training_seconds"],
+                "epochs_run": epoch + 1,
+                "best_epoch": epoch,
+                "val_metrics": _finite_or_none({"val_loss": val["loss"], **{n: val[n] for n in METRIC_NAMES}}),
+            }
+            save_model(model, out_dir / MODEL_NAME, card)
+        _write_history(out_dir, history, cfg, stopped)
+        state = {
+            "epoch": epoch,
+            "config": cfg.to_dict(),
+            **{k: counters[k] for k in ("best_val_loss", "best_epoch", "bad_epochs", "training_seconds")},
+            "stopped": stopped,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "class_weights": class_weight.tolist(),
+            "history": history,
+        }
+        _save_checkpoint(out_dir, state, model, optimizer)
+        if progress:
+            tqdm.write(
+                f"epoch {epoch + 1}: train {record['train_loss']:.4f}  val {val['loss']:.4f}  "
+                + "  ".join(f"{name} {val[name]:.3f}" for name in METRIC_NAMES)
+                + f"  ({record['seconds']:.0f} s)"
+            )
+        if callback is not None:
+            callback(epoch, record)
+        if stopped == "epochs":
+            stopped = None  # a later call with more epochs may continue
+        if stopped is not None:
+            break
+    if counters["epoch"] >= first_epoch and (out_dir / MODEL_NAME).exists():
+        _finalise_card(out_dir / MODEL_NAME, epochs_run=counters["epoch"] + 1, seconds=counters["training_seconds"])
+    return _write_history(out_dir, history, cfg, stopped)
+
+
+def _finite_or_none(values: dict[str, float]) -> dict[str, float | None]:
+    return {k: (float(v) if math.isfinite(v) else None) for k, v in values.items()}
+
+
+def _finalise_card(path: Path, *, epochs_run: int, seconds: float) -> None:
+    """Record the whole run (not just up to the best epoch) in the best model's card."""
+    with torch.random.fork_rng(devices=[]):  # building the network draws initial weights
+        model, card = load_model(path)
+    card.update(epochs_run=epochs_run, training_seconds=seconds)
+    save_model(model, path, card)
+
+
+def _write_history(out_dir: Path, history, cfg: TrainConfig, stopped) -> xr.Dataset:
+    ds = history_dataset(history, cfg)
+    ds.attrs["stopped"] = stopped or ("epochs" if history and history[-1]["epoch"] + 1 >= cfg.epochs else "")
+    _atomic_write(out_dir / HISTORY_NAME, lambda tmp: ds.to_netcdf(tmp), suffix=".nc")
+    return ds

@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import xarray as xr
+
+from segdepth.cli import main
+from segdepth.model import UNet
+from segdepth.modelio import save_model
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_PIXEL = 0.1  # [A]
+
+
+def run_cli(*args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "segdepth", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True
+    )
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A tiny random-weight model and valid inputs in every simple format."""
+    root = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(0)
+    model = UNet(n_scales=1, channels=(2, 4), head_channels=(4, 4), median_size=1)
+    save_model(model, root / "tiny.safetensors", {"sampling": MODEL_PIXEL, "label_factor": 4, "lam": 5.0})
+    rng = np.random.default_rng(0)
+    image = (rng.poisson(5.0, (64, 48)) / 5.0 + 0.05).astype(np.float32)
+    np.save(root / "image.npy", image)
+    np.save(root / "stack.npy", np.stack([image, image[::-1]]))
+    tifffile.imwrite(root / "image.tif", image, imagej=True, resolution=(100, 100), metadata={"unit": "nm"})
+    x = xr.Variable("x", (np.arange(48) + 0.5) * MODEL_PIXEL, {"units": "A"})
+    xr.Dataset({"image": (("y", "x"), image)}, coords={"x": x}).to_netcdf(root / "image.nc")
+    return root
+
+
+def test_predict_subprocess_writes_netcdf(workdir):
+    out = workdir / "stack_out.nc"
+    result = run_cli(
+        "predict", "stack.npy", "--out", out, "--model", "tiny.safetensors", "--pixel-size", MODEL_PIXEL,
+        "--probabilities", "--tile", 32, "--overlap", 16, cwd=workdir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    with xr.open_dataset(out) as ds:
+        assert ds["depth"].shape == (2, 16, 12) and ds["depth"].dtype == np.uint8
+        assert ds["probability"].dims == ("frame", "depth_class", "y", "x")
+        np.testing.assert_allclose(ds["probability"].sum("depth_class"), 1, atol=1e-5)
+        np.testing.assert_allclose(ds["x"].values, (np.arange(12) + 0.5) * 4 * MODEL_PIXEL)
+        assert "model_card" in ds.attrs and "arguments" in ds.attrs
+
+
+@pytest.mark.parametrize("name", ["image.tif", "image.nc"])
+def test_predict_in_process_reads_calibrated_formats(workdir, name, capsys):
+    out = workdir / f"{name}.out.nc"
+    model = str(workdir / "tiny.safetensors")
+    assert main(["predict", str(workdir / name), "--out", str(out), "--model", model]) == 0
+    with xr.open_dataset(out) as ds:
+        assert ds["depth"].shape == (1, 16, 12)
+        assert ds.attrs["pixel_size"] == pytest.approx(MODEL_PIXEL)  # taken from the file
+    assert "wrote" in capsys.readouterr().out
+
+
+def _bad_cases(root: Path) -> list[tuple[str, list[str], str]]:
+    rng = np.random.default_rng(1)
+    image = (rng.random((32, 32)) + 0.1).astype(np.float32)
+    model = ["--model", "tiny.safetensors"]
+    px = ["--pixel-size", "0.1"]
+
+    def npy(name, array):
+        np.save(root / name, array)
+        return name
+
+    (root / "truncated.npy").write_bytes((root / "image.npy").read_bytes()[:150])
+    (root / "corrupt.tif").write_bytes(b"II*\x00" + b"\x00" * 20)
+    (root / "corrupt.dm3").write_bytes(b"garbage" * 20)
+    (root / "image.png").write_bytes(b"\x89PNG\r\n")
+    (root / "a_directory.npy").mkdir(exist_ok=True)
+    (root / "corrupt.safetensors").write_bytes(b"garbage")
+    (root / "corrupt.json").write_text((root / "tiny.json").read_text())
+    nan, inf = image.copy(), image.copy()
+    nan[1, 1], inf[2, 2] = np.nan, -np.inf
+    colour = np.stack([image, image, 0.5 * image], axis=-1)
+    cases = [
+        ("missing input", ["missing.npy"], "missing.npy: no such file"),
+        ("directory", ["a_directory.npy"], "is a directory"),
+        ("extension", ["image.png"], "unsupported file type '.png'"),
+        ("truncated", ["truncated.npy"], "corrupt or truncated"),
+        ("corrupt tiff", ["corrupt.tif"], "corrupt or truncated"),
+        ("corrupt dm3", ["corrupt.dm3"], "corrupt or truncated"),
+        ("non-numeric", [npy("text.npy", np.array([["a", "b"]]))], "non-numeric"),
+        ("complex", [npy("complex.npy", image.astype(complex))], "complex"),
+        ("empty", [npy("empty.npy", np.zeros((0, 4), np.float32))], "empty"),
+        ("1-D", [npy("line.npy", np.ones(16))], "expected a 2-D image"),
+        ("4-D", [npy("4d.npy", np.ones((2, 2, 8, 8)))], "expected a 2-D image"),
+        ("NaN", [npy("nan.npy", nan)], "contains NaN"),
+        ("inf", [npy("inf.npy", inf)], "infinite"),
+        ("all zero", [npy("zero.npy", 0 * image)], "all zero"),
+        ("all negative", [npy("negative.npy", -image)], "all negative"),
+        ("colour", [npy("colour.npy", colour)], "RGB"),
+        ("no pixel size", ["image.npy", *model], "pass it with --pixel-size"),
+        ("zero pixel size", ["image.npy", "--pixel-size", "0"], "--pixel-size must be finite and > 0"),
+        ("negative pixel size", ["image.npy", "--pixel-size=-0.1"], "--pixel-size must be finite and > 0"),
+        ("nan pixel size", ["image.npy", "--pixel-size", "nan"], "--pixel-size must be finite and > 0"),
+        ("text pixel size", ["image.npy", "--pixel-size", "abc"], "--pixel-size must be a positive number"),
+        ("bad lambda", ["image.npy", *px, "--lambda", "-2"], "--lambda must be finite and > 0"),
+        ("bad tile", ["image.npy", *px, "--tile", "ten"], "invalid int value"),
+        ("missing model", ["image.npy", *px, "--model", "nowhere.safetensors"], "model file not found"),
+        ("corrupt model", ["image.npy", *px, "--model", "corrupt.safetensors"], "could not read weights"),
+    ]
+    cases = [(name, ["predict", args[0], "--out", "out/OUT.nc", *args[1:]], message) for name, args, message in cases]
+    (root / "out").mkdir(exist_ok=True)
+    no_dir = ["predict", "image.npy", *px, "--out", "nodir/OUT.nc"]
+    cases.append(("output directory missing", no_dir, "nodir: output directory does not exist"))
+    cases.append(("no output", ["predict", "image.npy"], "required: --out"))
+    return cases
+
+
+def test_bad_inputs_exit_with_one_line(workdir):
+    cases = _bad_cases(workdir)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda case: run_cli(*case[1], cwd=workdir), cases))
+    for (name, _, message), result in zip(cases, results, strict=True):
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2, (name, result.stderr)
+        assert "Traceback" not in result.stderr, name
+        assert len(lines) == 1 and lines[0].startswith("segdepth: error: "), (name, result.stderr)
+        assert message in lines[0], (name, lines[0])
+    assert not (workdir / "nodir").exists()
+    assert list((workdir / "out").iterdir()) == []  # no OUT.nc, no temp file
+
+
+def test_default_model_missing_is_a_clean_error(workdir, monkeypatch, capsys):
+    import segdepth.predict
+
+    monkeypatch.setattr(segdepth.predict, "DEFAULT_MODEL", Path("data/models/absent.safetensors"))
+    out = workdir / "default.nc"
+    assert main(["predict", str(workdir / "image.npy"), "--pixel-size", "0.1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("segdepth: error: default model") and err.count("\n") == 1 and "--model" in err
+    assert not out.exists()

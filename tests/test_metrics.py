@@ -1,0 +1,255 @@
+from __future__ import annotations
+
+import ast
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segdepth import metrics
+from segdepth.metrics import (
+    center_accuracy,
+    column_count_accuracy,
+    column_counts,
+    confidence_map,
+    confusion_matrix,
+    depth_map,
+    expected_calibration_error,
+    hallucination_rate,
+    normalise_confusion,
+    pixelwise_accuracy,
+    real_atom_detection_rate,
+    reliability_diagram,
+    saliency,
+    summarise,
+)
+
+# A 4 x 4 case worked out by hand.
+PRED = np.array(
+    [
+        [0, 1, 2, 0],
+        [0, 3, 3, 0],
+        [1, 1, 0, 0],
+        [0, 0, 0, 2],
+    ]
+)
+LABEL = np.array(
+    [
+        [0, 1, 1, 0],
+        [0, 3, 2, 0],
+        [0, 1, 1, 0],
+        [0, 0, 0, 0],
+    ],
+    dtype=np.uint8,
+)
+# wrong pixels: (0,2) 2 vs 1, (1,2) 3 vs 2, (2,0) 1 vs 0, (2,2) 0 vs 1, (3,3) 2 vs 0  -> 11 / 16 right
+# atom pixels (label > 0): 6, of which (2,2) is predicted as background        -> 5 / 6 detected
+# background pixels: 10, of which (2,0) and (3,3) are predicted as atoms        -> 2 / 10 hallucinated
+CENTER = np.zeros((4, 4), dtype=np.uint8)
+CENTER[1, 1:3] = 1  # (1,1) right, (1,2) wrong -> 1 / 2
+
+
+def test_paper_metrics_on_hand_made_case():
+    assert pixelwise_accuracy(PRED, LABEL) == 11 / 16
+    assert center_accuracy(PRED, LABEL, CENTER) == 1 / 2
+    assert center_accuracy(PRED, LABEL, LABEL > 0) == 3 / 6
+    assert real_atom_detection_rate(PRED, LABEL) == 5 / 6
+    assert hallucination_rate(PRED, LABEL) == 2 / 10
+    assert summarise(PRED, LABEL, CENTER) == {
+        "pixelwise_accuracy": 11 / 16,
+        "center_accuracy": 1 / 2,
+        "real_atom_detection_rate": 5 / 6,
+        "hallucination_rate": 2 / 10,
+    }
+
+
+def test_metrics_pool_over_samples_or_per_sample():
+    pred = np.stack([PRED, LABEL.astype(int)])  # the second sample is perfect
+    label = np.stack([LABEL, LABEL])
+    assert pixelwise_accuracy(pred, label) == 27 / 32
+    np.testing.assert_array_equal(pixelwise_accuracy(pred, label, axis=(-2, -1)), [11 / 16, 1.0])
+    np.testing.assert_array_equal(hallucination_rate(pred, label, axis=(1, 2)), [0.2, 0.0])
+
+
+def test_empty_masks_give_nan_without_warnings():
+    with np.errstate(all="raise"):
+        assert math.isnan(center_accuracy(PRED, LABEL, np.zeros((4, 4))))
+        assert math.isnan(hallucination_rate(PRED, np.ones((4, 4), dtype=int)))
+        assert math.isnan(real_atom_detection_rate(PRED, np.zeros((4, 4), dtype=int)))
+        assert math.isnan(pixelwise_accuracy(np.zeros((0, 4)), np.zeros((0, 4))))
+        per_sample = center_accuracy(np.stack([PRED, PRED]), np.stack([LABEL, LABEL]), np.stack([CENTER, 0 * CENTER]))
+    assert per_sample == pytest.approx(0.5)  # pooled: the empty sample adds nothing
+    out = center_accuracy(
+        np.stack([PRED, PRED]), np.stack([LABEL, LABEL]), np.stack([CENTER, 0 * CENTER]), axis=(-2, -1)
+    )
+    assert out[0] == 0.5 and math.isnan(out[1])
+
+
+def test_shape_checks():
+    with pytest.raises(ValueError, match="same shape"):
+        pixelwise_accuracy(PRED, LABEL[:3])
+    with pytest.raises(ValueError, match="center_mask must have the shape"):
+        center_accuracy(PRED, LABEL, CENTER[:, :2])
+    with pytest.raises(ValueError, match=r"\(\.\.\., H, W\)"):
+        hallucination_rate(np.zeros(4), np.zeros(4))
+
+
+def test_column_counts():
+    label_x = (np.arange(4) + 0.5) * 0.2  # 0.1, 0.3, 0.5, 0.7 A
+    label_y = label_x.copy()
+    column_x = np.array([0.32, 0.49, np.nan, 1.5, 0.05])
+    column_y = np.array([0.28, 0.12, np.nan, 0.3, 0.7])
+    counts = column_counts(PRED, column_x, column_y, label_x, label_y)
+    # (row 1, col 1) = 3; (row 0, col 2) = 2; padding -> -1; x = 1.5 A is outside the grid -> -1; (row 3, col 0) = 0
+    np.testing.assert_array_equal(counts, [3, 2, -1, -1, 0])
+    assert counts.dtype == np.int64
+
+    batch = column_counts(np.stack([PRED, PRED.T]), np.stack([column_x, column_x]), np.stack([column_y, column_y]),
+                          label_x, label_y)  # fmt: skip
+    np.testing.assert_array_equal(batch, [[3, 2, -1, -1, 0], [3, 1, -1, -1, 0]])
+
+    with pytest.raises(ValueError, match="column_x must have shape"):
+        column_counts(np.stack([PRED, PRED]), column_x, column_y, label_x, label_y)
+    with pytest.raises(ValueError, match="label_x and label_y must have shapes"):
+        column_counts(PRED, column_x, column_y, label_x[:3], label_y)
+    with pytest.raises(ValueError, match="same shape"):
+        column_counts(PRED, column_x, column_y[:2], label_x, label_y)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        column_counts(PRED, column_x, column_y, label_x[::-1], label_y)
+
+
+def test_column_count_accuracy():
+    pred = np.array([3, 5, 2, 7, 1, -1, 9])
+    true = np.array([3, 4, 4, 7, 2, 5, 0])
+    Z = np.array([58, 58, 8, 8, 8, 58, 0])
+    # Ce: exact, off by one; O: off by two, exact, off by one; (-1: not observed, 0: padding) left out
+    out = column_count_accuracy(pred, true, Z)
+    assert out == pytest.approx(
+        {
+            "exact_all": 2 / 5, "within_one_all": 4 / 5, "n_all": 5,
+            "exact_Ce": 1 / 2, "within_one_Ce": 1.0, "n_Ce": 2,
+            "exact_O": 1 / 3, "within_one_O": 2 / 3, "n_O": 3,
+        }
+    )  # fmt: skip
+    only_ce = column_count_accuracy(pred[:2], true[:2], Z[:2])
+    assert only_ce["n_O"] == 0 and math.isnan(only_ce["exact_O"])
+    with pytest.raises(ValueError, match="same shape"):
+        column_count_accuracy(pred, true[:3], Z)
+
+
+def test_confusion_matrix():
+    cm = confusion_matrix(PRED, LABEL, n_classes=5)
+    expected = np.array(
+        [
+            [8, 1, 1, 0, 0],  # true 0: (2,0) -> 1, (3,3) -> 2
+            [1, 2, 1, 0, 0],  # true 1: (2,2) -> 0, (0,2) -> 2
+            [0, 0, 0, 1, 0],  # true 2: (1,2) -> 3
+            [0, 0, 0, 1, 0],
+            [0, 0, 0, 0, 0],
+        ]
+    )
+    np.testing.assert_array_equal(cm, expected)
+    assert cm.dtype == np.int64 and cm.sum() == PRED.size
+    assert np.trace(cm) / cm.sum() == pixelwise_accuracy(PRED, LABEL)
+    assert confusion_matrix(PRED, LABEL).shape == (11, 11)
+
+    norm = normalise_confusion(cm)
+    np.testing.assert_allclose(norm[0], [0.8, 0.1, 0.1, 0, 0])
+    np.testing.assert_allclose(norm[1], [0.25, 0.5, 0.25, 0, 0])
+    assert np.all(np.isnan(norm[4]))  # class 4 never occurs
+    np.testing.assert_allclose(np.nansum(norm, axis=1), [1, 1, 1, 1, 0])
+
+    with pytest.raises(ValueError, match=r"\[0, 3\]"):
+        confusion_matrix(PRED, LABEL, n_classes=3)  # pred and label hold a 3
+    with pytest.raises(ValueError, match="integer"):
+        confusion_matrix(PRED.astype(float), LABEL)
+    with pytest.raises(ValueError, match="square"):
+        normalise_confusion(np.ones((2, 3)))
+
+
+def test_reliability_diagram_and_ece():
+    # perfectly calibrated: 75 % confident and 3 of 4 right; 25 % confident and 1 of 4 right
+    conf = np.array([0.75] * 4 + [0.25] * 4)
+    correct = np.array([1, 1, 1, 0, 1, 0, 0, 0], dtype=bool)
+    diagram = reliability_diagram(conf, correct, n_bins=10)
+    np.testing.assert_allclose(diagram.edges, np.linspace(0, 1, 11))
+    np.testing.assert_array_equal(diagram.count, [0, 0, 4, 0, 0, 0, 0, 4, 0, 0])
+    assert diagram.accuracy[7] == 0.75 and diagram.confidence[7] == 0.75
+    assert diagram.accuracy[2] == 0.25 and np.isnan(diagram.accuracy[0]) and np.isnan(diagram.confidence[9])
+    assert len(tuple(diagram)) == 4  # (edges, confidence, accuracy, count)
+    assert expected_calibration_error(conf, correct) == 0.0
+
+    # over-confident: 90 % confident, half right -> ECE 0.4
+    assert expected_calibration_error([0.9] * 4, [1, 1, 0, 0]) == pytest.approx(0.4)
+    # two bins: 0.95 with 1 of 2 right (gap 0.45), 0.55 with 2 of 2 right (gap 0.45)
+    assert expected_calibration_error([0.95, 0.95, 0.55, 0.55], [1, 0, 1, 1]) == pytest.approx(0.45)
+    # confidence 1 falls in the last bin, 0 in the first
+    assert list(reliability_diagram([0.0, 1.0], [0, 1], n_bins=4).count) == [1, 0, 0, 1]
+    # values on an edge open the bin above it (0.3 * 10 and 0.7 * 10 are not exact in floating point)
+    assert list(reliability_diagram([0.3, 0.6, 0.7], [1, 1, 1], n_bins=10).count) == [0, 0, 0, 1, 0, 0, 1, 1, 0, 0]
+    assert math.isnan(expected_calibration_error([], []))
+
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        reliability_diagram([1.5], [1])
+    with pytest.raises(ValueError, match="same shape"):
+        reliability_diagram([0.5, 0.5], [1])
+    with pytest.raises(ValueError, match="n_bins"):
+        reliability_diagram([0.5], [1], n_bins=0)
+
+
+def test_confidence_and_depth_maps():
+    proba = np.zeros((1, 3, 2, 2))
+    proba[0, :, 0, 0] = [0.2, 0.5, 0.3]
+    proba[0, :, 0, 1] = [0.9, 0.05, 0.05]
+    proba[0, :, 1, 0] = [0.1, 0.1, 0.8]
+    proba[0, :, 1, 1] = [0.3, 0.3, 0.4]
+    np.testing.assert_allclose(confidence_map(proba), [[[0.5, 0.9], [0.8, 0.4]]])
+    np.testing.assert_array_equal(depth_map(proba), [[[1, 0], [2, 2]]])
+    np.testing.assert_array_equal(depth_map(np.log(proba[0])), [[1, 0], [2, 2]])  # logits work too
+    np.testing.assert_array_equal(depth_map(np.moveaxis(proba, 1, -1), axis=-1), [[[1, 0], [2, 2]]])
+    with pytest.raises(ValueError, match="softmax"):
+        confidence_map(proba * 3)
+    with pytest.raises(ValueError, match="out of range"):
+        confidence_map(np.ones((2, 2)) / 2)
+
+
+def test_saliency_is_local():
+    torch = pytest.importorskip("torch")
+    from segdepth.model import UNet
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: avoid thread contention
+    try:
+        _check_saliency(torch, UNet)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_saliency(torch, UNet):
+    torch.manual_seed(0)
+    model = UNet(channels=(2, 4), n_scales=1, head_channels=(4, 4)).train()
+    image = np.random.default_rng(0).random((128, 128)).astype(np.float32) + 0.5
+    sal = saliency(model, image, (2, 2), 3)  # output pixel (2, 2) covers image pixels 8..11
+    assert sal.shape == image.shape and sal.dtype == np.float32
+    assert np.all(sal >= 0)
+    assert sal[4:16, 4:16].sum() > 0  # inside the receptive field
+    assert np.all(sal[64:, :] == 0) and np.all(sal[:, 64:] == 0)  # far outside it
+    assert model.training  # mode restored
+    assert all(p.grad is None for p in model.parameters())  # parameter gradients untouched
+
+    with pytest.raises(ValueError, match="outside the output grid"):
+        saliency(model, image, (32, 0), 3)
+    with pytest.raises(ValueError, match="depth must be a class"):
+        saliency(model, image, (0, 0), 11)
+    with pytest.raises(ValueError, match="2-D"):
+        saliency(model, image[None], (0, 0), 1)
+
+
+def test_metrics_module_does_not_import_torch_at_top_level():
+    tree = ast.parse(Path(metrics.__file__).read_text())
+    top_level = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+    names = [alias.name for node in top_level for alias in node.names] + [
+        node.module for node in top_level if isinstance(node, ast.ImportFrom)
+    ]
+    assert not any(name and name.split(".")[0] == "torch" for name in names)

@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from segdepth import predict as predict_module
+from segdepth.model import UNet
+from segdepth.modelio import load_model, save_model
+from segdepth.predict import _tile_layout, load_default_model, predict, resample
+
+MODEL_PIXEL = 0.1  # [A]
+# One downsampling and no median filter: the receptive field's half-width is
+# ~24 pixels, below half the default overlap (32), so stitching is exact.
+TINY = {"n_scales": 1, "channels": (2, 4), "head_channels": (4, 4), "median_size": 1}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_model(UNet(**TINY), path, {"sampling": MODEL_PIXEL, "sampling_units": "A", "label_factor": 4, "lam": 5.0})
+    return load_model(path)
+
+
+def noisy(rng, shape, pixel_size=MODEL_PIXEL, **coords):
+    data = rng.poisson(5.0, shape).astype(np.float32) / 5.0 + 0.05
+    return xr.DataArray(data, dims=("frame", "y", "x")[-len(shape) :], coords=coords, attrs={"pixel_size": pixel_size})
+
+
+def test_output_overlays_input(saved, rng):
+    model, card = saved
+    image = noisy(rng, (2, 96, 80))
+    ds = predict(image, model, card, return_probabilities=True)
+    assert ds["depth"].dims == ("frame", "y", "x") and ds["depth"].shape == (2, 24, 20)
+    assert ds["depth"].dtype == np.uint8 and ds["confidence"].dtype == np.float32
+    assert ds["probability"].dims == ("frame", "depth_class", "y", "x") and ds.sizes["depth_class"] == 11
+    # label pixel j covers input pixels 4j..4j+3: centres at (j + 0.5) * 0.4 A, spanning the input's 8 A
+    np.testing.assert_allclose(ds["x"].values, (np.arange(20) + 0.5) * 4 * MODEL_PIXEL)
+    assert ds["x"].values[0] - 0.2 == pytest.approx(0) and ds["x"].values[-1] + 0.2 == pytest.approx(80 * MODEL_PIXEL)
+    assert ds["y"].values[-1] + 0.2 == pytest.approx(96 * MODEL_PIXEL)
+    assert ds["depth"].values.max() <= 10
+    confidence = ds["confidence"].values
+    assert confidence.min() >= 1 / 11 - 1e-6 and confidence.max() <= 1 + 1e-6
+    probability = ds["probability"].values
+    np.testing.assert_allclose(probability.sum(axis=1), 1, atol=1e-5)
+    np.testing.assert_array_equal(ds["depth"].values, probability.argmax(axis=1))
+    np.testing.assert_allclose(confidence, probability.max(axis=1))
+    assert json.loads(ds.attrs["model_card"])["sampling"] == MODEL_PIXEL
+    assert json.loads(ds.attrs["arguments"])["tile"] == 512
+    assert "probability" not in predict(image, model, card)
+
+
+def test_offset_coordinates_are_kept(saved, rng):
+    model, card = saved
+    x = 100 + (np.arange(64) + 0.5) * MODEL_PIXEL
+    image = noisy(rng, (1, 32, 64), x=x)
+    ds = predict(image, model, card)
+    assert ds["x"].values[0] == pytest.approx(100.2) and ds["y"].values[0] == pytest.approx(0.2)
+
+
+def test_tiled_equals_untiled(saved, rng):
+    """Tiles whose corners lie on multiples of required_multiple and an overlap above the receptive field."""
+    model, card = saved
+    image = noisy(rng, (1, 200, 172))  # not a multiple of anything: reflect-padded
+    whole = predict(image, model, card, tile=512, return_probabilities=True)
+    tiled = predict(image, model, card, tile=96, overlap=64, return_probabilities=True, batch_size=3)
+    assert json.loads(tiled.attrs["arguments"])["tile_used"] == 96
+    np.testing.assert_allclose(tiled["probability"], whole["probability"], atol=1e-5)
+    np.testing.assert_array_equal(tiled["depth"], whole["depth"])
+
+    # without overlap the seams differ, but only there
+    seams = predict(image, model, card, tile=64, overlap=0)
+    assert (seams["depth"] == whole["depth"]).mean() > 0.8
+
+
+def test_tile_layout_covers_with_overlap():
+    for size in (64, 320, 1024, 1088, 4096):
+        tile, starts, owned = _tile_layout(size, 512, 64, 64, 4)
+        assert tile <= 512 and tile % 64 == 0 and all(s % 64 == 0 for s in starts)
+        assert starts[-1] + tile == size and owned[0][0] == 0 and owned[-1][1] == size
+        for (a, b), s in zip(owned, starts, strict=True):
+            assert a % 4 == 0 and s <= a < b <= s + tile
+        for (_, hi), (lo, _) in zip(owned[:-1], owned[1:], strict=True):
+            assert hi == lo
+        for a, b in zip(starts[:-1], starts[1:], strict=True):
+            assert a + tile - b >= 64  # overlap kept
+    assert _tile_layout(1024, 512, 64, 64, 4)[0] == 384  # 3 tiles of 384 rather than 3 of 512
+
+
+@pytest.mark.parametrize("factor", [2.0, 0.5])
+def test_resampling_keeps_the_physical_extent(saved, rng, factor):
+    model, card = saved
+    n = int(64 / factor)
+    image = noisy(rng, (1, n, n + 8), pixel_size=MODEL_PIXEL * factor)
+    ds = predict(image, model, card)
+    assert ds.sizes["y"] == 16 and ds.attrs["label_pixel_size"] == pytest.approx(4 * MODEL_PIXEL, rel=0.02)
+    extent_x = (n + 8) * MODEL_PIXEL * factor
+    assert ds["x"].values[0] - ds.attrs["label_pixel_size"] / 2 == pytest.approx(0, abs=1e-9)
+    assert ds["x"].values[-1] + ds.attrs["label_pixel_size"] / 2 == pytest.approx(extent_x, abs=2 * MODEL_PIXEL)
+
+
+def test_resample():
+    image = np.arange(48, dtype=np.float32).reshape(6, 8)
+    binned = image.reshape(3, 2, 4, 2).mean(axis=(1, 3))
+    np.testing.assert_allclose(resample(image, (3, 4)), binned)  # shrinking is area averaging
+    np.testing.assert_allclose(resample(np.full((5, 7), 2.0), (13, 3)), 2.0)
+    up = resample(image, (12, 16))
+    assert up.shape == (12, 16) and up.mean() == pytest.approx(image.mean(), rel=1e-6)
+    assert resample(image, (6, 8)) is not None and np.array_equal(resample(image, (6, 8)), image)
+
+
+def test_unknown_pixel_size_asks_for_it(saved, rng):
+    model, card = saved
+    image = noisy(rng, (1, 32, 32))
+    image.attrs["pixel_size"] = None
+    with pytest.raises(ValueError, match="--pixel-size"):
+        predict(image, model, card)
+
+
+def test_invalid_arguments(saved, rng):
+    model, card = saved
+    image = noisy(rng, (1, 32, 32))
+    with pytest.raises(ValueError, match="overlap"):
+        predict(image, model, card, tile=64, overlap=64)
+    with pytest.raises(ValueError, match="mean intensity"):
+        predict(image * 0 - 1, model, card)
+    with pytest.raises(ValueError, match="sampling"):
+        predict(image, model, {"label_factor": 4})
+    with pytest.warns(UserWarning, match="trained at lambda = 5"):
+        predict(image, model, card, lam=500.0)
+
+
+def test_missing_default_model(monkeypatch):
+    monkeypatch.setattr(predict_module, "DEFAULT_MODEL", predict_module.DEFAULT_MODEL.with_name("absent.safetensors"))
+    with pytest.raises(FileNotFoundError, match="absent.safetensors not found.*--model"):
+        load_default_model()
