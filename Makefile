@@ -39,7 +39,7 @@ data: $(STAMP)
 	$(RUN_NB) notebooks/01_data_generation.py
 
 # Step 02: train the shipped model (base 16, lambda 2.5) on a training set made by 01 with
-# `-p output data/simulated/cpu_train -p n_structures 96 -p n_defocus 4 -p seed 0` (see README).
+# `-p output data/simulated/cpu_train -p n_structures 100 -p n_defocus 4 -p seed 0` (see README).
 train: $(STAMP)
 	$(RUN_NB) notebooks/02_training.py
 

@@ -100,6 +100,31 @@ def test_03_evaluation_uses_the_test_split_and_writes_figures(nb02):
     assert ex.saliency_lam.sizes["lam"] == 2 and float(ex.saliency_column.max()) > 0
 
 
+@pytest.mark.slow
+def test_shipped_model_on_a_fresh_simulation(nb01):
+    """The shipped model, through the public predict path, on particles it never saw (tiny preset, seed 5)."""
+    from segdepth import metrics
+    from segdepth.noise import poisson_noise
+    from segdepth.predict import load_default_model, predict
+
+    model, card = load_default_model()
+    assert card["lam"] == 2.5 and card["sampling"] == pytest.approx(0.053)
+    ds = open_dataset(nb01 / "sim", load=True)
+    rng = np.random.default_rng(0)
+    noisy = np.stack([poisson_noise(im, 2.5, rng=rng) for im in ds.image.values])
+    image = xr.DataArray(noisy, dims=("frame", "y", "x"), attrs={"pixel_size": float(ds.attrs["pixel_size"])})
+    out = predict(image, model, card)
+    assert out["depth"].shape == ds.depth.shape
+    pred, label = out["depth"].values, ds.label.values
+    assert metrics.real_atom_detection_rate(pred, label) > DETECTION_MIN
+    assert metrics.hallucination_rate(pred, label) < HALLUCINATION_MAX
+    counts = np.concatenate([
+        metrics.column_counts(pred[i], ds.column_x.values[i], ds.column_y.values[i], ds.label_x.values,
+                              ds.label_y.values) for i in range(pred.shape[0])])
+    acc = metrics.column_count_accuracy(counts, ds.column_count.values.ravel(), ds.column_Z.values.ravel())
+    assert acc["within_one_Ce"] > CE_WITHIN_ONE_MIN
+
+
 def test_notebooks_have_parameters_cell_and_pair():
     for py in sorted(NB.glob("[0-9][0-9]_*.py")):
         text = py.read_text()
