@@ -101,7 +101,7 @@ pred = proba.argmax(0)
 label = s.label.values
 # a column pixel: the centre of the thickest column of the sample; a background pixel: vacuum
 # a few label pixels outside the particle
-cnt = s.column_count.values
+cnt = s.column_count.values.astype(np.int64)  # uint8 would wrap the -1 below
 c = int(np.nanargmax(np.where(cnt > 0, cnt, -1)))
 col_px = (int(np.abs(s.label_y.values - s.column_y.values[c]).argmin()),
           int(np.abs(s.label_x.values - s.column_x.values[c]).argmin()))
