@@ -19,7 +19,7 @@ import numpy as np
 import xarray as xr
 
 from .labels import LabelSettings, label_coordinates, make_label_maps
-from .simulation import Microscope, PAPER_SAMPLING, check_grid, image_exit_wave, simulate_exit_wave
+from .simulation import PAPER_SAMPLING, Microscope, check_grid, image_exit_wave, simulate_exit_wave
 from .store import finished_shards, prepare_directory, provenance_attrs, shard_path, write_netcdf_atomic
 from .structures import MAX_ATOMS, SURFACES, build_particle, random_particle_spec
 

@@ -31,8 +31,6 @@ import importlib
 import logging
 import math
 import numbers
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -458,18 +456,7 @@ def write_netcdf_atomic(ds: xr.Dataset, path) -> Path:
         raise FileNotFoundError(f"{directory}: output directory does not exist")
     if path.is_dir():
         raise ValueError(f"{path}: is a directory, expected an output file name")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it ordinary permissions
-        ds.to_netcdf(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    from .store import atomic_write  # imports xarray: kept out of the command line's start-up
+
+    atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4"), make_parents=False)
     return path

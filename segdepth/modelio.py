@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from segdepth.model import UNet
+from segdepth.store import atomic_write
 
 __all__ = ["save_model", "load_model", "card_path"]
 
@@ -54,19 +53,6 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"model card value of type {type(obj).__name__} is not JSON-serialisable")
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temp file next to ``path``, then move it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_model(
@@ -109,9 +95,9 @@ def save_model(
         tensors = {k: (t.to(dtype) if t.is_floating_point() else t) for k, t in tensors.items()}
         card["weights_dtype"] = weights_dtype
     text = json.dumps(card, indent=2, sort_keys=True, default=_json_default) + "\n"
-    _atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}), make_parents=False)
     cpath = card_path(path)
-    _atomic_write(cpath, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write(cpath, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), make_parents=False)
     return cpath
 
 

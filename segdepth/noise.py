@@ -12,8 +12,6 @@ imports numpy's random state.
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 __all__ = ["check_lambda", "poisson_noise", "poisson_noise_torch"]

@@ -23,6 +23,7 @@ from . import __version__
 
 __all__ = [
     "git_commit",
+    "atomic_write",
     "write_netcdf_atomic",
     "write_json_atomic",
     "prepare_directory",
@@ -60,15 +61,37 @@ def provenance_attrs(parameters: dict, seed: int) -> dict:
     }
 
 
-def _atomic(path: Path, write) -> Path:
+def atomic_write(path, write, *, suffix: str = ".tmp", make_parents: bool = True) -> Path:
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then move it over ``path``.
+
+    The one atomic-write mechanism of the package: ``path`` is either its old
+    complete version or the new complete one, never a half-written file. The
+    temporary file (named ``.<name>.*<suffix>``; some writers infer the format
+    from the suffix) is flushed to disk before the rename and removed when
+    ``write`` fails.
+
+    Parameters
+    ----------
+    path : path
+        Destination.
+    write : callable
+        ``write(tmp)`` writes the content to the path string ``tmp``.
+    suffix : str
+        Suffix of the temporary file.
+    make_parents : bool
+        Create missing parent directories (else a missing one raises ``FileNotFoundError``).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
     try:
         write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
@@ -85,7 +108,7 @@ def write_netcdf_atomic(ds: xr.Dataset, path, *, compress: bool = True) -> Path:
         for name, var in ds.data_vars.items():
             if var.dtype.kind in "fiub":
                 encoding[name] = {"zlib": True, "complevel": 1}
-    return _atomic(Path(path), lambda tmp: ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding))
+    return atomic_write(Path(path), lambda tmp: ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding))
 
 
 def write_json_atomic(obj, path) -> Path:
@@ -96,7 +119,7 @@ def write_json_atomic(obj, path) -> Path:
             json.dump(obj, fh, indent=2, sort_keys=True)
             fh.write("\n")
 
-    return _atomic(Path(path), write)
+    return atomic_write(Path(path), write)
 
 
 def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:

@@ -45,8 +45,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,6 +64,7 @@ from .model import UNet, paper_config
 from .modelio import load_model, save_model
 from .noise import poisson_noise_torch
 from .preprocess import normalise
+from .store import atomic_write
 from .torchdata import CropDataset, collate
 
 __all__ = [
@@ -391,24 +390,9 @@ def evaluate(
 # ---------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, write: Callable[[str], None], suffix: str = ".tmp") -> None:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, fsync it, then move it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _write_json(path: Path, obj: Any) -> None:
     text = json.dumps(_encode_json(obj), indent=1, allow_nan=False)
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def _encode_json(obj: Any) -> Any:
@@ -495,7 +479,7 @@ def _save_checkpoint(out_dir: Path, state: dict[str, Any], model, optimizer) -> 
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tensors.update(optimizer_tensors)
     name = f"checkpoint-{state['epoch']:04d}.safetensors"
-    _atomic_write(out_dir / name, lambda tmp: save_file(tensors, tmp), suffix=".safetensors")
+    atomic_write(out_dir / name, lambda tmp: save_file(tensors, tmp), suffix=".safetensors")
     state = {
         "format": _CHECKPOINT_FORMAT,
         "version": _CHECKPOINT_VERSION,
@@ -795,5 +779,5 @@ def _finalise_card(path: Path, *, epochs_run: int, seconds: float) -> None:
 def _write_history(out_dir: Path, history, cfg: TrainConfig, stopped) -> xr.Dataset:
     ds = history_dataset(history, cfg)
     ds.attrs["stopped"] = stopped or ("epochs" if history and history[-1]["epoch"] + 1 >= cfg.epochs else "")
-    _atomic_write(out_dir / HISTORY_NAME, lambda tmp: ds.to_netcdf(tmp), suffix=".nc")
+    atomic_write(out_dir / HISTORY_NAME, lambda tmp: ds.to_netcdf(tmp), suffix=".nc")
     return ds
