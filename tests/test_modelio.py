@@ -12,14 +12,7 @@ from safetensors import safe_open
 from segdepth.model import UNet
 from segdepth.modelio import card_path, load_model, save_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids contention on a busy 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(**kwargs) -> UNet:

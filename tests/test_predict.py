@@ -18,12 +18,7 @@ MODEL_PIXEL = 0.1  # [A]
 TINY = {"n_scales": 1, "channels": (2, 4), "head_channels": (4, 4), "median_size": 1}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
