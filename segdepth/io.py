@@ -133,6 +133,19 @@ def _quiet_loggers(*names):
             logger.setLevel(level)
 
 
+@contextlib.contextmanager
+def _reader_errors(path: Path):
+    """Pass our own ``ValueError`` (its message starts with ``path``) on; any other failure is unreadable."""
+    try:
+        yield
+    except ValueError as err:
+        if str(err).startswith(str(path)):
+            raise
+        raise _Unreadable(_one_line(err)) from None
+    except Exception as err:
+        raise _Unreadable(_one_line(err)) from None
+
+
 # --------------------------------------------------------------------- readers
 # Each returns (array, pixel size in A or None, is_rgb: bool | None).
 
@@ -185,53 +198,39 @@ def _tiff_pixel_size(tif, page, where: str) -> float | None:
 def _read_tiff(path: Path, calibrate: bool):
     import tifffile
 
-    try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            page = series.pages[0] if hasattr(series, "pages") else tif.pages[0]
-            data = series.asarray()
-            is_rgb = getattr(page, "photometric", None) == tifffile.PHOTOMETRIC.RGB
-            pixel_size = None
-            if calibrate:
-                try:
-                    pixel_size = _tiff_pixel_size(tif, page, str(path))
-                except ValueError:
-                    raise
-                except Exception:  # unusual tag values: treat as uncalibrated
-                    pixel_size = None
-    except ValueError as err:
-        if str(err).startswith(str(path)):
-            raise
-        raise _Unreadable(_one_line(err)) from None
-    except Exception as err:
-        raise _Unreadable(_one_line(err)) from None
+    with _reader_errors(path), tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        page = series.pages[0] if hasattr(series, "pages") else tif.pages[0]
+        data = series.asarray()
+        is_rgb = getattr(page, "photometric", None) == tifffile.PHOTOMETRIC.RGB
+        pixel_size = None
+        if calibrate:
+            try:
+                pixel_size = _tiff_pixel_size(tif, page, str(path))
+            except ValueError:
+                raise
+            except Exception:  # unusual tag values: treat as uncalibrated
+                pixel_size = None
     return data, pixel_size, is_rgb
 
 
 def _read_netcdf(path: Path, calibrate: bool):
     import xarray as xr
 
-    try:
-        with xr.open_dataset(path) as ds:
-            names = list(ds.data_vars)
-            if "image" in names:
-                name = "image"
-            elif len(names) == 1:
-                name = names[0]
-            elif not names:
-                raise ValueError(f"{path}: no data variables in the file (empty, or corrupt or truncated?)")
-            else:
-                raise ValueError(
-                    f"{path}: expected a data variable named 'image' or a single data variable, found {names}"
-                )
-            da = ds[name].load()
-            ds_attrs = dict(ds.attrs)
-    except ValueError as err:
-        if str(err).startswith(str(path)):
-            raise
-        raise _Unreadable(_one_line(err)) from None
-    except Exception as err:
-        raise _Unreadable(_one_line(err)) from None
+    with _reader_errors(path), xr.open_dataset(path) as ds:
+        names = list(ds.data_vars)
+        if "image" in names:
+            name = "image"
+        elif len(names) == 1:
+            name = names[0]
+        elif not names:
+            raise ValueError(f"{path}: no data variables in the file (empty, or corrupt or truncated?)")
+        else:
+            raise ValueError(
+                f"{path}: expected a data variable named 'image' or a single data variable, found {names}"
+            )
+        da = ds[name].load()
+        ds_attrs = dict(ds.attrs)
     if "y" in da.dims and "x" in da.dims:
         da = da.transpose(..., "y", "x")
     where = str(path)
