@@ -57,6 +57,9 @@ __all__ = [
     "UNet",
     "DoubleConv",
     "MedianFilter2d",
+    "DenoisingUNet",
+    "DenoiseSegment",
+    "build_model",
     "count_parameters",
     "paper_config",
     "parameter_table",
@@ -368,6 +371,165 @@ class UNet(nn.Module):
         features = self.encoder(x)
         x = self.decoder(features)
         return self.head(x)
+
+
+class DenoisingUNet(nn.Module):
+    """Supervised denoiser for the denoise-then-segment baselines (paper, Table II).
+
+    The encoder and decoder of :class:`UNet` at full resolution, then a 1x1
+    convolution to one channel that is added to the input (residual
+    learning): ``out = x + conv(decoder(encoder(x)))``. Trained with the mean
+    squared error against the clean image (both normalised by the noisy
+    frame's mean, :func:`segdepth.preprocess.normalise`).
+
+    Parameters
+    ----------
+    base_channels, n_scales, channel_growth, max_channels, channels, upsample
+        As for :class:`UNet`.
+
+    Attributes
+    ----------
+    required_multiple : int
+        Input height and width must be multiples of this [pixels].
+    output_factor : int
+        1: the output has the input's grid.
+    config : dict
+        Constructor arguments plus ``"model": "DenoisingUNet"`` (for :func:`build_model`).
+    """
+
+    output_factor = 1
+
+    def __init__(
+        self,
+        *,
+        base_channels: int | None = None,
+        n_scales: int = 4,
+        channel_growth: str = "double",
+        max_channels: int | None = None,
+        channels: Sequence[int] | None = None,
+        upsample: str = "bilinear",
+        model: str = "DenoisingUNet",
+    ) -> None:
+        super().__init__()
+        if model != "DenoisingUNet":
+            raise ValueError(f"config describes a {model!r}, not a DenoisingUNet")
+        n_scales = _positive_int("n_scales", n_scales)
+        if channel_growth not in _GROWTH_RULES:
+            raise ValueError(f"channel_growth must be one of {_GROWTH_RULES}, got {channel_growth!r}")
+        if upsample not in _UPSAMPLE_MODES:
+            raise ValueError(f"upsample must be one of {_UPSAMPLE_MODES}, got {upsample!r}")
+        if channels is None:
+            base = _positive_int("base_channels", 16 if base_channels is None else base_channels)
+            channels = _resolve_channels(base, n_scales, channel_growth, max_channels)
+        else:
+            channels = [_positive_int("channels[i]", c) for c in channels]
+            if len(channels) != n_scales + 1:
+                raise ValueError(f"channels must have n_scales + 1 = {n_scales + 1} entries, got {len(channels)}")
+        self.config: dict[str, Any] = {
+            "model": "DenoisingUNet",
+            "base_channels": channels[0],
+            "n_scales": n_scales,
+            "channel_growth": channel_growth,
+            "max_channels": max_channels,
+            "channels": list(channels),
+            "upsample": upsample,
+        }
+        self.required_multiple = 2**n_scales
+        self.encoder = Encoder(1, channels)
+        self.decoder = Decoder(channels, mode=upsample)
+        self.out = nn.Conv2d(channels[0], 1, kernel_size=1)
+        nn.init.zeros_(self.out.weight)  # start as the identity: never worse than the noisy input
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Denoised image ``(B, 1, H, W)`` for noisy normalised images ``(B, 1, H, W)``."""
+        if x.ndim != 4 or x.shape[1] != 1 or x.shape[-1] % self.required_multiple or x.shape[-2] % self.required_multiple:
+            raise ValueError(
+                f"input must have shape (batch, 1, H, W) with H, W multiples of {self.required_multiple}; "
+                f"got {tuple(x.shape)}"
+            )
+        return x + self.out(self.decoder(self.encoder(x)))
+
+
+class DenoiseSegment(nn.Module):
+    """A denoiser followed by a segmentation UNet: ``logits = segmenter(denoiser(x))``.
+
+    Two baselines of the paper (Table II) share this module:
+
+    - *sequential*: a trained denoiser is frozen (``freeze_denoiser=True``:
+      its parameters take no gradient and it stays in eval mode) and the
+      segmentation network is trained on its outputs;
+    - *joint*: both are trained together on the sum of the cross-entropy and
+      the denoising MSE (``freeze_denoiser=False``).
+
+    ``forward`` returns the segmentation logits, so the model drops into
+    every evaluation and prediction function written for :class:`UNet`;
+    :meth:`denoise` gives the intermediate image.
+
+    Parameters
+    ----------
+    denoiser : dict
+        :attr:`DenoisingUNet.config`.
+    segmenter : dict
+        :attr:`UNet.config`.
+    freeze_denoiser : bool
+        See above.
+    """
+
+    def __init__(self, *, denoiser: dict, segmenter: dict, freeze_denoiser: bool = False,
+                 model: str = "DenoiseSegment") -> None:
+        super().__init__()
+        if model != "DenoiseSegment":
+            raise ValueError(f"config describes a {model!r}, not a DenoiseSegment")
+        self.denoiser = build_model(denoiser)
+        self.segmenter = build_model(segmenter)
+        if not isinstance(self.denoiser, DenoisingUNet) or not isinstance(self.segmenter, UNet):
+            raise ValueError("DenoiseSegment needs a DenoisingUNet config and a UNet config")
+        self.freeze_denoiser = bool(freeze_denoiser)
+        if self.freeze_denoiser:
+            self.denoiser.requires_grad_(False)
+        self.config: dict[str, Any] = {
+            "model": "DenoiseSegment",
+            "denoiser": self.denoiser.config,
+            "segmenter": self.segmenter.config,
+            "freeze_denoiser": self.freeze_denoiser,
+        }
+        self.required_multiple = math.lcm(self.denoiser.required_multiple, self.segmenter.required_multiple)
+        self.output_factor = self.segmenter.output_factor
+
+    def train(self, mode: bool = True) -> DenoiseSegment:
+        super().train(mode)
+        if self.freeze_denoiser:
+            self.denoiser.eval()  # frozen: batch-norm statistics stay those of its own training
+        return self
+
+    def denoise(self, x: torch.Tensor) -> torch.Tensor:
+        """The denoiser's output ``(B, 1, H, W)``."""
+        return self.denoiser(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Segmentation logits ``(B, n_classes, H / 4, W / 4)``."""
+        return self.segmenter(self.denoiser(x))
+
+
+def build_model(config: dict[str, Any]) -> nn.Module:
+    """Rebuild any SegDepth network from its ``config`` (e.g. a model card's ``architecture``).
+
+    ``config["model"]`` names the class (``"DenoisingUNet"``, ``"DenoiseSegment"``);
+    without that key it is a :class:`UNet` config.
+    """
+    if not isinstance(config, dict):
+        raise ValueError(f"config must be a dict of model arguments, got {type(config).__name__}")
+    kind = config.get("model", "UNet")
+    classes = {"UNet": UNet, "DenoisingUNet": DenoisingUNet, "DenoiseSegment": DenoiseSegment}
+    if kind not in classes:
+        raise ValueError(f"unknown model class {kind!r} in config; expected one of {sorted(classes)}")
+    if kind == "UNet":
+        return UNet.from_config(config)
+    try:
+        return classes[kind](**config)
+    except TypeError as err:
+        raise ValueError(f"config is not a valid {kind} configuration: {err}") from None
 
 
 def paper_config(base_channels: int) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from segdepth.model import UNet
+from segdepth.model import UNet, build_model
 from segdepth.store import atomic_write
 
 __all__ = ["save_model", "load_model", "card_path"]
@@ -82,7 +82,7 @@ def save_model(
     """
     path = _check_weights_path(path)
     if not isinstance(getattr(model, "config", None), dict):
-        raise ValueError("model must have a config dict (a segdepth.model.UNet)")
+        raise ValueError("model must have a config dict (a segdepth.model network)")
     card = {} if card is None else dict(card)
     if "architecture" in card and card["architecture"] != model.config:
         raise ValueError("card['architecture'] differs from model.config; leave it out and save_model fills it in")
@@ -181,7 +181,7 @@ def load_model(
         if diffs:
             raise ValueError(f"model card {cpath} describes a different architecture: " + "; ".join(diffs))
 
-    model = UNet.from_config(card["architecture"])
+    model = build_model(card["architecture"])
     try:
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as err:

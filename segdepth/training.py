@@ -60,7 +60,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .metrics import summarise
-from .model import UNet, paper_config
+from .model import DenoiseSegment, DenoisingUNet, UNet, paper_config
 from .modelio import load_model, save_model
 from .noise import poisson_noise_torch
 from .preprocess import normalise
@@ -88,6 +88,7 @@ _INIT, _SHUFFLE, _NOISE, _VALIDATION = 0x1A17, 0x5AFF, 0x0015E, 0x7A11D
 # Fields that may change between a run and its resumption without changing its course.
 _RESUMABLE_CHANGES = ("epochs", "max_minutes", "num_threads")
 _SCHEDULES = ("plateau", "cosine", "constant")
+TASKS = ("segment", "denoise", "joint")
 METRIC_NAMES = ("pixelwise_accuracy", "center_accuracy", "real_atom_detection_rate", "hallucination_rate")
 
 
@@ -186,6 +187,24 @@ class TrainConfig:
     max_minutes : float, optional
         Wall-clock budget of one call of :func:`train` [min]; training stops
         cleanly after the epoch in which it is exceeded (resume to continue).
+    task : {"segment", "denoise", "joint"}
+        What is trained (the baselines of Table II of the paper):
+        ``"segment"``: the depth UNet on noisy images (the direct model), or,
+        with ``denoiser_path``, on the outputs of that frozen denoiser (the
+        sequential baseline); ``"denoise"``: a :class:`DenoisingUNet` with the
+        mean squared error against the clean image; ``"joint"``: a
+        :class:`DenoiseSegment` trained on cross-entropy + ``denoise_weight``
+        x MSE.
+    denoiser : dict
+        :class:`DenoisingUNet` arguments of a fresh denoiser (tasks
+        ``"denoise"`` and ``"joint"``); default ``{"base_channels":
+        base_channels}``.
+    denoiser_path : str, optional
+        A trained denoiser (``.safetensors`` from a ``"denoise"`` run): frozen
+        in front of the segmentation network for ``"segment"``, initial
+        weights for ``"joint"``.
+    denoise_weight : float
+        Weight of the MSE term of the ``"joint"`` loss.
     """
 
     base_channels: int = 16
@@ -212,8 +231,18 @@ class TrainConfig:
     seed: int = 0
     num_threads: int = 2
     max_minutes: float | None = None
+    task: str = "segment"
+    denoiser: dict[str, Any] = field(default_factory=dict)
+    denoiser_path: str | None = None
+    denoise_weight: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.task == "denoise" and self.denoiser_path is not None:
+            raise ValueError("task 'denoise' trains a fresh denoiser; denoiser_path is for 'segment' and 'joint'")
+        if not (math.isfinite(self.denoise_weight) and self.denoise_weight >= 0):
+            raise ValueError(f"denoise_weight must be finite and >= 0, got {self.denoise_weight!r}")
         if self.lam is not None and self.lam_range is not None:
             raise ValueError("give either lam (one dose) or lam_range (log-uniform doses), not both")
         if self.lam is None and self.lam_range is None:
@@ -251,13 +280,32 @@ class TrainConfig:
         """Inverse of :meth:`to_dict`."""
         return cls(**values)
 
-    def build_model(self) -> UNet:
-        """A freshly initialised UNet, seeded from ``seed`` without touching global RNG state."""
+    def build_model(self) -> torch.nn.Module:
+        """A freshly initialised network for ``task``, seeded from ``seed`` without touching global RNG state.
+
+        A ``denoiser_path`` is loaded into the denoiser part (frozen for task ``"segment"``).
+        """
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_derived_seed(self.seed, _INIT))
+            if self.task == "denoise":
+                return DenoisingUNet(**{"base_channels": self.base_channels, **self.denoiser})
             if self.model_kwargs:
-                return UNet(base_channels=self.base_channels, **self.model_kwargs)
-            return UNet.from_config(paper_config(self.base_channels))
+                segmenter = UNet(base_channels=self.base_channels, **self.model_kwargs)
+            else:
+                segmenter = UNet.from_config(paper_config(self.base_channels))
+            if self.task == "segment" and self.denoiser_path is None:
+                return segmenter
+            trained = load_model(self.denoiser_path)[0] if self.denoiser_path is not None else None
+            if trained is not None and not isinstance(trained, DenoisingUNet):
+                raise ValueError(f"denoiser_path {self.denoiser_path} holds a {type(trained).__name__}, not a denoiser")
+            denoiser = trained.config if trained is not None else DenoisingUNet(
+                **{"base_channels": self.base_channels, **self.denoiser}).config
+            model = DenoiseSegment(denoiser=denoiser, segmenter=segmenter.config,
+                                   freeze_denoiser=self.task == "segment")
+            model.segmenter.load_state_dict(segmenter.state_dict())
+            if trained is not None:
+                model.denoiser.load_state_dict(trained.state_dict())
+            return model
 
 
 def class_weights(label, *, power: float, max_weight: float = 10.0, n_classes: int = N_CLASSES) -> np.ndarray:
@@ -340,6 +388,8 @@ def evaluate(
     lam_range: tuple[float, float] | None = None,
     batch_size: int = 4,
     class_weight: torch.Tensor | None = None,
+    task: str = "segment",
+    denoise_weight: float = 1.0,
 ) -> dict[str, float]:
     """Validation loss and the paper's metrics with fixed (seeded) noise.
 
@@ -351,15 +401,17 @@ def evaluate(
     Returns
     -------
     dict
-        ``loss`` (eq. 6 over the whole set, class weights included) and the
-        entries of :func:`segdepth.metrics.summarise` on the argmax
-        prediction against ``label``.
+        ``loss`` (the training objective of ``task``: eq. 6 over the whole
+        set with class weights, the MSE of the denoised image, or their
+        weighted sum), ``mse`` (tasks ``"denoise"``/``"joint"``; NaN
+        otherwise) and the entries of :func:`segdepth.metrics.summarise` on
+        the argmax prediction against ``label`` (NaN for ``"denoise"``).
     """
     if (lam is None) == (lam_range is None):
         raise ValueError("give exactly one of lam and lam_range")
     was_training = model.training
     model.eval()
-    total, weight_sum = 0.0, 0.0
+    total, weight_sum, squared, n_pixels = 0.0, 0.0, 0.0, 0
     preds, labels, centers = [], [], []
     try:
         for start in range(0, len(dataset), batch_size):
@@ -369,7 +421,16 @@ def evaluate(
             for item in items:
                 generator = torch.Generator().manual_seed(_derived_seed(seed, int(item["index"]), 0, _VALIDATION))
                 inputs.append(_noisy_input(item["image"][None], generator, lam=lam, lam_range=lam_range))
-            logits = model(torch.cat(inputs))
+            inputs = torch.cat(inputs)
+            if task != "segment":
+                denoised = model(inputs) if task == "denoise" else model.denoise(inputs)
+                squared += float(((denoised - normalise(batch["image"])) ** 2).sum(dtype=torch.float64))
+                n_pixels += denoised.numel()
+                if task == "denoise":
+                    continue
+                logits = model.segmenter(denoised)
+            else:
+                logits = model(inputs)
             weight = batch["weight"]
             if class_weight is not None:
                 weight = weight * class_weight[batch["label"]]
@@ -381,8 +442,14 @@ def evaluate(
             centers.append(batch["center_mask"].numpy())
     finally:
         model.train(was_training)
+    mse = squared / n_pixels if n_pixels else math.nan
+    if task == "denoise":
+        return {"loss": mse, "mse": mse, **{name: math.nan for name in METRIC_NAMES}}
     metrics = summarise(np.concatenate(preds), np.concatenate(labels), np.concatenate(centers))
-    return {"loss": total / weight_sum if weight_sum > 0 else 0.0, **{k: float(v) for k, v in metrics.items()}}
+    loss = total / weight_sum if weight_sum > 0 else 0.0
+    if task == "joint":
+        loss += denoise_weight * mse
+    return {"loss": loss, "mse": mse, **{k: float(v) for k, v in metrics.items()}}
 
 
 # ---------------------------------------------------------------------------
@@ -504,6 +571,7 @@ def history_dataset(history: list[dict[str, float]], cfg: TrainConfig) -> xr.Dat
         "center_accuracy": ("", "validation center accuracy"),
         "real_atom_detection_rate": ("", "validation real atom detection rate"),
         "hallucination_rate": ("", "validation hallucinated atom rate"),
+        "val_mse": ("", "validation MSE of the denoised image (normalised intensities)"),
         "seconds": ("s", "wall-clock time of the epoch"),
     }
     epochs = np.array([record["epoch"] for record in history], dtype=np.int64)
@@ -524,6 +592,8 @@ def history_dataset(history: list[dict[str, float]], cfg: TrainConfig) -> xr.Dat
 
 def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, out_dir: Path) -> None:
     current = cfg.to_dict()
+    defaults = TrainConfig().to_dict()  # settings added after a checkpoint was written take their defaults
+    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     free = set(_RESUMABLE_CHANGES) - ({"epochs"} if cfg.lr_schedule == "cosine" else set())
     changed = sorted(k for k in set(saved) | set(current) if k not in free and saved.get(k) != current.get(k))
     if changed:
@@ -619,12 +689,12 @@ def _train(cfg, train_ds, val_ds, out_dir: Path, *, resume, progress, callback) 
             raise ValueError(
                 f"{name}={crop} must be a multiple of the model's required_multiple={model.required_multiple}"
             )
-    if model.output_factor != cfg.label_factor:
+    if cfg.task != "denoise" and model.output_factor != cfg.label_factor:
         raise ValueError(f"the model's output is {model.output_factor}x coarser, the labels {cfg.label_factor}x")
     class_weight = torch.from_numpy(
         class_weights(train_set.label, power=cfg.class_balance, max_weight=cfg.class_weight_max)
     )
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     scheduler = _make_scheduler(cfg, optimizer)
     batch_size = min(cfg.batch_size, len(train_set))
     n_steps = len(train_set) // batch_size
@@ -680,8 +750,7 @@ def _train(cfg, train_ds, val_ds, out_dir: Path, *, resume, progress, callback) 
             batch = collate([train_set[i] for i in order[step * batch_size : (step + 1) * batch_size]])
             generator = torch.Generator().manual_seed(_derived_seed(cfg.seed, epoch, step, _NOISE))
             inputs = _noisy_input(batch["image"], generator, lam=lam, lam_range=cfg.lam_range)
-            logits = model(inputs)
-            loss = weighted_cross_entropy(logits, batch["label"], batch["weight"] * class_weight[batch["label"]])
+            loss = _step_loss(cfg, model, inputs, batch, class_weight)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss is {float(loss)} at epoch {epoch}, step {step}; lower lr")
             optimizer.zero_grad(set_to_none=True)
@@ -700,6 +769,8 @@ def _train(cfg, train_ds, val_ds, out_dir: Path, *, resume, progress, callback) 
             lam_range=cfg.lam_range,
             batch_size=cfg.val_batch_size or cfg.batch_size,
             class_weight=class_weight,
+            task=cfg.task,
+            denoise_weight=cfg.denoise_weight,
         )
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step(val["loss"])
@@ -716,6 +787,7 @@ def _train(cfg, train_ds, val_ds, out_dir: Path, *, resume, progress, callback) 
             "val_loss": val["loss"],
             "lr": lr,
             **{name: val[name] for name in METRIC_NAMES},
+            "val_mse": val.get("mse", math.nan),
             "seconds": time.monotonic() - epoch_started,
         }
         history.append(record)
@@ -733,7 +805,10 @@ def _train(cfg, train_ds, val_ds, out_dir: Path, *, resume, progress, callback) 
                 "training_seconds": counters["training_seconds"],
                 "epochs_run": epoch + 1,
                 "best_epoch": epoch,
-                "val_metrics": _finite_or_none({"val_loss": val["loss"], **{n: val[n] for n in METRIC_NAMES}}),
+                "val_metrics": _finite_or_none(
+                    {"val_loss": val["loss"], **({"val_mse": val["mse"]} if cfg.task != "segment" else {}),
+                     **{n: val[n] for n in METRIC_NAMES}}
+                ),
             }
             save_model(model, out_dir / MODEL_NAME, card)
         _write_history(out_dir, history, cfg, stopped)
@@ -750,7 +825,7 @@ def _train(cfg, train_ds, val_ds, out_dir: Path, *, resume, progress, callback) 
         if progress:
             tqdm.write(
                 f"epoch {epoch + 1}: train {record['train_loss']:.4f}  val {val['loss']:.4f}  "
-                + "  ".join(f"{name} {val[name]:.3f}" for name in METRIC_NAMES)
+                + "  ".join(f"{name} {val[name]:.3f}" for name in (*METRIC_NAMES, "mse") if math.isfinite(val.get(name, math.nan)))
                 + f"  ({record['seconds']:.0f} s)"
             )
         if callback is not None:
@@ -762,6 +837,18 @@ def _train(cfg, train_ds, val_ds, out_dir: Path, *, resume, progress, callback) 
     if counters["epoch"] >= first_epoch and (out_dir / MODEL_NAME).exists():
         _finalise_card(out_dir / MODEL_NAME, epochs_run=counters["epoch"] + 1, seconds=counters["training_seconds"])
     return _write_history(out_dir, history, cfg, stopped)
+
+
+def _step_loss(cfg: TrainConfig, model, inputs, batch, class_weight) -> torch.Tensor:
+    """Training objective of one batch for ``cfg.task``."""
+    if cfg.task == "denoise":
+        return F.mse_loss(model(inputs), normalise(batch["image"]))
+    weight = batch["weight"] * class_weight[batch["label"]]
+    if cfg.task == "joint":
+        denoised = model.denoise(inputs)
+        ce = weighted_cross_entropy(model.segmenter(denoised), batch["label"], weight)
+        return ce + cfg.denoise_weight * F.mse_loss(denoised, normalise(batch["image"]))
+    return weighted_cross_entropy(model(inputs), batch["label"], weight)
 
 
 def _finite_or_none(values: dict[str, float]) -> dict[str, float | None]:

@@ -234,3 +234,79 @@ def test_early_stopping(data, tmp_path, monkeypatch):
     assert load_model(tmp_path / "model.safetensors")[1]["best_epoch"] == 1
     # a stopped run stays stopped when resumed
     assert train(cfg, *data, tmp_path, progress=False).sizes["epoch"] == 4
+
+
+# ---------------------------------------------------------------------------
+# Denoise-then-segment baselines (Table II): denoiser, sequential, joint
+# ---------------------------------------------------------------------------
+
+TINY_DENOISER = {"n_scales": 2, "channels": [4, 8, 8]}
+
+
+def _noisy_mse(ds, lam, seed=0):
+    """MSE of the normalised noisy image against the normalised clean one (the identity 'denoiser')."""
+    from segdepth.noise import poisson_noise
+    from segdepth.preprocess import normalise
+
+    clean = ds["image"].values
+    noisy = poisson_noise(clean, lam, rng=np.random.default_rng(seed))
+    return float(np.mean((normalise(noisy) - normalise(clean)) ** 2))
+
+
+@pytest.fixture(scope="module")
+def denoiser(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("denoiser")
+    cfg = tiny_config(task="denoise", denoiser=TINY_DENOISER, lam_range=None, lam=5.0, epochs=8, lr=3e-3,
+                      batch_size=2, lr_schedule="constant")
+    history = train(cfg, *data, out, progress=False)
+    return out / "model.safetensors", history
+
+
+def test_denoiser_learns_to_beat_the_noisy_input(denoiser, data):
+    path, history = denoiser
+    mse = history["val_mse"].values
+    assert np.all(np.isfinite(mse))
+    assert mse[-1] < mse[0]
+    assert mse.min() < 0.5 * _noisy_mse(data[1], 5.0)  # clearly better than doing nothing
+    assert np.all(np.isnan(history["center_accuracy"].values))  # no segmentation metrics for a denoiser
+    model, card = load_model(path)
+    assert type(model).__name__ == "DenoisingUNet" and card["train_config"]["task"] == "denoise"
+
+
+def test_sequential_trains_segmenter_on_frozen_denoiser(denoiser, data, tmp_path):
+    from segdepth.evaluation import infer
+
+    path, _ = denoiser
+    frozen, _ = load_model(path)
+    cfg = tiny_config(denoiser_path=str(path), lam_range=None, lam=5.0, epochs=2)
+    history = train(cfg, *data, tmp_path, progress=False)
+    model, card = load_model(tmp_path / "model.safetensors")
+    assert type(model).__name__ == "DenoiseSegment" and model.freeze_denoiser
+    for name, value in frozen.state_dict().items():  # the denoiser did not move, batch-norm statistics included
+        assert torch.equal(model.denoiser.state_dict()[name], value), name
+    assert np.isfinite(history["center_accuracy"].values).all()
+    _, proba = infer(model, data[1]["image"].values[0], 5.0, seed=0)  # drops into the UNet evaluation unchanged
+    assert proba.shape == (11, 16, 16) and np.allclose(proba.sum(axis=0), 1, atol=1e-5)
+
+
+def test_joint_training_updates_both_parts_and_counts_the_mse(denoiser, data, tmp_path):
+    path, _ = denoiser
+    start = TrainConfig.from_dict(tiny_config(task="joint", denoiser_path=str(path)).to_dict()).build_model()
+    cfg = tiny_config(task="joint", denoiser_path=str(path), lam_range=None, lam=5.0, epochs=1, denoise_weight=10.0)
+    history = train(cfg, *data, tmp_path, progress=False)
+    model, _ = load_model(tmp_path / "model.safetensors")
+    assert not model.freeze_denoiser
+    for part in ("denoiser", "segmenter"):
+        before, after = getattr(start, part).state_dict(), getattr(model, part).state_dict()
+        assert any(not torch.equal(before[k], after[k]) for k in before), f"{part} was not trained"
+    # the validation loss is cross-entropy + 10 x MSE, so it exceeds 10 x the MSE alone
+    assert float(history["val_loss"][0]) > 10 * float(history["val_mse"][0]) > 0
+
+
+def test_task_validation():
+    with pytest.raises(ValueError, match="task must be one of"):
+        tiny_config(task="classify")
+    with pytest.raises(ValueError, match="denoiser_path is for"):
+        tiny_config(task="denoise", denoiser_path="x.safetensors")
+    with pytest.raises(ValueError, match="denoise_weight"):
+        tiny_config(denoise_weight=-1.0)
