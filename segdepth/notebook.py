@@ -46,7 +46,8 @@ def run_notebook(source, output=None, parameters: dict | None = None, *, cwd=Non
     os.close(fd)
     try:
         papermill.execute_notebook(
-            nb, tmp, parameters=parameters or {}, cwd=str(cwd or REPO), kernel_name=kernel_name, progress_bar=False
+            nb, tmp, parameters=parameters or {}, cwd=str(cwd or REPO), kernel_name=kernel_name, progress_bar=False,
+            language="python",
         )
         os.replace(tmp, output)
     finally:
@@ -61,6 +62,7 @@ def main(argv=None) -> int:
     ap.add_argument("-o", "--output")
     ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "JSON_VALUE"),
                     help="parameter value as JSON (strings may be given bare)")
+    ap.add_argument("--cwd", help="working directory of the kernel (default: the repository root)")
     args = ap.parse_args(argv)
     params = {}
     for name, value in args.parameter:
@@ -68,7 +70,7 @@ def main(argv=None) -> int:
             params[name] = json.loads(value)
         except json.JSONDecodeError:
             params[name] = value
-    out = run_notebook(args.notebook, args.output, params)
+    out = run_notebook(args.notebook, args.output, params, cwd=args.cwd)
     print(f"executed {args.notebook} -> {out}")
     return 0
 
