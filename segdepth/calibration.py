@@ -1,0 +1,527 @@
+"""Pixel-size calibration from the crystal lattice, and dose (lambda) estimation.
+
+:func:`calibrate_pixel_size` finds the lattice reflections in the power
+spectrum of an image (averaged over the frames of a stack) and matches their
+spatial frequencies to known lattice spacings. A reflection at ``f`` cycles per
+pixel from planes of spacing ``d`` [A] means a pixel size of ``d * f`` [A]. The
+CeO2 defaults are the {111}, {200} and {220} planes of fluorite with
+``a = 5.411 A`` (3.124 A, 2.706 A and 1.913 A).
+
+Method
+------
+1. Each frame minus its mean is multiplied by a 2-D Hann window; the squared
+   moduli of the Fourier transforms are averaged over frames.
+2. The smooth, roughly isotropic background is the lower quartile of the power
+   in rings of constant ``|f|`` (2 bins wide; a quartile rather than the median
+   so that the reflections' own leakage does not raise it), scaled to the mean
+   that pure noise would have; the *ratio* power / background is then, for
+   pure noise, Gamma-distributed with shape = number of frames (exponential
+   for one frame).
+3. Peaks are local maxima of the ratio above the level that pure noise exceeds
+   anywhere in the searched annulus with probability ``false_alarm`` (1e-3).
+   Their positions are refined to sub-bin precision by a parabola through the
+   3 bins along each axis (of the log power).
+4. Peaks are grouped into rings of equal ``|f|``. Every (ring, spacing) pair
+   proposes a pixel size. A proposal is valid when it explains rings of at
+   least two different known spacings (relative tolerance ``tolerance``) and
+   the angles between its reflections do not contradict the lattice more
+   often than they agree. Among valid proposals the one wins that leaves
+   the fewest significant rings unexplained *below* its lowest matched
+   frequency (harmonics such as {222} and {400} mimic the lattice at twice
+   the pixel size), then the one whose reflections make the angles of the
+   planes of a cubic lattice (when the spacings are named by Miller indices;
+   within one phase), then the one explaining the most peak strength.
+5. The estimate is the mean of ``d * f`` over the matched peaks. Its standard
+   uncertainty combines the scatter between the matched reflections
+   (standard error of the mean) and the peak-position precision (one
+   bin / sqrt(12) per peak, averaged over the peaks), in quadrature.
+
+Calibration never invents a number: a blank image, pure noise, or peaks that
+do not fit the known spacings consistently raise :class:`CalibrationError`.
+With only one reflection family (one ring) the assignment is ambiguous (is it
+{111} or {200}?) and is refused unless only one spacing is given.
+
+The uncertainty is statistical. Lattice strain in a nanoparticle (typically
+< 1 %), a non-square pixel, or drift during the exposure add systematic errors
+that no single image reveals.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = [
+    "CEO2_SPACINGS",
+    "CalibrationError",
+    "PixelSizeCalibration",
+    "LATTICE_CONSTANTS",
+    "calibrate_pixel_size",
+    "cubic_spacings",
+    "estimate_dose",
+    "power_spectrum",
+]
+
+CEO2_LATTICE_CONSTANT = 5.411  # [A]
+#: Default spacings [A]: CeO2 {111}, {200} and {220} (a = 5.411 A), the three strongest reflections
+#: of fluorite along [110].
+CEO2_SPACINGS = {
+    "111": CEO2_LATTICE_CONSTANT / math.sqrt(3),
+    "200": CEO2_LATTICE_CONSTANT / 2,
+    "220": CEO2_LATTICE_CONSTANT / math.sqrt(8),
+}
+
+#: Cubic lattice constants [A] of the phases in the CeO2-supported catalyst movies.
+LATTICE_CONSTANTS = {"CeO2": CEO2_LATTICE_CONSTANT, "Pt": 3.924}
+
+
+def cubic_spacings(phase: str, *, lattice_constant: float | None = None, families=("111", "200", "220")) -> dict:
+    """Spacings [A] of the ``families`` of a cubic ``phase``, keyed ``"<phase> <hkl>"``.
+
+    ``lattice_constant`` [A] defaults to :data:`LATTICE_CONSTANTS` ``[phase]``.
+    Example: ``{**cubic_spacings("CeO2"), **cubic_spacings("Pt")}`` for Pt on CeO2.
+    """
+    a = LATTICE_CONSTANTS.get(phase) if lattice_constant is None else lattice_constant
+    if a is None:
+        raise ValueError(f"unknown phase {phase!r}: pass lattice_constant [A] (known: {sorted(LATTICE_CONSTANTS)})")
+    out = {}
+    for fam in families:
+        hkl = _parse_hkl(fam)
+        if hkl is None:
+            raise ValueError(f"family {fam!r} is not a set of Miller indices such as '111'")
+        out[f"{phase} {fam}"] = float(a) / math.sqrt(sum(v * v for v in hkl[1]))
+    return out
+
+_QUANTILE = 0.25  # of the power in a ring, taken as its background
+
+
+class CalibrationError(ValueError):
+    """The lattice could not be found or matched: no pixel size is returned."""
+
+
+@dataclass
+class PixelSizeCalibration:
+    """Result of :func:`calibrate_pixel_size`.
+
+    Attributes
+    ----------
+    pixel_size : float
+        Estimated pixel size [A].
+    uncertainty : float
+        Standard uncertainty of ``pixel_size`` [A] (statistical, see the module docstring).
+    peaks : list of dict
+        Matched reflections: ``fy``, ``fx`` [cycles/px], ``frequency`` [cycles/px],
+        ``angle`` [deg], ``strength`` (power / background), ``family`` (the key of
+        the matched spacing), ``spacing`` [A], ``pixel_size`` [A] (``spacing * frequency``).
+    unmatched : list of dict
+        The other significant peaks (same keys without ``family``), e.g. another phase.
+    threshold : float
+        Detection level of power / background.
+    n_frames : int
+        Frames averaged.
+    """
+
+    pixel_size: float
+    uncertainty: float
+    peaks: list = field(default_factory=list)
+    unmatched: list = field(default_factory=list)
+    threshold: float = float("nan")
+    n_frames: int = 1
+
+    @property
+    def relative_uncertainty(self) -> float:
+        return self.uncertainty / self.pixel_size
+
+    def __str__(self) -> str:
+        families = sorted({p["family"] for p in self.peaks})
+        return (
+            f"{self.pixel_size:.4f} +- {self.uncertainty:.4f} A/px from {len(self.peaks)} reflections "
+            f"({', '.join('{' + f + '}' for f in families)}) in {self.n_frames} frame(s)"
+        )
+
+
+def _frames(image) -> np.ndarray:
+    arr = np.asarray(getattr(image, "values", image), dtype=np.float64)
+    if arr.ndim == 2:
+        arr = arr[np.newaxis]
+    if arr.ndim != 3:
+        raise ValueError(f"expected a 2-D image (y, x) or a stack (frame, y, x), got shape {arr.shape}")
+    if min(arr.shape[1:]) < 16:
+        raise ValueError(f"image of {arr.shape[1]} x {arr.shape[2]} pixels is too small to calibrate (>= 16 x 16)")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("image contains NaN or infinite values")
+    return arr
+
+
+def power_spectrum(image) -> np.ndarray:
+    """Hann-windowed power spectrum, averaged over frames, zero frequency at the centre (``fftshift``).
+
+    Parameters
+    ----------
+    image : array_like, shape (y, x) or (frame, y, x)
+
+    Returns
+    -------
+    numpy.ndarray, shape (y, x)
+    """
+    arr = _frames(image)
+    h, w = arr.shape[1:]
+    window = np.outer(np.hanning(h), np.hanning(w))
+    power = np.zeros((h, w))
+    for frame in arr:
+        power += np.abs(np.fft.fft2((frame - frame.mean()) * window)) ** 2
+    return np.fft.fftshift(power / arr.shape[0])
+
+
+def _frequencies(h: int, w: int):
+    fy = np.fft.fftshift(np.fft.fftfreq(h))[:, None] * np.ones((1, w))
+    fx = np.fft.fftshift(np.fft.fftfreq(w))[None, :] * np.ones((h, 1))
+    return fy, fx
+
+
+def _radial_quantile(values, radius, bin_width: float, mask, q: float) -> np.ndarray:
+    """Quantile ``q`` of ``values`` in rings of width ``bin_width`` (``mask`` selects the pixels used)."""
+    index = np.floor(radius / bin_width).astype(np.int64)
+    background = np.full(values.shape, np.nan)
+    for k in np.unique(index[mask]):
+        ring = index == k
+        sel = ring & mask
+        if sel.sum() >= 8:
+            background[ring] = np.quantile(values[sel], q)
+    # rings with too few pixels: nearest filled ring
+    missing = ~np.isfinite(background) & mask
+    if missing.any():
+        filled = np.isfinite(background) & mask
+        if not filled.any():
+            return background
+        r_f, b_f = radius[filled], background[filled]
+        order = np.argsort(r_f)
+        background[missing] = np.interp(radius[missing], r_f[order], b_f[order])
+    return background
+
+
+def _refine(logp: np.ndarray, i: int, j: int) -> tuple[float, float]:
+    """Sub-bin peak position: a parabola through three bins along each axis."""
+    h, w = logp.shape
+    di = dj = 0.0
+    if 0 < i < h - 1:
+        a, b, c = logp[i - 1, j], logp[i, j], logp[i + 1, j]
+        den = a - 2 * b + c
+        if den < 0:
+            di = float(np.clip(0.5 * (a - c) / den, -0.5, 0.5))
+    if 0 < j < w - 1:
+        a, b, c = logp[i, j - 1], logp[i, j], logp[i, j + 1]
+        den = a - 2 * b + c
+        if den < 0:
+            dj = float(np.clip(0.5 * (a - c) / den, -0.5, 0.5))
+    return i + di, j + dj
+
+
+def _parse_hkl(name) -> tuple[str, tuple[int, int, int]] | None:
+    """``"111"``, ``"{2 0 0}"``, ``"Pt 111"`` -> (phase, (h, k, l)); ``None`` when not Miller indices."""
+    text = str(name).strip()
+    phase, _, last = text.rpartition(" ") if " " in text and not text.replace(" ", "").strip("{}()[]").isdigit() else (
+        "", "", text)
+    last = last.strip("{}()[]").replace(",", " ")
+    parts = last.split()
+    if len(parts) == 1 and len(last) == 3 and last.isdigit():
+        parts = list(last)
+    if len(parts) != 3:
+        return None
+    try:
+        return phase.strip(), tuple(int(p) for p in parts)
+    except ValueError:
+        return None
+
+
+def _cubic_angles(hkl1, hkl2) -> np.ndarray:
+    """All angles [deg, 0-90] between planes of the cubic families {hkl1} and {hkl2}."""
+    def family(hkl):
+        out = set()
+        for perm in itertools.permutations(hkl):
+            for signs in itertools.product((1, -1), repeat=3):
+                out.add(tuple(s * p for s, p in zip(signs, perm, strict=True)))
+        return [np.array(v, float) for v in out]
+
+    angles = set()
+    for a in family(hkl1):
+        for b in family(hkl2):
+            cos = abs(a @ b) / (np.linalg.norm(a) * np.linalg.norm(b))
+            angles.add(round(math.degrees(math.acos(min(1.0, cos))), 3))
+    return np.array(sorted(angles))
+
+
+def _fold(angle: float) -> float:
+    """Angle between two lines [deg], folded into 0-90."""
+    a = abs(angle) % 180.0
+    return min(a, 180.0 - a)
+
+
+def calibrate_pixel_size(
+    image,
+    *,
+    spacings: dict | None = None,
+    tolerance: float = 0.03,
+    angle_tolerance: float = 3.0,
+    false_alarm: float = 1e-3,
+    min_frequency_bins: float = 4.0,
+    max_frequency: float = 0.45,
+) -> PixelSizeCalibration:
+    """Pixel size from the lattice reflections of ``image``.
+
+    Parameters
+    ----------
+    image : array_like or xarray.DataArray, shape (y, x) or (frame, y, x)
+        Intensities; the power spectra of the frames are averaged (the lattice
+        should not move by more than a fraction of a spacing between frames).
+    spacings : dict, optional
+        Known lattice spacings [A] by name. Names that are Miller indices of a
+        cubic lattice (``"111"``, ``"2 0 0"``) also let the angles between
+        reflections be checked. Default :data:`CEO2_SPACINGS`.
+    tolerance : float
+        Relative tolerance when matching ring radii to spacings.
+    angle_tolerance : float
+        Tolerance when comparing angles between reflections [deg].
+    false_alarm : float
+        Probability that pure noise produces a peak anywhere in the searched annulus.
+    min_frequency_bins : float
+        Frequencies below this many Fourier bins (of the shorter side) are not searched.
+    max_frequency : float
+        Largest frequency searched [cycles/px] (0.5 is Nyquist).
+
+    Returns
+    -------
+    PixelSizeCalibration
+
+    Raises
+    ------
+    CalibrationError
+        When the image is blank, no significant reflections are found, or the
+        reflections cannot be matched consistently to the spacings.
+    ValueError
+        For an invalid image or invalid parameters.
+    """
+    from scipy import ndimage, stats
+
+    spacings = dict(CEO2_SPACINGS if spacings is None else spacings)
+    if not spacings:
+        raise ValueError("spacings must name at least one lattice spacing [A]")
+    for name, d in spacings.items():
+        if not isinstance(d, int | float | np.number) or not math.isfinite(d) or d <= 0:
+            raise ValueError(f"spacing {name!r} must be a positive number of Angstrom, got {d!r}")
+    if not 0 < tolerance < 0.2:
+        raise ValueError(f"tolerance must be in (0, 0.2), got {tolerance}")
+    arr = _frames(image)
+    n_frames, h, w = arr.shape
+    if np.all(arr.std(axis=(1, 2)) == 0):
+        raise CalibrationError("calibration failed: the image is blank (constant), there is no lattice to measure")
+
+    power = power_spectrum(arr)
+    fy, fx = _frequencies(h, w)
+    radius = np.hypot(fy, fx)
+    bin_width = 1.0 / min(h, w)
+    f_min = min_frequency_bins * bin_width
+    annulus = (radius >= f_min) & (radius <= max_frequency) & (np.abs(fy) < 0.5) & (np.abs(fx) < 0.5)
+    # background: a low quantile in rings 2 bins wide, robust to the reflections' leakage
+    background = _radial_quantile(power, radius, 2 * bin_width, annulus, _QUANTILE)
+    if not np.any(np.isfinite(background[annulus]) & (background[annulus] > 0)):
+        raise CalibrationError("calibration failed: the power spectrum is empty (blank image?)")
+    # for noise, power / ring mean is Gamma(n, 1/n): scale the ring quantile to the ring mean
+    quantile_of_mean_one = stats.gamma.ppf(_QUANTILE, n_frames) / n_frames
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(annulus & (background > 0), power / (background / quantile_of_mean_one), 0.0)
+    ratio = np.nan_to_num(ratio, nan=0.0)
+    half = annulus & ((fy > 0) | ((fy == 0) & (fx > 0)))  # the spectrum is centro-symmetric
+    n_tests = max(int(half.sum()), 1)
+    threshold = float(stats.gamma.isf(false_alarm / n_tests, n_frames) / n_frames)
+    # peaks are local maxima of the power itself (the ring background would shift them), tested on the ratio
+    local_max = power == ndimage.maximum_filter(power, size=5, mode="wrap")
+    candidates = np.argwhere(half & local_max & (ratio > threshold))
+    if candidates.size == 0:
+        raise CalibrationError(
+            f"calibration failed: no lattice reflections in the power spectrum (none above {threshold:.3g} x the "
+            f"background over {n_frames} frame(s)); pure noise, amorphous, or too low a dose"
+        )
+    logp = np.log(np.maximum(power, power[power > 0].min() if np.any(power > 0) else 1e-300))
+    cy, cx = h // 2, w // 2
+    peaks = []
+    for i, j in candidates:
+        ri, rj = _refine(logp, int(i), int(j))
+        pfy, pfx = (ri - cy) / h, (rj - cx) / w
+        peaks.append({
+            "fy": float(pfy), "fx": float(pfx), "frequency": float(math.hypot(pfy, pfx)),
+            "angle": float(math.degrees(math.atan2(pfy, pfx))), "strength": float(ratio[i, j]),
+        })
+    peaks.sort(key=lambda p: -p["strength"])
+    peaks = peaks[:100]
+
+    # rings: peaks of (nearly) equal |f|
+    rings: list[list[dict]] = []
+    for p in sorted(peaks, key=lambda p: p["frequency"]):
+        if rings and p["frequency"] <= rings[-1][0]["frequency"] * (1 + tolerance / 2) + bin_width / 2:
+            rings[-1].append(p)
+        else:
+            rings.append([p])
+    ring_f = [float(np.average([p["frequency"] for p in r], weights=[p["strength"] for p in r])) for r in rings]
+    ring_s = [sum(p["strength"] for p in r) for r in rings]
+
+    hkl = {name: _parse_hkl(name) for name in spacings}
+    allowed = {}  # angles between planes of two families of one cubic phase
+    for a, b in itertools.combinations_with_replacement(spacings, 2):
+        if hkl[a] is not None and hkl[b] is not None and hkl[a][0] == hkl[b][0]:
+            allowed[(a, b)] = allowed[(b, a)] = _cubic_angles(hkl[a][1], hkl[b][1])
+
+    def assign(p_size: float):
+        """Ring index -> family for the rings this pixel size explains."""
+        out = {}
+        for k, f in enumerate(ring_f):
+            best = None
+            for name, d in spacings.items():
+                err = abs(d * f / p_size - 1)
+                if err <= tolerance and (best is None or err < best[1]):
+                    best = (name, err)
+            if best is not None:
+                out[k] = best[0]
+        return out
+
+    def angle_score(assignment) -> tuple[int, int]:
+        if not allowed:
+            return 0, 0
+        good = bad = 0
+        matched = [(p, fam) for k, fam in assignment.items() for p in rings[k]]
+        for (p1, f1), (p2, f2) in itertools.combinations(matched, 2):
+            if (f1, f2) not in allowed:
+                continue
+            angle = _fold(p1["angle"] - p2["angle"])
+            if np.min(np.abs(allowed[(f1, f2)] - angle)) <= angle_tolerance:
+                good += 1
+            else:
+                bad += 1
+        return good, bad
+
+    best = None
+    for k, f in enumerate(ring_f):
+        for name, d in spacings.items():
+            p_size = d * f
+            assignment = assign(p_size)
+            families = set(assignment.values())
+            good, bad = angle_score(assignment)
+            strength = sum(ring_s[i] for i in assignment)
+            valid = len(families) >= min(2, len(spacings)) and good >= bad  # angles may not contradict
+            # harmonics (222, 400, ...) mimic the lattice at twice the pixel size: prefer the hypothesis that
+            # leaves no significant reflection at a lower frequency than its own lowest one unexplained
+            lowest = min((ring_f[i] for i in assignment), default=0.0)
+            below = sum(1 for i, fi in enumerate(ring_f) if fi < lowest and i not in assignment)
+            key = (valid, -below, good - bad, strength, len(families))
+            if best is None or key > best[0]:
+                best = (key, p_size, assignment)
+    (valid, below, *_), _, assignment = best
+    found = ", ".join(f"{f:.4f}" for f in ring_f)
+    if valid and below:
+        lowest = min(ring_f[i] for i in assignment)
+        raise CalibrationError(
+            f"calibration failed: reflections below the matched ones (rings at {found} cycles/px; matched from "
+            f"{lowest:.4f}) fit none of the spacings { {k: round(v, 4) for k, v in spacings.items()} } A; another "
+            "phase? pass its spacings too"
+        )
+    if not valid:
+        raise CalibrationError(
+            f"calibration failed: the reflections found (at {found} cycles/px) do not match two of the spacings "
+            f"{ {k: round(v, 4) for k, v in spacings.items()} } A consistently; one family alone is ambiguous "
+            "(pass the pixel size, or a single known spacing)"
+        )
+    # several rings may claim one family (e.g. a second phase nearby): per family, keep the strongest ring
+    by_family = {}
+    for k, fam in assignment.items():
+        if fam not in by_family or ring_s[k] > ring_s[by_family[fam]]:
+            by_family[fam] = k
+    keep = {k: fam for fam, k in by_family.items()}
+    matched, unmatched = [], []
+    for k, ring in enumerate(rings):
+        for p in ring:
+            if k in keep:
+                d = spacings[keep[k]]
+                matched.append({**p, "family": keep[k], "spacing": d, "pixel_size": d * p["frequency"]})
+            else:
+                unmatched.append(p)
+
+    values = np.array([p["pixel_size"] for p in matched])
+    estimate = float(values.mean())
+    n = values.size
+    spread = float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    mean_f = float(np.mean([p["frequency"] for p in matched]))
+    position = estimate * (bin_width / math.sqrt(12)) / mean_f / math.sqrt(n)
+    uncertainty = math.hypot(spread, position)
+    return PixelSizeCalibration(
+        pixel_size=estimate,
+        uncertainty=uncertainty,
+        peaks=sorted(matched, key=lambda p: -p["strength"]),
+        unmatched=sorted(unmatched, key=lambda p: -p["strength"]),
+        threshold=threshold,
+        n_frames=n_frames,
+    )
+
+
+def estimate_dose(image, *, mask=None, offset: float = 0.0) -> float:
+    """Dose ``lambda`` [electrons per pixel] of an image whose grey values are ``gain * counts + offset``.
+
+    Under Poisson statistics ``counts ~ Poisson(lambda * c)``, so over a region
+    of constant ``c`` the grey values have ``mean = gain * lambda * c + offset``
+    and ``variance = gain**2 * lambda * c``: the gain is ``variance / (mean -
+    offset)`` and the dose there is ``(mean - offset)**2 / variance``. For
+    vacuum (``c = 1``) that is ``lambda`` itself.
+
+    Parameters
+    ----------
+    image : array_like, shape (y, x) or (frame, y, x)
+        Grey values. With several frames the variance is taken over time at
+        each pixel (which removes the object's contrast from it), else over
+        the region.
+    mask : array_like of bool, shape (y, x), optional
+        The region to use, ideally vacuum (default: the whole frame, which
+        over-estimates the variance by the object's contrast and so
+        *under*-estimates lambda unless frames are given).
+    offset : float
+        Grey value of zero electrons (dark level), when known.
+
+    Returns
+    -------
+    float
+        Estimated electrons per pixel of constant intensity.
+
+    Notes
+    -----
+    Valid only when the grey values are an affine map of counts. Detector
+    blur (a modulation transfer function) correlates neighbouring pixels and
+    lowers the variance, so lambda is *over*-estimated; non-linear display
+    rescaling, clipping at 0 or 255, or drift between frames break it.
+
+    Raises
+    ------
+    ValueError
+        When the region is empty, has no variance, or its mean is not above ``offset``.
+    """
+    arr = np.asarray(getattr(image, "values", image), dtype=np.float64)
+    if arr.ndim == 2:
+        arr = arr[np.newaxis]
+    if arr.ndim != 3:
+        raise ValueError(f"expected a 2-D image or a (frame, y, x) stack, got shape {arr.shape}")
+    region = np.ones(arr.shape[1:], bool) if mask is None else np.asarray(mask, bool)
+    if region.shape != arr.shape[1:]:
+        raise ValueError(f"mask of shape {region.shape} does not match the frames {arr.shape[1:]}")
+    if region.sum() < 2:
+        raise ValueError("the region for the dose estimate has fewer than 2 pixels")
+    values = arr[:, region] - offset
+    mean = float(values.mean())
+    if arr.shape[0] > 1:
+        variance = float(values.var(axis=0, ddof=1).mean())
+    else:
+        variance = float(values.var(ddof=1))
+    if not mean > 0:
+        raise ValueError(f"the mean grey value ({mean + offset:.4g}) is not above the offset ({offset:.4g})")
+    if not variance > 0:
+        raise ValueError("the region has no variance: cannot estimate a Poisson dose (noise-free or clipped data?)")
+    return mean**2 / variance
