@@ -21,7 +21,20 @@ extension                 reader                          pixel size taken from
 ``.emd``                  ``rsciio.emd`` (needs h5py)     axes scale and units
 ``.ser``, ``.emi``        ``rsciio.tia``                  axes scale and units
 ``.mrc``                  ``rsciio.mrc``                  axes scale and units
+``.gif``, ``.png``        ``PIL`` (Pillow)                nowhere (pass ``pixel_size`` or calibrate
+                                                          from the lattice, :mod:`segdepth.calibration`)
 ========================  ==============================  ===========================================
+
+A movie (GIF or animated PNG, a TIFF or ``.npy`` stack, a stack in a microscope
+file) becomes ``(frame, y, x)``. Colour images whose red, green and blue
+channels are equal (greyscale saved as RGB, as in most GIF movies) become
+greyscale; colour images with different channels are refused (an intensity
+cannot be recovered from a colour map). A TIFF whose pages have different
+sizes, or data with more than 3 dimensions, is refused.
+
+``frames`` and ``crop`` select part of the data *before* it is converted to
+float32, so a memory-mapped ``.npy`` stack, a TIFF stack (page by page) or a
+GIF movie (frame by frame) is only read where selected.
 """
 
 from __future__ import annotations
@@ -40,7 +53,14 @@ import numpy as np
 if TYPE_CHECKING:  # xarray is imported where it is used: a failing command line stays quick
     import xarray as xr
 
-__all__ = ["SUPPORTED_EXTENSIONS", "check_pixel_size", "read_image", "write_netcdf_atomic"]
+__all__ = [
+    "SUPPORTED_EXTENSIONS",
+    "check_pixel_size",
+    "parse_crop",
+    "parse_frames",
+    "read_image",
+    "write_netcdf_atomic",
+]
 
 #: Length units understood in file metadata, as their size in Angstrom.
 LENGTH_UNITS = {
@@ -54,7 +74,8 @@ _RSCIIO_READERS = {
     ".dm3": "digitalmicrograph", ".dm4": "digitalmicrograph", ".emd": "emd",
     ".ser": "tia", ".emi": "tia", ".mrc": "mrc",
 }  # fmt: skip
-SUPPORTED_EXTENSIONS = (".npy", ".tif", ".tiff", ".nc", *_RSCIIO_READERS)
+_PIL_EXTENSIONS = (".gif", ".png")
+SUPPORTED_EXTENSIONS = (".npy", ".tif", ".tiff", ".nc", *_RSCIIO_READERS, *_PIL_EXTENSIONS)
 
 
 class _Unreadable(Exception):
@@ -164,6 +185,40 @@ def _read_npy(path: Path):
     return data, None, None
 
 
+def _read_pil(path: Path, frames=None):
+    """GIF / PNG (animated or not) with Pillow: (frame, y, x) or (frame, y, x, 3) when in colour."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            n = getattr(im, "n_frames", 1)
+            keys = range(n) if frames is None else _frame_indices(frames, n, path)
+            out, size = [], None
+            for k in keys:
+                im.seek(k)
+                if size is not None and im.size != size:
+                    raise ValueError(f"{path}: frames of different sizes ({size} and {im.size} at frame {k})")
+                size = im.size
+                mode = im.mode
+                if mode in ("1", "L", "I", "F") or mode.startswith("I;"):
+                    out.append(np.asarray(im))
+                elif mode in ("LA", "La"):
+                    out.append(np.asarray(im.convert("L")))
+                else:  # palette, RGB(A), CMYK, ...: channels checked for equality later
+                    out.append(np.asarray(im.convert("RGB")))
+    except ValueError as err:
+        if str(err).startswith(str(path)):
+            raise
+        raise _Unreadable(_one_line(err)) from None
+    except (UnidentifiedImageError, OSError, EOFError, SyntaxError) as err:
+        raise _Unreadable(_one_line(err)) from None
+    shapes = {a.shape for a in out}
+    if len(shapes) > 1:
+        raise ValueError(f"{path}: frames of different sizes or modes ({sorted(shapes)})")
+    data = np.stack(out)
+    return data, None, data.ndim == 4, _Selected(list(keys)) if frames is not None else None
+
+
 def _tag_value(page, code):
     tag = page.tags.get(code)
     return None if tag is None else tag.value
@@ -195,13 +250,27 @@ def _tiff_pixel_size(tif, page, where: str) -> float | None:
     return _square(_scaled(per_px_y, units, where), _scaled(per_px_x, units, where), where)
 
 
-def _read_tiff(path: Path, calibrate: bool):
+def _read_tiff(path: Path, calibrate: bool, frames=None):
     import tifffile
 
     with _reader_errors(path), tifffile.TiffFile(path) as tif:
+        shapes = [tuple(s.shape) for s in tif.series]
+        if len(shapes) > 1 and len({sh[-2:] for sh in shapes if len(sh) >= 2}) > 1:
+            raise ValueError(
+                f"{path}: frames of different sizes ({', '.join('x'.join(map(str, sh)) for sh in shapes[:4])}"
+                f"{', ...' if len(shapes) > 4 else ''}); expected a stack of equal frames"
+            )
         series = tif.series[0]
         page = series.pages[0] if hasattr(series, "pages") else tif.pages[0]
-        data = series.asarray()
+        n_pages = len(series.pages) if hasattr(series, "pages") else 1
+        if frames is not None and n_pages > 1 and len(series.shape) >= 3 and series.shape[0] == n_pages:
+            keys = _frame_indices(frames, n_pages, path)  # read only the selected pages
+            data = series.asarray(key=keys)
+            if len(keys) == 1:
+                data = data[np.newaxis]
+            frames = _Selected(keys)
+        else:
+            data = series.asarray()
         is_rgb = getattr(page, "photometric", None) == tifffile.PHOTOMETRIC.RGB
         pixel_size = None
         if calibrate:
@@ -211,7 +280,7 @@ def _read_tiff(path: Path, calibrate: bool):
                 raise
             except Exception:  # unusual tag values: treat as uncalibrated
                 pixel_size = None
-    return data, pixel_size, is_rgb
+    return data, pixel_size, is_rgb, frames
 
 
 def _read_netcdf(path: Path, calibrate: bool):
@@ -302,6 +371,124 @@ def _read_rsciio(path: Path, plugin: str, calibrate: bool):
     return data, pixel_size, None
 
 
+# ------------------------------------------------------------------ selection
+
+class _Selected(list):
+    """Frame indices a reader has already selected (it read only those)."""
+
+
+def parse_frames(spec):
+    """Frame selection from text: ``"5"``, ``"0:10"``, ``"0:40:2"``, ``"1,4,7"`` (or ``None``: all).
+
+    Returns ``None``, an ``int``, a ``slice`` or a list of ints (Python indexing,
+    negative counting from the end); other values are passed through.
+    """
+    if spec is None or not isinstance(spec, str):
+        return spec
+    text = spec.strip()
+    if text in ("", ":", "all"):
+        return None
+    try:
+        if ":" in text:
+            parts = [int(p) if p.strip() else None for p in text.split(":")]
+            if len(parts) > 3:
+                raise ValueError
+            return slice(*parts)
+        if "," in text:
+            return [int(p) for p in text.split(",")]
+        return int(text)
+    except ValueError:
+        raise ValueError(f"frames must look like '5', '0:10', '0:40:2' or '1,4,7', got {spec!r}") from None
+
+
+def parse_crop(spec):
+    """Crop from text ``"x0:x1,y0:y1"`` [pixels, end exclusive, either bound may be empty].
+
+    Returns ``None`` or ``(x0, x1, y0, y1)`` (ints or ``None``); a 4-sequence is passed through.
+    """
+    if spec is None:
+        return None
+    if not isinstance(spec, str):
+        values = tuple(spec)
+        if len(values) != 4:
+            raise ValueError(f"crop must be (x0, x1, y0, y1) in pixels, got {spec!r}")
+        return values
+    try:
+        xs, ys = spec.split(",")
+        bounds = []
+        for part in (xs, ys):
+            lo, hi = part.split(":")
+            bounds += [int(lo) if lo.strip() else None, int(hi) if hi.strip() else None]
+        return tuple(bounds)
+    except ValueError:
+        raise ValueError(f"crop must look like 'x0:x1,y0:y1' in pixels (e.g. '0:180,0:180'), got {spec!r}") from None
+
+
+def _frame_indices(frames, n: int, path) -> list[int]:
+    """Indices (0..n-1) selected by ``frames``; ``ValueError`` naming ``path`` when out of range or empty."""
+    frames = parse_frames(frames)
+    if frames is None:
+        return list(range(n))
+    if isinstance(frames, slice):
+        keys = list(range(n))[frames]
+    else:
+        items = [frames] if isinstance(frames, int | np.integer) else list(frames)
+        keys = []
+        for k in items:
+            if isinstance(k, bool) or not isinstance(k, int | np.integer):
+                raise ValueError(f"{path}: frame indices must be integers, got {k!r}")
+            if not -n <= int(k) < n:
+                raise ValueError(f"{path}: frame {int(k)} is out of range (the file has {n} frame(s))")
+            keys.append(int(k) % n)
+    if not keys:
+        raise ValueError(f"{path}: the frame selection {frames!r} selects none of the {n} frame(s)")
+    return keys
+
+
+def _guess_rgb(data) -> bool:
+    """A trailing axis of 3 or 4 channels on a real image."""
+    return data.ndim in (3, 4) and data.shape[-1] in (3, 4) and min(data.shape[-3:-1]) > 4
+
+
+def _select(data, path: Path, is_rgb, frames, crop):
+    """Apply the frame selection and the crop; return (data, is_rgb, frame indices, (x0, y0))."""
+    if is_rgb is None and not data.dtype.names:
+        is_rgb = _guess_rgb(data)
+    n_spatial = 3 if is_rgb else 2
+    n_lead = data.ndim - n_spatial
+    if n_lead == 1:
+        n = data.shape[0]
+        if isinstance(frames, _Selected):
+            keys = list(frames)
+        elif frames is None:
+            keys = list(range(n))
+        else:
+            keys = _frame_indices(frames, n, path)
+            if keys != list(range(n)):
+                data = data[keys]
+    elif n_lead == 0:
+        keys = [0]
+        if isinstance(frames, _Selected):
+            keys = list(frames)
+        elif frames is not None and _frame_indices(frames, 1, path) != [0]:
+            raise ValueError(f"{path}: a single image has only frame 0")
+    else:
+        keys = None  # refused by _to_float_frames
+    origin = (0, 0)
+    if crop is not None and data.ndim >= 2:
+        x0, x1, y0, y1 = parse_crop(crop)
+        ax_y, ax_x = (data.ndim - n_spatial, data.ndim - n_spatial + 1)
+        h, w = data.shape[ax_y], data.shape[ax_x]
+        xs, ys = slice(x0, x1).indices(w), slice(y0, y1).indices(h)
+        if xs[1] <= xs[0] or ys[1] <= ys[0]:
+            raise ValueError(f"{path}: the crop {crop!r} is empty for a {h} x {w} (y x x) image")
+        index = [slice(None)] * data.ndim
+        index[ax_y], index[ax_x] = slice(ys[0], ys[1]), slice(xs[0], xs[1])
+        data = data[tuple(index)]
+        origin = (xs[0], ys[0])
+    return data, is_rgb, keys, origin
+
+
 # ------------------------------------------------------------------ validation
 
 
@@ -320,7 +507,7 @@ def _to_float_frames(data: np.ndarray, path: Path, is_rgb: bool | None) -> np.nd
     if data.size == 0:
         raise ValueError(f"{path}: the image is empty (shape {data.shape})")
     if is_rgb is None:  # guess: a trailing axis of 3 or 4 channels on a real image
-        is_rgb = data.ndim in (3, 4) and data.shape[-1] in (3, 4) and min(data.shape[-3:-1]) > 4
+        is_rgb = _guess_rgb(data)
     if is_rgb:
         channels = data[..., :3]
         if channels.shape[-1] == 3 and not (
@@ -351,7 +538,7 @@ def _to_float_frames(data: np.ndarray, path: Path, is_rgb: bool | None) -> np.nd
     return data
 
 
-def read_image(path, *, pixel_size=None) -> xr.DataArray:
+def read_image(path, *, pixel_size=None, frames=None, crop=None) -> xr.DataArray:
     """Read an image or image stack from a file.
 
     Parameters
@@ -360,14 +547,21 @@ def read_image(path, *, pixel_size=None) -> xr.DataArray:
         File to read; the format follows the extension (see the module docstring).
     pixel_size : float, optional
         Pixel size [A]. Overrides the file's metadata; needed for formats without any.
+    frames : int, slice, sequence of int or str, optional
+        Frames to read (see :func:`parse_frames`); default all.
+    crop : str or (x0, x1, y0, y1), optional
+        Region to read [pixels, end exclusive], e.g. ``"0:180,0:180"`` for the
+        left half of a 360 x 180 frame (see :func:`parse_crop`).
 
     Returns
     -------
     xarray.DataArray
         Float32 intensities with dims ``(frame, y, x)`` (a 2-D image is one frame),
-        coordinates ``y``, ``x`` at pixel centres ``(i + 0.5) * pixel_size`` [A]
-        (absent when the pixel size is unknown) and attributes ``pixel_size``
-        [A] (``None`` when unknown) and ``source`` (the file name).
+        coordinate ``frame`` (the frames' indices in the file), coordinates
+        ``y``, ``x`` at pixel centres ``(i + 0.5) * pixel_size`` [A] in the
+        uncropped image's frame of reference (absent when the pixel size is
+        unknown) and attributes ``pixel_size`` [A] (``None`` when unknown),
+        ``source`` (the file name) and ``crop`` (``[x0, x1, y0, y1]``, when cropped).
 
     Raises
     ------
@@ -393,14 +587,17 @@ def read_image(path, *, pixel_size=None) -> xr.DataArray:
     with _quiet_loggers("tifffile", "rsciio"), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
+            selected = frames
             if suffix == ".npy":
                 data, file_pixel_size, is_rgb = _read_npy(path)
             elif suffix in (".tif", ".tiff"):
-                data, file_pixel_size, is_rgb = _read_tiff(path, calibrate)
+                data, file_pixel_size, is_rgb, selected = _read_tiff(path, calibrate, frames)
             elif suffix == ".nc":
                 data, file_pixel_size, is_rgb = _read_netcdf(path, calibrate)
             elif suffix in _RSCIIO_READERS:
                 data, file_pixel_size, is_rgb = _read_rsciio(path, _RSCIIO_READERS[suffix], calibrate)
+            elif suffix in _PIL_EXTENSIONS:
+                data, file_pixel_size, is_rgb, selected = _read_pil(path, frames)
             else:
                 supported = ", ".join(SUPPORTED_EXTENSIONS)
                 raise ValueError(f"{path}: unsupported file type {path.suffix!r} (supported: {supported})")
@@ -412,6 +609,7 @@ def read_image(path, *, pixel_size=None) -> xr.DataArray:
             failure = None
     if failure is not None:  # raised here, with no chained reader traceback keeping the reader's files open
         raise ValueError(f"{path}: {failure}")
+    data, is_rgb, keys, (cx0, cy0) = _select(data, path, is_rgb, selected, crop)
     frames = _to_float_frames(data, path, is_rgb)
     import xarray as xr
 
@@ -420,19 +618,18 @@ def read_image(path, *, pixel_size=None) -> xr.DataArray:
             warnings.warn(f"{path}: {warning.message}", warning.category, stacklevel=2)
     if pixel_size is None:
         pixel_size = file_pixel_size
-    coords = {"frame": np.arange(frames.shape[0])}
+    if keys is None or len(keys) != frames.shape[0]:
+        keys = list(range(frames.shape[0]))
+    coords = {"frame": np.asarray(keys, dtype=np.int64)}
     if pixel_size is not None:
-        for dim, n in zip(("y", "x"), frames.shape[1:], strict=True):
+        for dim, n, start in zip(("y", "x"), frames.shape[1:], (cy0, cx0), strict=True):
             coords[dim] = xr.Variable(
-                dim, (np.arange(n) + 0.5) * pixel_size, {"units": "Å", "long_name": f"{dim} (pixel centre)"}
+                dim, (start + np.arange(n) + 0.5) * pixel_size, {"units": "Å", "long_name": f"{dim} (pixel centre)"}
             )
-    return xr.DataArray(
-        frames,
-        dims=("frame", "y", "x"),
-        coords=coords,
-        name="image",
-        attrs={"pixel_size": pixel_size, "source": path.name, "long_name": "intensity"},
-    )
+    attrs = {"pixel_size": pixel_size, "source": path.name, "long_name": "intensity"}
+    if crop is not None:
+        attrs["crop"] = [int(cx0), int(cx0 + frames.shape[2]), int(cy0), int(cy0 + frames.shape[1])]
+    return xr.DataArray(frames, dims=("frame", "y", "x"), coords=coords, name="image", attrs=attrs)
 
 
 def write_netcdf_atomic(ds: xr.Dataset, path) -> Path:

@@ -84,6 +84,7 @@ def _bad_cases(root: Path) -> list[tuple[str, list[str], str]]:
     (root / "truncated.npy").write_bytes((root / "image.npy").read_bytes()[:150])
     (root / "corrupt.tif").write_bytes(b"II*\x00" + b"\x00" * 20)
     (root / "corrupt.dm3").write_bytes(b"garbage" * 20)
+    (root / "image.jpg").write_bytes(b"\xff\xd8\xff")
     (root / "image.png").write_bytes(b"\x89PNG\r\n")
     (root / "a_directory.npy").mkdir(exist_ok=True)
     (root / "corrupt.safetensors").write_bytes(b"garbage")
@@ -94,7 +95,8 @@ def _bad_cases(root: Path) -> list[tuple[str, list[str], str]]:
     cases = [
         ("missing input", ["missing.npy"], "missing.npy: no such file"),
         ("directory", ["a_directory.npy"], "is a directory"),
-        ("extension", ["image.png"], "unsupported file type '.png'"),
+        ("extension", ["image.jpg"], "unsupported file type '.jpg'"),
+        ("truncated png", ["image.png"], "corrupt or truncated"),
         ("truncated", ["truncated.npy"], "corrupt or truncated"),
         ("corrupt tiff", ["corrupt.tif"], "corrupt or truncated"),
         ("corrupt dm3", ["corrupt.dm3"], "corrupt or truncated"),

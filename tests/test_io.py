@@ -145,8 +145,16 @@ def _bad_inputs(tmp_path, image):
     cases["negative"] = (npy("n.npy", -image), "all negative")
     cases["zero frame"] = (npy("zf.npy", np.stack([image, 0 * image])), "frame 1 .*all zero")
     cases["rgb"] = (npy("rgb.npy", np.stack([image, image, 2 * image], axis=-1)), "RGB")
+    (tmp_path / "x.jpg").write_bytes(b"\xff\xd8\xff")
+    cases["extension"] = (tmp_path / "x.jpg", "unsupported file type '.jpg'")
     (tmp_path / "x.png").write_bytes(b"\x89PNG")
-    cases["extension"] = (tmp_path / "x.png", "unsupported file type '.png'")
+    cases["truncated png"] = (tmp_path / "x.png", "corrupt or truncated")
+    gif = tmp_path / "t.gif"
+    from PIL import Image
+
+    Image.fromarray((image * 200).astype(np.uint8)).save(gif)
+    gif.write_bytes(gif.read_bytes()[:40])
+    cases["truncated gif"] = (gif, "corrupt or truncated")
     (tmp_path / "bad.tif").write_bytes(b"II*\x00garbage")
     cases["corrupt tiff"] = (tmp_path / "bad.tif", "could not read")
     (tmp_path / "bad.nc").write_bytes(b"CDF\x01garbage")
@@ -197,3 +205,63 @@ def test_write_netcdf_atomic(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="output directory does not exist"):
         write_netcdf_atomic(ds, tmp_path / "missing" / "out.nc")
+
+
+def test_gif_and_png_movies(tmp_path, image):
+    from PIL import Image
+
+    grey = [(image * 200 + k).astype(np.uint8) for k in range(3)]
+    frames = [Image.fromarray(g).convert("RGB").quantize(256) for g in grey]  # palette frames, R = G = B
+    frames[0].save(tmp_path / "m.gif", save_all=True, append_images=frames[1:], duration=40)
+    movie = read_image(tmp_path / "m.gif")
+    assert movie.dims == ("frame", "y", "x") and movie.shape == (3, 40, 32)
+    # palette quantisation may merge close grey levels, so compare loosely
+    assert np.abs(movie.values[1] - grey[1]).max() <= 2
+    part = read_image(tmp_path / "m.gif", frames="1:", crop="4:20,0:10", pixel_size=0.5)
+    assert part.shape == (2, 10, 16) and list(part.frame.values) == [1, 2]
+    np.testing.assert_array_equal(part.values, movie.values[1:, 0:10, 4:20])
+    assert part["x"].values[0] == pytest.approx(4.5 * 0.5) and part.attrs["crop"] == [4, 20, 0, 10]
+
+    Image.fromarray(grey[0]).save(tmp_path / "g.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "g.png").values[0], grey[0])
+    colour = np.stack([grey[0], grey[0] // 2, grey[0]], axis=-1)
+    Image.fromarray(colour).save(tmp_path / "c.png")
+    with pytest.raises(ValueError, match="c.png: colour \\(RGB\\) image with different channels"):
+        read_image(tmp_path / "c.png")
+
+
+def test_real_movie_shape():
+    from pathlib import Path
+
+    movie = Path(__file__).resolve().parents[1] / "data" / "raw" / "ptceo2_udvd_40frames.gif"
+    da = read_image(movie, frames=[0, 40], crop="0:180,:")
+    assert da.shape == (2, 180, 180) and list(da.frame.values) == [0, 40] and da.attrs["pixel_size"] is None
+
+
+def test_frame_and_crop_selection(tmp_path, image):
+    stack = np.stack([image + k for k in range(5)])
+    np.save(tmp_path / "s.npy", stack)
+    tifffile.imwrite(tmp_path / "s.tif", stack)
+    for name in ("s.npy", "s.tif"):
+        da = read_image(tmp_path / name, frames="1:5:2", crop=(None, 8, 30, None))
+        assert da.shape == (2, 10, 8) and list(da.frame.values) == [1, 3], name
+        np.testing.assert_array_equal(da.values, stack[1:5:2, 30:, :8])
+        assert read_image(tmp_path / name, frames=[-1]).frame.values.tolist() == [4]
+    with pytest.raises(ValueError, match="s.npy: frame 7 is out of range \\(the file has 5"):
+        read_image(tmp_path / "s.npy", frames=7)
+    with pytest.raises(ValueError, match="selects none"):
+        read_image(tmp_path / "s.npy", frames="9:")
+    with pytest.raises(ValueError, match="crop .* is empty"):
+        read_image(tmp_path / "s.npy", crop="10:10,:")
+    with pytest.raises(ValueError, match="crop must look like"):
+        read_image(tmp_path / "s.npy", crop="0-10")
+    with pytest.raises(ValueError, match="frames must look like"):
+        read_image(tmp_path / "s.npy", frames="a:b")
+
+
+def test_frames_of_different_sizes(tmp_path, image):
+    with tifffile.TiffWriter(tmp_path / "mixed.tif") as tif:
+        tif.write(image)
+        tif.write(image[:20, :20])
+    with pytest.raises(ValueError, match="mixed.tif: frames of different sizes"):
+        read_image(tmp_path / "mixed.tif")
