@@ -67,18 +67,34 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         help="depth map of an image or image stack",
         description="Predict the number of atoms in every atomic column of an HRTEM image (or every frame of a "
-        "stack). Formats: .npy, .tif/.tiff, .nc, .dm3/.dm4, .emd, .ser, .mrc.",
+        "stack, frame by frame). Formats: .npy, .tif/.tiff, .nc, .dm3/.dm4, .emd, .ser/.emi, .mrc, .gif, .png.",
     )
     p.add_argument("input", metavar="INPUT", help="image file")
     p.add_argument("--out", "-o", required=True, metavar="OUT.nc", help="output netCDF file (written atomically)")
     p.add_argument("--model", metavar="PATH", help="model file (.safetensors with its card); default: shipped model")
     p.add_argument("--pixel-size", metavar="A", help="pixel size of INPUT [Angstrom]; overrides the file's calibration")
     p.add_argument(
+        "--calibrate",
+        nargs="?",
+        const="CeO2",
+        metavar="PHASES",
+        help="measure the pixel size from the lattice reflections (power spectrum averaged over the selected frames, "
+        "at most 50) with the {111}, {200}, {220} spacings of these comma-separated cubic phases (default CeO2; "
+        "'CeO2,Pt' for Pt on CeO2); fails when no consistent lattice is found",
+    )
+    p.add_argument(
         "--lambda",
         dest="lam",
         metavar="L",
-        help="dose of INPUT [electrons per pixel in vacuum]; recorded, and compared with the model's training dose",
+        help="dose of INPUT [electrons per pixel in vacuum], or 'auto' to estimate it from the grey values (Poisson "
+        "with unknown gain: mean^2 / variance, over time when there are several frames); recorded, and compared "
+        "with the model's training dose",
     )
+    p.add_argument("--frames", metavar="SEL", help="frames to process: '5', '0:10', '0:40:2' or '1,4,7' (default all)")
+    p.add_argument(
+        "--crop", metavar="X0:X1,Y0:Y1", help="region to process [pixels, end exclusive], e.g. '0:180,:' (left half)"
+    )
+    p.add_argument("--chunk", type=int, default=8, metavar="N", help="frames read at a time (default 8)")
     p.add_argument("--probabilities", action="store_true", help="also write the per-pixel depth distribution")
     p.add_argument("--tile", type=int, default=512, metavar="N", help="tile edge [model pixels] (default 512)")
     p.add_argument("--overlap", type=int, default=64, metavar="N", help="tile overlap [model pixels] (default 64)")
@@ -102,21 +118,64 @@ def _check_output(out: Path) -> None:
 
 
 def _predict_command(args: argparse.Namespace) -> int:
-    from .io import check_pixel_size, read_image, write_netcdf_atomic
+    from .io import check_pixel_size, parse_crop, parse_frames, read_image
 
     out = Path(args.out)
     _check_output(out)
     pixel_size = None if args.pixel_size is None else check_pixel_size(args.pixel_size, name="--pixel-size")
-    lam = None if args.lam is None else _positive_float(args.lam, "--lambda")
-    limits = (("--tile", args.tile, 1), ("--overlap", args.overlap, 0), ("--batch-size", args.batch_size, 1))
+    if pixel_size is not None and args.calibrate is not None:
+        raise CommandError("--pixel-size and --calibrate exclude each other")
+    lam = None if args.lam in (None, "auto") else _positive_float(args.lam, "--lambda")
+    limits = (("--tile", args.tile, 1), ("--overlap", args.overlap, 0), ("--batch-size", args.batch_size, 1),
+              ("--chunk", args.chunk, 1))
     for option, value, least in limits:
         if value < least:
             raise CommandError(f"{option} must be >= {least}, got {value}")
+    frames = parse_frames(args.frames)
+    crop = parse_crop(args.crop)
 
-    image = read_image(args.input, pixel_size=pixel_size)  # validate the input before loading a model
-    from .predict import _image_pixel_size, load_default_model, predict
+    # validate the input (and find its frames) before loading a model; long series are read chunk by chunk
+    source = Path(args.input)
+    streamable = source.suffix.lower() in (".npy", ".tif", ".tiff", ".gif", ".png")
+    if streamable:
+        from .io import _frame_indices
 
-    _image_pixel_size(image)  # fail fast (before torch is imported) when the pixel size is unknown
+        probe = read_image(source, pixel_size=pixel_size, frames=[0], crop=crop)
+        keys = _frame_indices(frames, probe.attrs["frames_in_file"], source)
+        n_first = max(args.chunk, 50)
+        first = read_image(source, pixel_size=pixel_size, frames=keys[:n_first], crop=crop)
+    else:
+        first = read_image(source, pixel_size=pixel_size, frames=frames, crop=crop)
+        keys = [int(k) for k in first["frame"].values]
+        n_first = len(keys)
+    attrs = {"input": str(args.input)}
+    if args.calibrate is not None:
+        from .calibration import calibrate_pixel_size, cubic_spacings
+
+        spacings = {}
+        for phase in args.calibrate.split(","):
+            spacings.update(cubic_spacings(phase.strip()))
+        try:
+            cal = calibrate_pixel_size(first.values[:50], spacings=spacings)
+        except ValueError as err:
+            raise CommandError(f"{source}: {err}") from None
+        pixel_size = cal.pixel_size
+        first = read_image(source, pixel_size=pixel_size, frames=keys[:n_first], crop=crop)
+        attrs.update(calibrated_pixel_size=cal.pixel_size, calibrated_pixel_size_uncertainty=cal.uncertainty,
+                     calibration_peaks=json.dumps(cal.peaks), calibration_phases=args.calibrate)
+        print(f"{PROG}: calibrated pixel size {cal}", file=sys.stderr)
+    if args.lam == "auto":
+        from .calibration import estimate_dose
+
+        try:
+            lam = estimate_dose(first.values[:50])
+        except ValueError as err:
+            raise CommandError(f"{source}: cannot estimate --lambda: {err}") from None
+        attrs["lambda_estimated"] = lam
+        print(f"{PROG}: estimated dose {lam:.3g} e/pixel (Poisson model, unknown gain)", file=sys.stderr)
+    from .predict import _image_pixel_size, load_default_model, predict_to_netcdf
+
+    _image_pixel_size(first)  # fail fast (before torch is imported) when the pixel size is unknown
 
     if args.model is None:
         model, card = load_default_model()
@@ -128,26 +187,37 @@ def _predict_command(args: argparse.Namespace) -> int:
 
         model, card = load_model(model_path)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    ds = predict(
-        image,
+
+    def chunks():
+        for start in range(0, len(keys), args.chunk):
+            if start + args.chunk <= first.sizes["frame"] or first.sizes["frame"] == len(keys):
+                yield first.isel(frame=slice(start, start + args.chunk))
+            else:
+                yield read_image(source, pixel_size=pixel_size, frames=keys[start : start + args.chunk], crop=crop)
+
+    attrs["model"] = "default" if args.model is None else str(args.model)
+    attrs["command"] = json.dumps(["segdepth", *sys.argv[1:]] if args.argv is None else ["segdepth", *args.argv])
+    predict_to_netcdf(
+        chunks(),
         model,
         card,
+        out,
+        n_frames=len(keys),
+        attrs=attrs,
+        progress=progress,
         tile=args.tile,
         overlap=args.overlap,
         lam=lam,
         return_probabilities=args.probabilities,
-        progress=progress,
         batch_size=args.batch_size,
     )
-    ds.attrs["input"] = str(args.input)
-    ds.attrs["model"] = "default" if args.model is None else str(args.model)
-    ds.attrs["command"] = json.dumps(["segdepth", *sys.argv[1:]] if args.argv is None else ["segdepth", *args.argv])
-    write_netcdf_atomic(ds, out)
-    n_frames, n_y, n_x = ds["depth"].shape
-    print(
-        f"{PROG}: wrote {out} ({n_frames} frame{'s' if n_frames != 1 else ''}, {n_y} x {n_x} label pixels of "
-        f"{ds.attrs['label_pixel_size']:.4g} A)"
-    )
+    import xarray as xr
+
+    with xr.open_dataset(out) as ds:
+        n_frames, n_y, n_x = ds["depth"].shape
+        label = ds.attrs["label_pixel_size"]
+    plural = "s" if n_frames != 1 else ""
+    print(f"{PROG}: wrote {out} ({n_frames} frame{plural}, {n_y} x {n_x} label pixels of {label:.4g} A)")
     return 0
 
 

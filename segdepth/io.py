@@ -216,7 +216,11 @@ def _read_pil(path: Path, frames=None):
     if len(shapes) > 1:
         raise ValueError(f"{path}: frames of different sizes or modes ({sorted(shapes)})")
     data = np.stack(out)
-    return data, None, data.ndim == 4, _Selected(list(keys)) if frames is not None else None
+    selected = None
+    if frames is not None:
+        selected = _Selected(list(keys))
+        selected.total = n
+    return data, None, data.ndim == 4, selected
 
 
 def _tag_value(page, code):
@@ -269,6 +273,7 @@ def _read_tiff(path: Path, calibrate: bool, frames=None):
             if len(keys) == 1:
                 data = data[np.newaxis]
             frames = _Selected(keys)
+            frames.total = n_pages
         else:
             data = series.asarray()
         is_rgb = getattr(page, "photometric", None) == tifffile.PHOTOMETRIC.RGB
@@ -374,7 +379,9 @@ def _read_rsciio(path: Path, plugin: str, calibrate: bool):
 # ------------------------------------------------------------------ selection
 
 class _Selected(list):
-    """Frame indices a reader has already selected (it read only those)."""
+    """Frame indices a reader has already selected (it read only those) out of ``total``."""
+
+    total = None
 
 
 def parse_frames(spec):
@@ -451,11 +458,12 @@ def _guess_rgb(data) -> bool:
 
 
 def _select(data, path: Path, is_rgb, frames, crop):
-    """Apply the frame selection and the crop; return (data, is_rgb, frame indices, (x0, y0))."""
+    """Apply the frame selection and the crop; return (data, is_rgb, frame indices, (x0, y0), frames in file)."""
     if is_rgb is None and not data.dtype.names:
         is_rgb = _guess_rgb(data)
     n_spatial = 3 if is_rgb else 2
     n_lead = data.ndim - n_spatial
+    total = frames.total if isinstance(frames, _Selected) else (data.shape[0] if n_lead == 1 else 1)
     if n_lead == 1:
         n = data.shape[0]
         if isinstance(frames, _Selected):
@@ -486,7 +494,7 @@ def _select(data, path: Path, is_rgb, frames, crop):
         index[ax_y], index[ax_x] = slice(ys[0], ys[1]), slice(xs[0], xs[1])
         data = data[tuple(index)]
         origin = (xs[0], ys[0])
-    return data, is_rgb, keys, origin
+    return data, is_rgb, keys, origin, total
 
 
 # ------------------------------------------------------------------ validation
@@ -561,7 +569,8 @@ def read_image(path, *, pixel_size=None, frames=None, crop=None) -> xr.DataArray
         ``y``, ``x`` at pixel centres ``(i + 0.5) * pixel_size`` [A] in the
         uncropped image's frame of reference (absent when the pixel size is
         unknown) and attributes ``pixel_size`` [A] (``None`` when unknown),
-        ``source`` (the file name) and ``crop`` (``[x0, x1, y0, y1]``, when cropped).
+        ``source`` (the file name), ``frames_in_file`` and ``crop``
+        (``[x0, x1, y0, y1]``, when cropped).
 
     Raises
     ------
@@ -609,7 +618,7 @@ def read_image(path, *, pixel_size=None, frames=None, crop=None) -> xr.DataArray
             failure = None
     if failure is not None:  # raised here, with no chained reader traceback keeping the reader's files open
         raise ValueError(f"{path}: {failure}")
-    data, is_rgb, keys, (cx0, cy0) = _select(data, path, is_rgb, selected, crop)
+    data, is_rgb, keys, (cx0, cy0), total = _select(data, path, is_rgb, selected, crop)
     frames = _to_float_frames(data, path, is_rgb)
     import xarray as xr
 
@@ -626,7 +635,7 @@ def read_image(path, *, pixel_size=None, frames=None, crop=None) -> xr.DataArray
             coords[dim] = xr.Variable(
                 dim, (start + np.arange(n) + 0.5) * pixel_size, {"units": "Å", "long_name": f"{dim} (pixel centre)"}
             )
-    attrs = {"pixel_size": pixel_size, "source": path.name, "long_name": "intensity"}
+    attrs = {"pixel_size": pixel_size, "source": path.name, "long_name": "intensity", "frames_in_file": int(total)}
     if crop is not None:
         attrs["crop"] = [int(cx0), int(cx0 + frames.shape[2]), int(cy0), int(cy0 + frames.shape[1])]
     return xr.DataArray(frames, dims=("frame", "y", "x"), coords=coords, name="image", attrs=attrs)

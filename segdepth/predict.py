@@ -41,7 +41,7 @@ import xarray as xr
 from .io import check_pixel_size
 from .preprocess import normalise
 
-__all__ = ["DEFAULT_MODEL", "load_default_model", "predict", "resample"]
+__all__ = ["DEFAULT_MODEL", "load_default_model", "predict", "predict_to_netcdf", "resample"]
 
 #: The model :func:`load_default_model` reads, relative to the repository root.
 DEFAULT_MODEL = Path("data/models/segdepth_base16_lam2.5.safetensors")
@@ -429,3 +429,92 @@ def predict(
     if image.attrs.get("source"):
         attrs["source"] = str(image.attrs["source"])
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+
+def _create_variables(nc, ds: xr.Dataset, n_frames: int, compress: bool) -> None:
+    """Dimensions, coordinates, attributes and empty per-frame variables of ``ds`` in the open netCDF4 file ``nc``."""
+    nc.createDimension("frame", n_frames)
+    for dim in ("y", "x", "depth_class"):
+        if dim in ds.sizes:
+            nc.createDimension(dim, ds.sizes[dim])
+    for name in ("y", "x", "depth_class"):
+        if name in ds.coords:
+            var = nc.createVariable(name, ds[name].dtype, (name,))
+            var[:] = ds[name].values
+            var.setncatts({k: v for k, v in ds[name].attrs.items()})
+    nc.createVariable("frame", "i8", ("frame",))
+    for name, da in ds.data_vars.items():
+        chunks = [1, *da.shape[1:]]
+        var = nc.createVariable(name, da.dtype, da.dims, zlib=compress, complevel=1, chunksizes=chunks)
+        var.setncatts(dict(da.attrs))
+    nc.setncatts({k: v for k, v in ds.attrs.items() if v is not None})
+
+
+def predict_to_netcdf(frames, model, card: dict, path, *, n_frames: int, attrs: dict | None = None,
+                      progress: bool = False, compress: bool = True, **options) -> Path:
+    """Predict a long series frame by frame and write it to one netCDF file, in bounded memory.
+
+    Each frame's depth, confidence (and probability, with
+    ``return_probabilities=True``) is written to a temporary file next to
+    ``path`` as soon as it is computed; the file is renamed to ``path`` when
+    every frame is done (:func:`segdepth.store.atomic_write`). On any error the
+    temporary file is removed and ``path`` is left as it was. The result is the
+    dataset :func:`predict` would return for all frames at once.
+
+    Parameters
+    ----------
+    frames : iterable of xarray.DataArray
+        Chunks ``(frame, y, x)`` of the series in order (e.g. from
+        :func:`segdepth.io.read_image` with ``frames=``), all of one frame size and pixel size.
+    model, card
+        As for :func:`predict`.
+    path : path
+        Output netCDF file.
+    n_frames : int
+        Total number of frames the chunks hold.
+    attrs : dict, optional
+        Extra dataset attributes (strings or numbers).
+    progress : bool
+        A tqdm progress bar over frames on stderr.
+    **options
+        Passed to :func:`predict` (``tile``, ``overlap``, ``lam``, ``return_probabilities``, ``batch_size``).
+    """
+    import netCDF4
+    from tqdm.auto import tqdm
+
+    from .store import atomic_write
+
+    path = Path(path)
+
+    def write(tmp):
+        bar = tqdm(total=n_frames, unit="frame", desc="segdepth", disable=not progress, file=sys.stderr)
+        nc = netCDF4.Dataset(tmp, "w", format="NETCDF4")
+        try:
+            done, first, frame_ids = 0, None, []
+            for chunk in frames:
+                if chunk.ndim == 2:
+                    chunk = chunk.expand_dims("frame")
+                for k in range(chunk.sizes[chunk.dims[0]]):
+                    if done >= n_frames:
+                        raise ValueError(f"more frames than announced ({n_frames})")
+                    ds = predict(chunk.isel({chunk.dims[0]: [k]}), model, card, **options)
+                    if first is None:
+                        first = ds
+                        _create_variables(nc, ds.assign_attrs(attrs or {}), n_frames, compress)
+                    elif ds.sizes != first.sizes or not np.allclose(ds["x"], first["x"]) or not np.allclose(
+                        ds["y"], first["y"]
+                    ):
+                        raise ValueError(f"frame {int(ds['frame'][0])} differs in size or position from the first")
+                    for name in ds.data_vars:
+                        nc[name][done] = ds[name].values[0]
+                    frame_ids.append(int(ds["frame"].values[0]))
+                    done += 1
+                    bar.update(1)
+            if done != n_frames:
+                raise ValueError(f"got {done} frames, expected {n_frames}")
+            nc["frame"][:] = np.asarray(frame_ids, dtype=np.int64)
+        finally:
+            nc.close()
+            bar.close()
+
+    return atomic_write(path, write, suffix=".nc", make_parents=False)

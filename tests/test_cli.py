@@ -118,6 +118,13 @@ def _bad_cases(root: Path) -> list[tuple[str, list[str], str]]:
         ("bad lambda", ["image.npy", *px, "--lambda", "-2"], "--lambda must be finite and > 0"),
         ("bad tile", ["image.npy", *px, "--tile", "ten"], "invalid int value"),
         ("missing model", ["image.npy", *px, "--model", "nowhere.safetensors"], "model file not found"),
+        ("no lattice", [npy("noise.npy", image), *model, "--calibrate"], "noise.npy: calibration failed"),
+        ("both calibrations", ["image.npy", *px, "--calibrate"], "exclude each other"),
+        ("frame out of range", ["stack.npy", *px, "--frames", "5"], "frame 5 is out of range"),
+        ("bad crop", ["image.npy", *px, "--crop", "0:10"], "crop must look like"),
+        ("empty crop", ["image.npy", *px, "--crop", "50:,:"], "is empty"),
+        ("4-D movie", [npy("4d_movie.npy", np.ones((2, 3, 16, 16))), *px], "expected a 2-D image"),
+        ("unknown phase", ["image.npy", "--calibrate", "Au"], "unknown phase"),
         ("corrupt model", ["image.npy", *px, "--model", "corrupt.safetensors"], "could not read weights"),
     ]
     cases = [(name, ["predict", args[0], "--out", "out/OUT.nc", *args[1:]], message) for name, args, message in cases]
@@ -151,3 +158,33 @@ def test_default_model_missing_is_a_clean_error(workdir, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.startswith("segdepth: error: default model") and err.count("\n") == 1 and "--model" in err
     assert not out.exists()
+
+
+MOVIE = ROOT / "data" / "raw" / "ptceo2_udvd_40frames.gif"
+
+
+def test_predict_real_movie_streams_calibrated_frames(workdir, capsys):
+    """The real GIF: left half, 3 frames read in chunks of 2, calibrated from the lattice, lambda estimated."""
+    out = workdir / "movie.nc"
+    args = ["predict", str(MOVIE), "--out", str(out), "--model", str(workdir / "tiny.safetensors"),
+            "--crop", "0:180,:", "--frames", "0:3", "--chunk", "2", "--calibrate", "CeO2,Pt", "--lambda", "auto",
+            "--probabilities", "--tile", "256", "--no-progress"]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "calibrated pixel size" in err and "estimated dose" in err
+    from segdepth.io import read_image
+    from segdepth.modelio import load_model
+    from segdepth.predict import predict
+
+    with xr.open_dataset(out) as ds:
+        assert ds["depth"].shape[0] == 3 and list(ds["frame"].values) == [0, 1, 2]
+        assert ds.attrs["calibrated_pixel_size"] == pytest.approx(0.201, abs=0.006)
+        assert 1 < ds.attrs["lambda_estimated"] < 20
+        # the streamed file equals the in-memory prediction of the same frames
+        image = read_image(MOVIE, frames="0:3", crop="0:180,:", pixel_size=ds.attrs["calibrated_pixel_size"])
+        model, card = load_model(workdir / "tiny.safetensors")
+        ref = predict(image, model, card, tile=256, return_probabilities=True)
+        np.testing.assert_array_equal(ds["depth"].values, ref["depth"].values)
+        np.testing.assert_allclose(ds["probability"].values, ref["probability"].values, atol=1e-6)
+        np.testing.assert_allclose(ds["x"].values, ref["x"].values)
+    assert not [p for p in workdir.iterdir() if p.name.startswith(".movie.nc")]  # no temporary file left
