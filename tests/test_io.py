@@ -265,3 +265,23 @@ def test_frames_of_different_sizes(tmp_path, image):
         tif.write(image[:20, :20])
     with pytest.raises(ValueError, match="mixed.tif: frames of different sizes"):
         read_image(tmp_path / "mixed.tif")
+
+
+def test_emd_through_rosettasciio(tmp_path, image):
+    pytest.importorskip("h5py")
+    from rsciio.emd import file_writer
+
+    data = np.stack([image, image + 1, image + 2])
+    axes = [
+        {"name": "frame", "size": 3, "offset": 0, "scale": 1, "units": "<undefined>", "navigate": True},
+        {"name": "y", "size": 40, "offset": 0, "scale": 0.02, "units": "nm", "navigate": False},
+        {"name": "x", "size": 32, "offset": 0, "scale": 0.02, "units": "nm", "navigate": False},
+    ]
+    for i, ax in enumerate(axes):
+        ax["index_in_array"] = i
+    signal = {"data": data, "axes": axes, "metadata": {"General": {"title": "t"}, "Signal": {"signal_type": ""}},
+              "original_metadata": {}, "attributes": {}}
+    file_writer(str(tmp_path / "s.emd"), signal)
+    da = read_image(tmp_path / "s.emd", frames="1:", crop="0:16,:")
+    assert da.shape == (2, 40, 16) and da.attrs["pixel_size"] == pytest.approx(0.2)
+    np.testing.assert_array_equal(da.values[1], (image + 2)[:, :16])
