@@ -8,7 +8,8 @@ STAMP := $(VENV)/.segdepth-installed
 TORCH := torch==2.13.0
 RUN_NB := $(PY) -m segdepth.notebook
 
-.PHONY: all venv test test-fast reproduce data train evaluate reproduce-evaluate lint sync benchmark clean
+.PHONY: all venv test test-fast reproduce data train evaluate reproduce-evaluate lint sync benchmark clean \
+	study study-train study-denoise study-noise
 
 all: reproduce
 
@@ -55,6 +56,33 @@ reproduce-evaluate: $(STAMP)
 		-p table data/results/reproduce/table1_lam2.5.md -p figure_prefix figures/reproduce/
 
 reproduce: data reproduce-evaluate
+
+# Issue 4 studies at the reduced (CPU) size; paper size: see README "Studies". Each step resumes.
+BATCH := $(PY) -m segdepth.batch
+STUDY_TRAIN := -p epochs 10 -p max_minutes 0 -p num_threads 1 --result-param history_out --workers 2 \
+	-p checkpoint_dir 'data/checkpoints/study/base{base_channels}_lam{lam}' \
+	-p model_out 'data/models/study/base{base_channels}_lam{lam}.safetensors' \
+	-p history_out 'data/results/study/training/base{base_channels}_lam{lam}.nc' \
+	-p figure 'figures/study/training_base{base_channels}_lam{lam}.png'
+NOISE_LAMS := 0.05 0.1 0.25 0.5 1 2.5 5 10 25 50
+
+study-train: $(STAMP)
+	$(BATCH) notebooks/02_training.py --grid base_channels 4 --grid lam 0.1 2.5 10 -p head_channels '[8,16]' \
+		$(STUDY_TRAIN) --merged data/results/study/training_base4.nc
+	$(BATCH) notebooks/02_training.py --grid base_channels 8 --grid lam 2.5 -p head_channels '[16,32]' $(STUDY_TRAIN)
+	$(BATCH) notebooks/02_training.py --grid base_channels 8 --grid lam_range '[0.25,25]' -p head_channels '[16,32]' \
+		$(subst {lam},{lam_range},$(STUDY_TRAIN))
+
+study-denoise: $(STAMP)
+	$(RUN_NB) notebooks/05_denoise_baselines.py
+
+study-noise: $(STAMP)
+	$(BATCH) notebooks/04_noise_generalization.py --grid test_lams $(NOISE_LAMS) --dim test_lams=test_lambda \
+		-p figure_prefix '' -p results 'data/results/study/noise/lam{test_lams}.nc' --workers 2 \
+		--merged data/results/noise_generalization.nc
+	$(RUN_NB) notebooks/04_noise_generalization.py
+
+study: study-train study-denoise study-noise
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/simulation_throughput.py

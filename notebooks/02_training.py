@@ -45,7 +45,9 @@ split = [0.8, 0.1, 0.1]  # train / validation / test fractions (by structure)
 split_seed = 0  # seed of the split
 seed = 0  # seed of initialisation, crops and noise
 max_minutes = 80.0  # wall-clock budget of this run [min] (0: none)
-num_threads = 2  # torch threads
+num_threads = 2  # torch threads (per process)
+nproc = 1  # data-parallel processes on this machine (torchrun + DDP; gloo on CPU, NCCL with one GPU each)
+device = "cpu"  # single-process device ("cpu" or "cuda"); with nproc > 1 GPUs are used when present
 checkpoint_dir = "data/checkpoints/base16_lam2.5"  # per-epoch checkpoints (resume)
 model_out = "data/models/segdepth_base16_lam2.5.safetensors"  # exported best model
 history_out = "data/results/training_history_base16_lam2.5.nc"  # training history
@@ -88,7 +90,12 @@ cfg = TrainConfig(
 )
 
 # %%
-history = train(cfg, ds.isel(sample=train_idx), ds.isel(sample=val_idx), checkpoint_dir)
+if nproc > 1:
+    from segdepth.distributed import launch
+
+    history = launch(data, cfg, checkpoint_dir, nproc=nproc, split=split, split_seed=split_seed)
+else:
+    history = train(cfg, ds.isel(sample=train_idx), ds.isel(sample=val_idx), checkpoint_dir, device=device)
 
 # %% [markdown]
 # Export the best model (float16 weights, converted back to float32 on loading) with the split it

@@ -37,16 +37,15 @@ models = [
     "data/models/study/base4_lam2.5.safetensors",
     "data/models/study/base8_lam2.5.safetensors",
     "data/models/segdepth_base16_lam2.5.safetensors",
-    "data/models/study/base8_lam0.1.safetensors",
-    "data/models/study/base8_lam0.5.safetensors",
-    "data/models/study/base8_lam10.safetensors",
+    "data/models/study/base4_lam0.1.safetensors",
+    "data/models/study/base4_lam10.safetensors",
     "data/models/study/base8_lam0.25-25.safetensors",
 ]
 test_lams = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0]  # test doses [e/pixel]; a number is one dose
-n_test = 0  # evaluate at most this many test samples per dose (0: the whole test split)
+n_test = 20  # evaluate this many test samples per dose, spread over the split (0: all of it)
 seed = 1  # seed of the test noise
 fig9a_train_lam = 2.5  # panel (a): models trained at this dose, one per size
-fig9b_base = 8  # panel (b): models of this base width, one per training dose
+fig9b_base = 4  # panel (b): models of this base width, one per training dose
 robust_range = [0.25, 25.0]  # test-dose range over which the dose-robust model should stay flat
 results = "data/results/noise_generalization.nc"
 figure_prefix = "figures/"  # empty: no figure (e.g. for single-dose runs under the batch driver)
@@ -78,7 +77,7 @@ def test_indices(card):
         idx = np.flatnonzero(np.isin(ds.structure.values, split["test_structures"]))
     else:
         idx = np.arange(ds.sizes["sample"])
-    return idx[:n_test] if n_test else idx
+    return idx[:: max(1, idx.size // n_test)][:n_test] if n_test else idx  # spread over structures
 
 
 def describe(path, model, card):

@@ -32,15 +32,15 @@
 
 # %% tags=["parameters"]
 data = "data/simulated/cpu_train"  # simulated dataset (notebook 01)
-direct_model = "data/models/study/base8_lam2.5.safetensors"  # direct model from notebook 02, same size and dose
-base_channels = 8  # segmentation UNet width (the direct model's)
-head_channels = [16, 32]  # its two extra downsampling blocks ([]: the paper-sized head)
-denoiser_base = 8  # denoiser UNet width at full resolution
+direct_model = "data/models/study/base4_lam2.5.safetensors"  # direct model from notebook 02, same size and dose
+base_channels = 4  # segmentation UNet width (the direct model's)
+head_channels = [8, 16]  # its two extra downsampling blocks ([]: the paper-sized head)
+denoiser_base = 4  # denoiser UNet width at full resolution
 denoiser_scales = 4  # denoiser downsamplings
 lam = 2.5  # training and test dose [e/pixel]
 denoise_weight = 1.0  # weight of the MSE in the joint loss
 epochs = 10  # maximum epochs of each training run
-max_minutes = 10.0  # wall-clock budget of each training run [min] (0: none)
+max_minutes = 0.0  # wall-clock budget of each training run [min] (0: none)
 crop = 256  # training crop [image pixels]
 batch_size = 4
 steps_per_epoch = 0  # 0: one pass over the training split

@@ -507,9 +507,11 @@ class DenoiseSegment(nn.Module):
         """The denoiser's output ``(B, 1, H, W)``."""
         return self.denoiser(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Segmentation logits ``(B, n_classes, H / 4, W / 4)``."""
-        return self.segmenter(self.denoiser(x))
+    def forward(self, x: torch.Tensor, return_denoised: bool = False):
+        """Segmentation logits ``(B, n_classes, H / 4, W / 4)`` (and the denoised image if asked)."""
+        denoised = self.denoiser(x)
+        logits = self.segmenter(denoised)
+        return (logits, denoised) if return_denoised else logits
 
 
 def build_model(config: dict[str, Any]) -> nn.Module:

@@ -421,7 +421,9 @@ def evaluate(
             for item in items:
                 generator = torch.Generator().manual_seed(_derived_seed(seed, int(item["index"]), 0, _VALIDATION))
                 inputs.append(_noisy_input(item["image"][None], generator, lam=lam, lam_range=lam_range))
-            inputs = torch.cat(inputs)
+            device = next(model.parameters()).device
+            inputs = torch.cat(inputs).to(device)
+            batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
             if task != "segment":
                 denoised = model(inputs) if task == "denoise" else model.denoise(inputs)
                 squared += float(((denoised - normalise(batch["image"])) ** 2).sum(dtype=torch.float64))
@@ -433,13 +435,13 @@ def evaluate(
                 logits = model(inputs)
             weight = batch["weight"]
             if class_weight is not None:
-                weight = weight * class_weight[batch["label"]]
+                weight = weight * class_weight.to(device)[batch["label"]]
             nll = F.cross_entropy(logits, batch["label"], reduction="none")
             total += float((weight * nll).sum(dtype=torch.float64))
             weight_sum += float(weight.sum(dtype=torch.float64))
-            preds.append(logits.argmax(dim=1).to(torch.uint8).numpy())
-            labels.append(batch["label"].to(torch.uint8).numpy())
-            centers.append(batch["center_mask"].numpy())
+            preds.append(logits.argmax(dim=1).to(torch.uint8).cpu().numpy())
+            labels.append(batch["label"].to(torch.uint8).cpu().numpy())
+            centers.append(batch["center_mask"].cpu().numpy())
     finally:
         model.train(was_training)
     mse = squared / n_pixels if n_pixels else math.nan
@@ -622,6 +624,7 @@ def train(
     resume: bool = True,
     progress: bool = True,
     callback: Callable[[int, dict[str, float]], None] | None = None,
+    device: str | torch.device | None = None,
 ) -> xr.Dataset:
     """Train a UNet on ``train_ds``, validate on ``val_ds``, write results to ``out_dir``.
 
@@ -644,6 +647,22 @@ def train(
         Show a tqdm progress bar with the running loss.
     callback : callable, optional
         ``callback(epoch, record)`` after each epoch's checkpoint is written.
+    device : str or torch.device, optional
+        Where the network runs (default ``"cpu"``; e.g. ``"cuda"``). Noise
+        is drawn on the CPU, so results do not depend on the device's
+        random generator.
+
+    Data parallelism
+    ----------------
+    Called in every process of an initialised :mod:`torch.distributed`
+    process group (``torchrun``, see :mod:`segdepth.distributed`), the
+    network is wrapped in ``DistributedDataParallel``: every rank takes its
+    own ``batch_size`` crops per step (the global batch is ``world_size x
+    batch_size``; an epoch is still one pass over the training split), the
+    gradients are averaged, batch-norm statistics are broadcast from rank 0
+    before each validation, every rank validates identically and takes the
+    same stopping decisions, and only rank 0 writes files. A checkpoint
+    records the world size; resuming with another one is refused.
 
     Returns
     -------
@@ -669,13 +688,30 @@ def train(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.num_threads)
     try:
-        return _train(cfg, train_ds, val_ds, out_dir, resume=resume, progress=progress, callback=callback)
+        return _train(cfg, train_ds, val_ds, out_dir, resume=resume, progress=progress, callback=callback,
+                      device=torch.device(device or "cpu"))
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _train(cfg, train_ds, val_ds, out_dir: Path, *, resume, progress, callback) -> xr.Dataset:
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group, or (0, 1)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        torch.distributed.barrier()
+
+
+def _train(cfg, train_ds, val_ds, out_dir: Path, *, resume, progress, callback, device) -> xr.Dataset:
     started = time.monotonic()
+    rank, world = _world()
+    writer = rank == 0  # only rank 0 writes files
+    progress = progress and writer
     train_set = CropDataset(
         train_ds, crop=cfg.crop, label_factor=cfg.label_factor, augment=cfg.augment, seed=cfg.seed, focus=cfg.focus
     )
@@ -694,10 +730,13 @@ def _train(cfg, train_ds, val_ds, out_dir: Path, *, resume, progress, callback) 
     class_weight = torch.from_numpy(
         class_weights(train_set.label, power=cfg.class_balance, max_weight=cfg.class_weight_max)
     )
+    model.to(device)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     scheduler = _make_scheduler(cfg, optimizer)
-    batch_size = min(cfg.batch_size, len(train_set))
-    n_steps = len(train_set) // batch_size
+    batch_size = min(cfg.batch_size, len(train_set) // world)
+    if batch_size < 1:
+        raise ValueError(f"{len(train_set)} training samples cannot feed {world} processes")
+    n_steps = len(train_set) // (batch_size * world)
     if cfg.steps_per_epoch is not None:
         n_steps = min(n_steps, cfg.steps_per_epoch)
     lam = None if cfg.lam_range is not None else cfg.lam
@@ -711,6 +750,9 @@ def _train(cfg, train_ds, val_ds, out_dir: Path, *, resume, progress, callback) 
     if checkpoint is not None:
         saved, tensors = checkpoint
         _check_resumable(saved["config"], cfg, out_dir)
+        if saved.get("world_size", 1) != world:
+            raise ValueError(f"the checkpoint in {out_dir} was written by {saved.get('world_size', 1)} processes; "
+                             f"resume it with the same number, not {world}")
         model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
         optimizer.load_state_dict(_optimizer_state(tensors, saved["optimizer"]))
         if scheduler is not None:
@@ -733,9 +775,13 @@ def _train(cfg, train_ds, val_ds, out_dir: Path, *, resume, progress, callback) 
         "n_train": len(train_set),
         "n_val": len(val_set),
         "segdepth_version": __version__,
+        **({"world_size": world} if world > 1 else {}),
     }
     seconds_before = counters["training_seconds"]
     first_epoch = counters["epoch"] + 1
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     model.train()
     for epoch in range(first_epoch, cfg.epochs):
         if stopped is not None:
@@ -747,10 +793,12 @@ def _train(cfg, train_ds, val_ds, out_dir: Path, *, resume, progress, callback) 
         losses = []
         bar = tqdm(total=n_steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
         for step in range(n_steps):
-            batch = collate([train_set[i] for i in order[step * batch_size : (step + 1) * batch_size]])
-            generator = torch.Generator().manual_seed(_derived_seed(cfg.seed, epoch, step, _NOISE))
+            part = step * world + rank  # this rank's share of the global batch
+            batch = collate([train_set[i] for i in order[part * batch_size : (part + 1) * batch_size]])
+            generator = torch.Generator().manual_seed(_derived_seed(cfg.seed, epoch, part, _NOISE))
             inputs = _noisy_input(batch["image"], generator, lam=lam, lam_range=cfg.lam_range)
-            loss = _step_loss(cfg, model, inputs, batch, class_weight)
+            batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+            loss = _step_loss(cfg, net, inputs.to(device), batch, class_weight.to(device))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss is {float(loss)} at epoch {epoch}, step {step}; lower lr")
             optimizer.zero_grad(set_to_none=True)
@@ -760,6 +808,12 @@ def _train(cfg, train_ds, val_ds, out_dir: Path, *, resume, progress, callback) 
             bar.update()
             bar.set_postfix(loss=f"{np.mean(losses):.4f}")
         bar.close()
+        if world > 1:  # identical models on every rank before validating
+            for buffer in model.buffers():
+                torch.distributed.broadcast(buffer, src=0)
+            mean_loss = torch.tensor([float(np.mean(losses)) if losses else 0.0], dtype=torch.float64, device=device)
+            torch.distributed.all_reduce(mean_loss)
+            losses = [float(mean_loss) / world]
 
         val = evaluate(
             model,
@@ -772,6 +826,13 @@ def _train(cfg, train_ds, val_ds, out_dir: Path, *, resume, progress, callback) 
             task=cfg.task,
             denoise_weight=cfg.denoise_weight,
         )
+        if world > 1:  # the time budget is rank 0's clock
+            over = torch.tensor([int(cfg.max_minutes is not None and time.monotonic() - started > 60 * cfg.max_minutes)],
+                                device=device)
+            torch.distributed.broadcast(over, src=0)
+            over_budget = bool(over.item())
+        else:
+            over_budget = cfg.max_minutes is not None and time.monotonic() - started > 60 * cfg.max_minutes
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step(val["loss"])
         elif scheduler is not None:
@@ -795,7 +856,7 @@ def _train(cfg, train_ds, val_ds, out_dir: Path, *, resume, progress, callback) 
         counters["training_seconds"] = seconds_before + time.monotonic() - started
         if counters["bad_epochs"] >= cfg.patience:
             stopped = "early stopping"
-        elif cfg.max_minutes is not None and time.monotonic() - started > 60 * cfg.max_minutes:
+        elif over_budget:
             stopped = "time budget"
         elif epoch + 1 >= cfg.epochs:
             stopped = "epochs"
@@ -810,8 +871,10 @@ def _train(cfg, train_ds, val_ds, out_dir: Path, *, resume, progress, callback) 
                      **{n: val[n] for n in METRIC_NAMES}}
                 ),
             }
-            save_model(model, out_dir / MODEL_NAME, card)
-        _write_history(out_dir, history, cfg, stopped)
+            if writer:
+                save_model(model, out_dir / MODEL_NAME, card)
+        if writer:
+            _write_history(out_dir, history, cfg, stopped)
         state = {
             "epoch": epoch,
             "config": cfg.to_dict(),
@@ -820,8 +883,11 @@ def _train(cfg, train_ds, val_ds, out_dir: Path, *, resume, progress, callback) 
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "class_weights": class_weight.tolist(),
             "history": history,
+            "world_size": world,
         }
-        _save_checkpoint(out_dir, state, model, optimizer)
+        if writer:
+            _save_checkpoint(out_dir, state, model, optimizer)
+        _barrier(world)
         if progress:
             tqdm.write(
                 f"epoch {epoch + 1}: train {record['train_loss']:.4f}  val {val['loss']:.4f}  "
@@ -834,9 +900,13 @@ def _train(cfg, train_ds, val_ds, out_dir: Path, *, resume, progress, callback) 
             stopped = None  # a later call with more epochs may continue
         if stopped is not None:
             break
-    if counters["epoch"] >= first_epoch and (out_dir / MODEL_NAME).exists():
+    if writer and counters["epoch"] >= first_epoch and (out_dir / MODEL_NAME).exists():
         _finalise_card(out_dir / MODEL_NAME, epochs_run=counters["epoch"] + 1, seconds=counters["training_seconds"])
-    return _write_history(out_dir, history, cfg, stopped)
+    checksums = _rank_checksums(model, world)
+    _barrier(world)
+    if not writer:
+        return history_dataset(history, cfg)
+    return _write_history(out_dir, history, cfg, stopped, checksums)
 
 
 def _step_loss(cfg: TrainConfig, model, inputs, batch, class_weight) -> torch.Tensor:
@@ -845,8 +915,8 @@ def _step_loss(cfg: TrainConfig, model, inputs, batch, class_weight) -> torch.Te
         return F.mse_loss(model(inputs), normalise(batch["image"]))
     weight = batch["weight"] * class_weight[batch["label"]]
     if cfg.task == "joint":
-        denoised = model.denoise(inputs)
-        ce = weighted_cross_entropy(model.segmenter(denoised), batch["label"], weight)
+        logits, denoised = model(inputs, return_denoised=True)  # one forward (through a DDP wrapper too)
+        ce = weighted_cross_entropy(logits, batch["label"], weight)
         return ce + cfg.denoise_weight * F.mse_loss(denoised, normalise(batch["image"]))
     return weighted_cross_entropy(model(inputs), batch["label"], weight)
 
@@ -863,8 +933,28 @@ def _finalise_card(path: Path, *, epochs_run: int, seconds: float) -> None:
     save_model(model, path, card)
 
 
-def _write_history(out_dir: Path, history, cfg: TrainConfig, stopped) -> xr.Dataset:
+def _rank_checksums(model, world: int) -> list[str] | None:
+    """SHA-256 of every rank's weights and batch-norm statistics (data-parallel runs only).
+
+    Recorded in the history (attribute ``rank_checksums``): all equal when the
+    ranks ended in step, as data-parallel training must.
+    """
+    if world == 1:
+        return None
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    gathered: list[Any] = [None] * world
+    torch.distributed.all_gather_object(gathered, digest.hexdigest())
+    return gathered
+
+
+def _write_history(out_dir: Path, history, cfg: TrainConfig, stopped, checksums=None) -> xr.Dataset:
     ds = history_dataset(history, cfg)
+    if checksums is not None:
+        ds.attrs["rank_checksums"] = json.dumps(checksums)
+        ds.attrs["world_size"] = len(checksums)
     ds.attrs["stopped"] = stopped or ("epochs" if history and history[-1]["epoch"] + 1 >= cfg.epochs else "")
     atomic_write(out_dir / HISTORY_NAME, lambda tmp: ds.to_netcdf(tmp), suffix=".nc")
     return ds
