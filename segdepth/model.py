@@ -217,6 +217,28 @@ def _resolve_channels(base_channels: int, n_scales: int, channel_growth: str, ma
     return [max(base_channels, min(base_channels * 2**k, cap)) for k in range(n_scales + 1)]
 
 
+def _widths(base_channels, n_scales, channel_growth, max_channels, channels, upsample):
+    """Validated ``(n_scales, max_channels, channels)`` of an encoder (shared by the UNets)."""
+    n_scales = _positive_int("n_scales", n_scales)
+    if channel_growth not in _GROWTH_RULES:
+        raise ValueError(f"channel_growth must be one of {_GROWTH_RULES}, got {channel_growth!r}")
+    if upsample not in _UPSAMPLE_MODES:
+        raise ValueError(f"upsample must be one of {_UPSAMPLE_MODES}, got {upsample!r}")
+    if max_channels is not None:
+        max_channels = _positive_int("max_channels", max_channels)
+    if channels is None:
+        base = _positive_int("base_channels", 16 if base_channels is None else base_channels)
+        return n_scales, max_channels, _resolve_channels(base, n_scales, channel_growth, max_channels)
+    channels = [_positive_int("channels[i]", c) for c in channels]
+    if len(channels) != n_scales + 1:
+        raise ValueError(
+            f"channels must have n_scales + 1 = {n_scales + 1} entries (one per scale), got {len(channels)}"
+        )
+    if base_channels is not None and base_channels != channels[0]:
+        raise ValueError(f"base_channels ({base_channels}) must equal channels[0] ({channels[0]}) or be None")
+    return n_scales, max_channels, channels
+
+
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -293,26 +315,9 @@ class UNet(nn.Module):
         super().__init__()
         in_channels = _positive_int("in_channels", in_channels)
         n_classes = _positive_int("n_classes", n_classes)
-        n_scales = _positive_int("n_scales", n_scales)
         median_size = _positive_int("median_size", median_size)
-        if channel_growth not in _GROWTH_RULES:
-            raise ValueError(f"channel_growth must be one of {_GROWTH_RULES}, got {channel_growth!r}")
-        if upsample not in _UPSAMPLE_MODES:
-            raise ValueError(f"upsample must be one of {_UPSAMPLE_MODES}, got {upsample!r}")
-        if max_channels is not None:
-            max_channels = _positive_int("max_channels", max_channels)
-
-        if channels is None:
-            base = _positive_int("base_channels", 16 if base_channels is None else base_channels)
-            channels = _resolve_channels(base, n_scales, channel_growth, max_channels)
-        else:
-            channels = [_positive_int("channels[i]", c) for c in channels]
-            if len(channels) != n_scales + 1:
-                raise ValueError(
-                    f"channels must have n_scales + 1 = {n_scales + 1} entries (one per scale), got {len(channels)}"
-                )
-            if base_channels is not None and base_channels != channels[0]:
-                raise ValueError(f"base_channels ({base_channels}) must equal channels[0] ({channels[0]}) or be None")
+        n_scales, max_channels, channels = _widths(base_channels, n_scales, channel_growth, max_channels, channels,
+                                                   upsample)
         if head_channels is None:
             head_channels = [2 * channels[0], 4 * channels[0]]
         else:
@@ -413,18 +418,8 @@ class DenoisingUNet(nn.Module):
         super().__init__()
         if model != "DenoisingUNet":
             raise ValueError(f"config describes a {model!r}, not a DenoisingUNet")
-        n_scales = _positive_int("n_scales", n_scales)
-        if channel_growth not in _GROWTH_RULES:
-            raise ValueError(f"channel_growth must be one of {_GROWTH_RULES}, got {channel_growth!r}")
-        if upsample not in _UPSAMPLE_MODES:
-            raise ValueError(f"upsample must be one of {_UPSAMPLE_MODES}, got {upsample!r}")
-        if channels is None:
-            base = _positive_int("base_channels", 16 if base_channels is None else base_channels)
-            channels = _resolve_channels(base, n_scales, channel_growth, max_channels)
-        else:
-            channels = [_positive_int("channels[i]", c) for c in channels]
-            if len(channels) != n_scales + 1:
-                raise ValueError(f"channels must have n_scales + 1 = {n_scales + 1} entries, got {len(channels)}")
+        n_scales, max_channels, channels = _widths(base_channels, n_scales, channel_growth, max_channels, channels,
+                                                   upsample)
         self.config: dict[str, Any] = {
             "model": "DenoisingUNet",
             "base_channels": channels[0],
