@@ -9,7 +9,7 @@ TORCH := torch==2.13.0
 RUN_NB := $(PY) -m segdepth.notebook
 
 .PHONY: all venv test test-fast reproduce data train evaluate reproduce-evaluate lint sync benchmark clean \
-	study study-train study-denoise study-noise
+	study study-train study-denoise study-noise quickstart real-data
 
 all: reproduce
 
@@ -56,6 +56,14 @@ reproduce-evaluate: $(STAMP)
 		-p table data/results/reproduce/table1_lam2.5.md -p figure_prefix figures/reproduce/
 
 reproduce: data reproduce-evaluate
+
+# Step 00: the students' quickstart (about a minute on one core).
+quickstart: $(STAMP)
+	OMP_NUM_THREADS=1 $(RUN_NB) notebooks/00_quickstart.py
+
+# Step 06: the real movie in data/raw (Figs. 10-12).
+real-data: $(STAMP)
+	$(RUN_NB) notebooks/06_real_data.py
 
 # Issue 4 studies at the reduced (CPU) size; paper size: see README "Studies". Each step resumes.
 BATCH := $(PY) -m segdepth.batch
