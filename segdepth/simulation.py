@@ -143,7 +143,9 @@ def bin_image(image: np.ndarray, binning: int) -> np.ndarray:
     return image.reshape(*lead, ny // binning, binning, nx // binning, binning).mean(axis=(-3, -1))
 
 
-def image_exit_wave(exit_wave, overfocus, *, microscope: Microscope = Microscope(), binning: int = 2) -> np.ndarray:
+def image_exit_wave(
+    exit_wave, overfocus, *, microscope: Microscope = Microscope(), binning: int = 2, method: str = "bandlimited"
+) -> np.ndarray:
     """HRTEM intensities of one exit wave at several overfocus values.
 
     Parameters
@@ -156,41 +158,86 @@ def image_exit_wave(exit_wave, overfocus, *, microscope: Microscope = Microscope
         Lens settings.
     binning : int
         Block-average factor applied after simulation.
+    method : {"bandlimited", "full"}
+        ``"full"``: apply the lens on the simulation grid, then average
+        ``binning x binning`` blocks (the paper's procedure, literally).
+        ``"bandlimited"`` (default, the same numbers ~``binning**2`` times
+        faster): the objective aperture leaves nothing in the wave beyond
+        ``k_a = semiangle / wavelength``, so the intensity holds nothing beyond
+        ``2 k_a``; when that is below the binned grid's Nyquist frequency the
+        wave is cropped in Fourier space to the binned grid
+        (:meth:`abtem.Waves.downsample`), the lens and the defocus average are
+        applied there, and the block average is applied exactly as its
+        transfer function (a Dirichlet kernel and a shift of ``(binning - 1) / 2``
+        fine pixels). It agrees with ``"full"`` to ~1e-6 (test); it falls
+        back to ``"full"`` when the band limit does not hold.
 
     Returns
     -------
     ndarray, shape (n_defocus, ny / binning, nx / binning)
         Float32 intensities, vacuum = 1, indexed [defocus, y, x].
     """
+    if method not in ("bandlimited", "full"):
+        raise ValueError(f"method must be 'bandlimited' or 'full', got {method!r}")
+    overfocus = np.atleast_1d(np.asarray(overfocus, dtype=float))
+    n_fine = exit_wave.gpts
+    sampling = np.asarray(exit_wave.sampling, dtype=float)
+    coarse = tuple(n // binning for n in n_fine)
+    k_aperture = microscope.semiangle_cutoff * 1e-3 / exit_wave.wavelength  # [1/A]
+    nyquist = 1.0 / (2 * binning * sampling.max())  # of the binned grid [1/A]
+    bandlimited = method == "bandlimited" and binning > 1 and 2 * k_aperture < nyquist
+    wave = exit_wave.downsample(gpts=coarse) if bandlimited else exit_wave
+    images = []
+    for c10 in overfocus:
+        arr = _lens_intensity(wave, c10, microscope)
+        # abTEM arrays are indexed [x, y]; store images as [y, x]
+        images.append(_block_average_transfer(arr.T, binning) if bandlimited else bin_image(arr.T, binning))
+    return np.stack(images).astype(np.float32)
+
+
+def _lens_intensity(wave, c10: float, microscope: Microscope) -> np.ndarray:
+    """Incoherent defocus-averaged intensity of ``wave`` after the objective lens, [x, y]."""
     import abtem
     from abtem.distributions import gaussian
 
-    overfocus = np.atleast_1d(np.asarray(overfocus, dtype=float))
-    images = []
-    for c10 in overfocus:
-        if microscope.defocus_spread > 0 and microscope.defocus_samples > 1:
-            defocus = gaussian(
-                standard_deviation=microscope.defocus_spread,
-                num_samples=microscope.defocus_samples,
-                center=-c10,
-                sampling_limit=3.0,
-            )
-        else:
-            defocus = -c10
-        ctf = abtem.CTF(
-            semiangle_cutoff=microscope.semiangle_cutoff,
-            energy=microscope.energy,
-            defocus=defocus,
-            Cs=microscope.Cs,
-            C5=microscope.C5,
+    if microscope.defocus_spread > 0 and microscope.defocus_samples > 1:
+        defocus = gaussian(
+            standard_deviation=microscope.defocus_spread,
+            num_samples=microscope.defocus_samples,
+            center=-c10,
+            sampling_limit=3.0,
         )
-        measured = exit_wave.apply_ctf(ctf).intensity()
-        if measured.ensemble_shape:
-            measured = measured.reduce_ensemble()
-        arr = np.asarray(measured.compute(progress_bar=False, scheduler="synchronous").array, dtype=np.float64)
-        # abTEM arrays are indexed [x, y]; store images as [y, x]
-        images.append(bin_image(arr.T, binning))
-    return np.stack(images).astype(np.float32)
+    else:
+        defocus = -c10
+    ctf = abtem.CTF(
+        semiangle_cutoff=microscope.semiangle_cutoff,
+        energy=microscope.energy,
+        defocus=defocus,
+        Cs=microscope.Cs,
+        C5=microscope.C5,
+    )
+    measured = wave.apply_ctf(ctf).intensity()
+    if measured.ensemble_shape:
+        measured = measured.reduce_ensemble()
+    return np.asarray(measured.compute(progress_bar=False, scheduler="synchronous").array, dtype=np.float64)
+
+
+def _block_average_transfer(image: np.ndarray, binning: int) -> np.ndarray:
+    """What ``bin_image(fine, binning)`` gives, from ``image``: ``fine`` sampled on the binned grid.
+
+    Valid for a band-limited ``fine`` (no content above the binned grid's
+    Nyquist frequency). The mean of ``binning`` fine samples is, in Fourier
+    space, the Dirichlet kernel ``sin(pi b f) / (b sin(pi f))`` (``f`` in
+    cycles per fine pixel) times a shift of ``(b - 1) / 2`` fine pixels.
+    """
+    spectrum = np.fft.fft2(image)
+    for axis, n in enumerate(image.shape):
+        f = np.fft.fftfreq(n) / binning  # cycles per fine pixel
+        with np.errstate(invalid="ignore", divide="ignore"):
+            kernel = np.where(f == 0, 1.0, np.sin(np.pi * binning * f) / (binning * np.sin(np.pi * f)))
+        kernel = kernel * np.exp(2j * np.pi * f * (binning - 1) / 2)
+        spectrum *= kernel.reshape((-1, 1) if axis == 0 else (1, -1))
+    return np.fft.ifft2(spectrum).real
 
 
 def simulate_images(
