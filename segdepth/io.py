@@ -112,7 +112,8 @@ def _unit_to_angstrom(units, where: str) -> float | None:
     key = text.lower()
     if key in _NO_UNITS:
         return None
-    if key.startswith("1/") or "^-1" in key or "⁻¹" in key:
+    compact = key.replace(" ", "")  # rosettasciio writes "1 / nm"
+    if compact.startswith("1/") or "^-1" in compact or "⁻¹" in compact:
         raise ValueError(f"{where}: axes are in reciprocal units ({text!r}); expected a real-space image")
     if key in LENGTH_UNITS:
         return LENGTH_UNITS[key]
