@@ -61,6 +61,7 @@ __all__ = [
     "DenoiseSegment",
     "build_model",
     "count_parameters",
+    "optimise_for_inference",
     "paper_config",
     "parameter_table",
     "predict_proba",
@@ -543,6 +544,34 @@ def paper_config(base_channels: int) -> dict[str, Any]:
     return UNet(
         channels=channels, channel_growth="double", max_channels=cap, head_channels=(max(channels), 2 * max(channels))
     ).config
+
+
+def optimise_for_inference(model: nn.Module, *, channels_last: bool = True) -> nn.Module:
+    """An eval-mode copy of ``model`` with every batch norm folded into the convolution before it.
+
+    Folding (:func:`torch.nn.utils.fusion.fuse_conv_bn_eval`) is exact up to
+    float rounding; with ``channels_last`` the weights use the NHWC layout that
+    oneDNN's CPU convolutions prefer (feed inputs with
+    ``x.contiguous(memory_format=torch.channels_last)``). The original model is
+    not changed. ``segdepth.predict`` uses this by default; its ``fast=False``
+    keeps the plain eager path as the reference.
+    """
+    import copy
+
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    fused = copy.deepcopy(model).eval()
+    for module in fused.modules():
+        if isinstance(module, nn.Sequential):
+            children = list(module.named_children())
+            for (name_a, a), (name_b, b) in zip(children[:-1], children[1:]):
+                if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d):
+                    setattr(module, name_a, fuse_conv_bn_eval(a, b))
+                    setattr(module, name_b, nn.Identity())
+    if channels_last:
+        fused = fused.to(memory_format=torch.channels_last)
+    fused.inference_layout = "channels_last" if channels_last else "contiguous"  # marks an optimised copy
+    return fused
 
 
 def count_parameters(model: nn.Module, *, trainable_only: bool = True) -> int:

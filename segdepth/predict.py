@@ -220,6 +220,7 @@ def predict(
     return_probabilities: bool = False,
     progress: bool = False,
     batch_size: int = 1,
+    fast: bool = True,
 ) -> xr.Dataset:
     """Atomic column depth map of every frame of ``image``.
 
@@ -254,6 +255,12 @@ def predict(
         Show a tqdm progress bar (tiles) on stderr.
     batch_size : int
         Tiles per forward pass.
+    fast : bool
+        Run an inference-optimised copy of the network
+        (:func:`segdepth.model.optimise_for_inference`: batch norms folded
+        into the convolutions, channels-last layout; same output to float
+        rounding). ``False`` runs ``model`` as it is (the eager reference).
+        A model that is already such a copy is used as it is.
 
     Returns
     -------
@@ -330,6 +337,12 @@ def predict(
         device = torch.device("cpu")
     was_training = getattr(model, "training", False)
     model.eval()
+    net = model
+    if fast and hasattr(model, "config"):
+        from .model import optimise_for_inference
+
+        net = model if hasattr(model, "inference_layout") else optimise_for_inference(model)
+    layout = torch.channels_last if getattr(net, "inference_layout", "") == "channels_last" else torch.contiguous_format
     depth_out = np.empty((n_frames, n_label_y, n_label_x), dtype=np.uint8)
     confidence_out = np.empty((n_frames, n_label_y, n_label_x), dtype=np.float32)
     probability_out = None
@@ -352,7 +365,8 @@ def predict(
                 batch = tiles[first : first + batch_size]
                 x = np.stack([padded[sy : sy + tile_h, sx : sx + tile_w] for sy, _, sx, _ in batch])
                 with torch.inference_mode():
-                    out = model(torch.from_numpy(x[:, None]).to(device)).float().cpu().numpy()
+                    inputs = torch.from_numpy(x[:, None]).to(device).contiguous(memory_format=layout)
+                    out = net(inputs).float().cpu().numpy()
                 if logits is None:
                     logits = np.empty((out.shape[1], pad_h // label_factor, pad_w // label_factor), np.float32)
                 for (sy, (y0, y1), sx, (x0, x1)), tile_logits in zip(batch, out, strict=True):
@@ -412,6 +426,7 @@ def predict(
         "lam": lam,
         "return_probabilities": bool(return_probabilities),
         "batch_size": int(batch_size),
+        "fast": bool(fast),
         "pixel_size": pixel_size,
         "resampled_shape": [h_r, w_r],
     }
@@ -477,7 +492,8 @@ def predict_to_netcdf(frames, model, card: dict, path, *, n_frames: int, attrs: 
     progress : bool
         A tqdm progress bar over frames on stderr.
     **options
-        Passed to :func:`predict` (``tile``, ``overlap``, ``lam``, ``return_probabilities``, ``batch_size``).
+        Passed to :func:`predict` (``tile``, ``overlap``, ``lam``, ``return_probabilities``, ``batch_size``,
+        ``fast``).
     """
     import netCDF4
     from tqdm.auto import tqdm
@@ -485,6 +501,10 @@ def predict_to_netcdf(frames, model, card: dict, path, *, n_frames: int, attrs: 
     from .store import atomic_write
 
     path = Path(path)
+    if options.get("fast", True) and hasattr(model, "config") and not hasattr(model, "inference_layout"):
+        from .model import optimise_for_inference
+
+        model = optimise_for_inference(model)  # once for the whole series
 
     def write(tmp):
         bar = tqdm(total=n_frames, unit="frame", desc="segdepth", disable=not progress, file=sys.stderr)

@@ -141,3 +141,20 @@ def test_missing_default_model(monkeypatch):
     monkeypatch.setattr(predict_module, "DEFAULT_MODEL", predict_module.DEFAULT_MODEL.with_name("absent.safetensors"))
     with pytest.raises(FileNotFoundError, match="absent.safetensors not found.*--model"):
         load_default_model()
+
+
+def test_fast_path_matches_the_eager_reference(rng):
+    """The default (folded batch norms, channels-last) equals the plain eager model to float rounding."""
+    from segdepth.model import optimise_for_inference
+
+    model, card = load_default_model()
+    image = noisy(rng, (1, 128, 128), pixel_size=card["sampling"])
+    fast = predict(image, model, card, return_probabilities=True)
+    eager = predict(image, model, card, return_probabilities=True, fast=False)
+    assert json.loads(fast.attrs["arguments"])["fast"] is True
+    np.testing.assert_allclose(fast["probability"], eager["probability"], atol=1e-4)
+    assert (fast["depth"] == eager["depth"]).mean() > 0.999
+    # the folded copy has no batch norm left and leaves the original untouched
+    folded = optimise_for_inference(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
