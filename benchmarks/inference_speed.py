@@ -149,7 +149,8 @@ def main(argv=None) -> int:
         if name == "inference_mode":  # the predict() path with its default tiling, same precision
             t = _timed(lambda _: predict(image, model, card), None, args.repeats)
             rows.append(("predict() default tiles", t, float("nan"), float("nan")))
-            print(f"{'predict() default tiles':24s} {t:7.3f} s/frame  {1 / t:6.2f} fps  {base_time / t:5.2f}x", flush=True)
+            print(f"{'predict() default tiles':24s} {t:7.3f} s/frame  {1 / t:6.2f} fps  {base_time / t:5.2f}x",
+                  flush=True)
     best = min((r for r in rows if not np.isfinite(r[2]) or abs(r[2] - base_acc) <= 0.005), key=lambda r: r[1])
     print(json.dumps({"baseline_s": base_time, "fastest_accurate": best[0], "fastest_s": best[1],
                       "speedup": base_time / best[1], "goal_fps": 7.7, "reached_fps": 1 / best[1]}))

@@ -81,7 +81,9 @@ class GenerationParameters:
         check_grid(self.gpts, self.sampling, self.binning, self.label_factor)
         lo, hi = self.thickness_range
         if not (1 <= lo <= hi <= MAX_ATOMS):
-            raise ValueError(f"thickness_range must lie within 1-{MAX_ATOMS} atoms with lo <= hi, got {self.thickness_range}")
+            raise ValueError(
+                f"thickness_range must lie within 1-{MAX_ATOMS} atoms with lo <= hi, got {self.thickness_range}"
+            )
         for s in self.surfaces:
             if s not in SURFACES:
                 raise ValueError(f"unknown surface type {s!r}; expected one of {SURFACES}")
@@ -192,21 +194,25 @@ def make_structure_samples(params: GenerationParameters, index: int) -> xr.Datas
     n_img = params.image_shape
     sample_coords = {
         "structure": ("sample", np.full(k, index, np.int64)),
-        "overfocus": ("sample", overfocus.astype(np.float32), {"units": "A", "long_name": "overfocus C10 (paper's defocus)"}),
+        "overfocus": ("sample", overfocus.astype(np.float32),
+                      {"units": "A", "long_name": "overfocus C10 (paper's defocus)"}),
         "defocus": ("sample", (-overfocus).astype(np.float32), {"units": "A", "long_name": "abTEM defocus (= -C10)"}),
         "surface": ("sample", np.array([spec.surface] * k, dtype=object)),
-        "thickness": ("sample", np.full(k, spec.thickness, np.int16), {"units": "atoms", "long_name": "bulk thickness"}),
+        "thickness": ("sample", np.full(k, spec.thickness, np.int16),
+                      {"units": "atoms", "long_name": "bulk thickness"}),
         "mean_thickness": ("sample", np.full(k, float(structure.column_count.mean()), np.float32), {"units": "atoms"}),
         "vacancy_rate": ("sample", np.full(k, spec.vacancy_rate, np.float32)),
     }
     ds = xr.Dataset(
         {
             "image": (("sample", "y", "x"), images, {"long_name": "clean HRTEM intensity", "units": "vacuum = 1"}),
-            "depth": (("sample", "label_y", "label_x"), rep(maps["depth"]), {"long_name": "atoms per column", "units": "atoms"}),
+            "depth": (("sample", "label_y", "label_x"), rep(maps["depth"]),
+                      {"long_name": "atoms per column", "units": "atoms"}),
             "label": (("sample", "label_y", "label_x"), rep(maps["label"]), {"long_name": "ring-smoothed depth label"}),
             "weight": (("sample", "label_y", "label_x"), rep(maps["weight"]), {"long_name": "loss weight"}),
             "center_mask": (("sample", "label_y", "label_x"), rep(maps["center_mask"])),
-            "element": (("sample", "label_y", "label_x"), rep(maps["element"]), {"long_name": "atomic number of column"}),
+            "element": (("sample", "label_y", "label_x"), rep(maps["element"]),
+                        {"long_name": "atomic number of column"}),
             "column_x": (("sample", "column"), rep(pad(structure.column_x, np.nan, np.float32)), {"units": "A"}),
             "column_y": (("sample", "column"), rep(pad(structure.column_y, np.nan, np.float32)), {"units": "A"}),
             "column_Z": (("sample", "column"), rep(pad(structure.column_Z, 0, np.uint8))),

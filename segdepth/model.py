@@ -439,7 +439,8 @@ class DenoisingUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Denoised image ``(B, 1, H, W)`` for noisy normalised images ``(B, 1, H, W)``."""
-        if x.ndim != 4 or x.shape[1] != 1 or x.shape[-1] % self.required_multiple or x.shape[-2] % self.required_multiple:
+        m = self.required_multiple
+        if x.ndim != 4 or x.shape[1] != 1 or x.shape[-1] % m or x.shape[-2] % m:
             raise ValueError(
                 f"input must have shape (batch, 1, H, W) with H, W multiples of {self.required_multiple}; "
                 f"got {tuple(x.shape)}"

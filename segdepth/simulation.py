@@ -22,7 +22,10 @@ import numpy as np
 
 from .structures import Structure
 
-__all__ = ["Microscope", "PAPER_SAMPLING", "check_grid", "simulate_exit_wave", "image_exit_wave", "simulate_images", "bin_image"]
+__all__ = [
+    "Microscope", "PAPER_SAMPLING", "check_grid", "simulate_exit_wave", "image_exit_wave", "simulate_images",
+    "bin_image",
+]
 
 PAPER_SAMPLING = 0.0265  # simulation sampling of the paper [A]: 2048 px binned 2x to 5.3 pm
 _SAMPLING_TOLERANCE = 1e-9
@@ -252,5 +255,7 @@ def simulate_images(
 ) -> np.ndarray:
     """Exit wave once, then one image per overfocus value; see :func:`image_exit_wave`."""
     check_grid(gpts, sampling, binning)
-    wave = simulate_exit_wave(structure, gpts=gpts, sampling=sampling, energy=microscope.energy, slice_thickness=slice_thickness)
+    wave = simulate_exit_wave(
+        structure, gpts=gpts, sampling=sampling, energy=microscope.energy, slice_thickness=slice_thickness
+    )
     return image_exit_wave(wave, overfocus, microscope=microscope, binning=binning)

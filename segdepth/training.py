@@ -827,8 +827,8 @@ def _train(cfg, train_ds, val_ds, out_dir: Path, *, resume, progress, callback, 
             denoise_weight=cfg.denoise_weight,
         )
         if world > 1:  # the time budget is rank 0's clock
-            over = torch.tensor([int(cfg.max_minutes is not None and time.monotonic() - started > 60 * cfg.max_minutes)],
-                                device=device)
+            late = cfg.max_minutes is not None and time.monotonic() - started > 60 * cfg.max_minutes
+            over = torch.tensor([int(late)], device=device)
             torch.distributed.broadcast(over, src=0)
             over_budget = bool(over.item())
         else:
@@ -891,7 +891,8 @@ def _train(cfg, train_ds, val_ds, out_dir: Path, *, resume, progress, callback, 
         if progress:
             tqdm.write(
                 f"epoch {epoch + 1}: train {record['train_loss']:.4f}  val {val['loss']:.4f}  "
-                + "  ".join(f"{name} {val[name]:.3f}" for name in (*METRIC_NAMES, "mse") if math.isfinite(val.get(name, math.nan)))
+                + "  ".join(f"{name} {val[name]:.3f}" for name in (*METRIC_NAMES, "mse")
+                            if math.isfinite(val.get(name, math.nan)))
                 + f"  ({record['seconds']:.0f} s)"
             )
         if callback is not None:

@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import pytest
+from test_training import tiny_config, toy_dataset
 
 from segdepth.distributed import launch, main
 from segdepth.modelio import load_model
-from test_training import tiny_config, toy_dataset
 
 
 @pytest.mark.slow

@@ -24,9 +24,9 @@ def test_torch_noise_moments_and_per_sample_dose():
     g = torch.Generator().manual_seed(0)
     x = poisson_noise_torch(clean, lam, generator=g)
     assert x.shape == clean.shape
-    for i, l in enumerate([1.0, 10.0]):
+    for i, lam in enumerate([1.0, 10.0]):
         assert x[i].mean().item() == pytest.approx(0.8, rel=0.02)
-        assert x[i].var().item() == pytest.approx(0.8 / l, rel=0.05)
+        assert x[i].var().item() == pytest.approx(0.8 / lam, rel=0.05)
 
 
 def test_same_seed_same_noise():
