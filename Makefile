@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 test: $(STAMP)
+	$(PY) -m ruff check segdepth tests benchmarks
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
