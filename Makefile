@@ -95,6 +95,8 @@ study: study-train study-denoise study-noise
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/simulation_throughput.py
+	$(PY) benchmarks/simulation_speed.py --preset paper --structures 2 --images 3
+	$(PY) benchmarks/inference_speed.py --threads 2
 
 clean:
 	rm -rf notebooks/executed data/simulated/nb01_* data/results/reproduce figures/reproduce .pytest_cache
