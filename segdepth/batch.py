@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import os
 import re
 import subprocess
@@ -101,8 +100,8 @@ def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
 
 
 def _value_text(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
-        value = int(value) if not math.isnan(value) else value
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:  # 10.0 -> "10"
+        value = int(value)
     text = value if isinstance(value, str) else json.dumps(value, separators=(",", ""))
     return re.sub(r"[^A-Za-z0-9.+-]+", "-", str(text)).strip("-") or "empty"
 
