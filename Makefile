@@ -8,7 +8,7 @@ STAMP := $(VENV)/.segdepth-installed
 TORCH := torch==2.13.0
 RUN_NB := $(PY) -m segdepth.notebook
 
-.PHONY: all venv test test-fast reproduce data train evaluate reproduce-evaluate lint sync benchmark clean \
+.PHONY: all venv test test-fast reproduce data train train-fast evaluate reproduce-evaluate lint sync benchmark clean \
 	study study-train study-denoise study-noise quickstart real-data
 
 all: reproduce
@@ -44,6 +44,17 @@ data: $(STAMP)
 # `-p output data/simulated/cpu_train -p n_structures 100 -p n_defocus 4 -p seed 0` (see README).
 train: $(STAMP)
 	$(RUN_NB) notebooks/02_training.py
+
+# Step 02, fast model (issue 6): the same recipe on input binned 4x to the label grid (21.2 pm pixels,
+# no head downsampling); `segdepth predict`'s default model. FAST_BASE=8 trains the smaller one.
+FAST_BASE ?= 16
+train-fast: $(STAMP)
+	$(RUN_NB) notebooks/02_training.py -o notebooks/executed/02_training_fast_base$(FAST_BASE).ipynb \
+		-p input_binning 4 -p base_channels $(FAST_BASE) -p max_minutes 45 \
+		-p checkpoint_dir data/checkpoints/fast_base$(FAST_BASE)_bin4_lam2.5 \
+		-p model_out data/models/segdepth_fast_base$(FAST_BASE)_bin4_lam2.5.safetensors \
+		-p history_out data/results/training_history_fast_base$(FAST_BASE)_bin4_lam2.5.nc \
+		-p figure figures/training_history_fast_base$(FAST_BASE)_bin4_lam2.5.png
 
 # Step 03: Table I, Figs. 1, 6, 7, 8 on the test split of the training set (committed results).
 evaluate: $(STAMP)

@@ -33,7 +33,8 @@ head_channels = [32, 64]  # widths of the two extra downsampling blocks ([]: the
 lam = 2.5  # training dose [electrons per pixel in vacuum]
 lam_range = []  # [lo, hi]: log-uniform dose range instead of a fixed lam (dose-robust model)
 epochs = 60  # maximum epochs
-crop = 256  # training crop [image pixels], a multiple of 64
+crop = 256  # training crop [image pixels], a multiple of 64 * input_binning
+input_binning = 1  # 4: the fast model (input binned 4x to the label grid; no head downsampling)
 batch_size = 4  # crops per step
 steps_per_epoch = 0  # cap on steps per epoch (0: one pass over the training split)
 lr = 1e-3  # initial Adam learning rate
@@ -70,12 +71,17 @@ from segdepth.training import TrainConfig, train
 ds = open_dataset(data, load=True)
 train_idx, val_idx, test_idx = split_indices(ds, split, seed=split_seed)
 print(f"{ds.sizes['sample']} samples: {len(train_idx)} train, {len(val_idx)} validation, {len(test_idx)} test")
+n_head = (4 // input_binning).bit_length() - 1  # head downsampling blocks: 2 (paper), 0 for a 4x binned input
+model_kwargs = {"head_channels": list(head_channels)[:n_head]} if head_channels else {}
+if input_binning > 1:
+    model_kwargs["output_factor"] = 4 // input_binning
 cfg = TrainConfig(
     base_channels=base_channels,
-    model_kwargs={"head_channels": list(head_channels)} if head_channels else {},
+    model_kwargs=model_kwargs,
     lam=None if lam_range else lam,
     lam_range=tuple(lam_range) if lam_range else None,
     crop=crop,
+    input_binning=input_binning,
     batch_size=batch_size,
     epochs=epochs,
     steps_per_epoch=steps_per_epoch or None,

@@ -50,7 +50,7 @@ from segdepth.evaluation import PAPER_TABLE_I_METRICS, evaluate_dataset, infer
 from segdepth.model import count_parameters
 from segdepth.modelio import load_model
 from segdepth.plotting import depth_cmap, save_figure
-from segdepth.preprocess import normalise
+from segdepth.preprocess import bin_image, normalise
 from segdepth.store import open_dataset, write_netcdf_atomic
 
 ds = open_dataset(data, load=True)
@@ -73,15 +73,16 @@ per_model, cards, loaded = [], [], []
 for path in models:
     model, card = load_model(path)
     idx = test_indices(card)
-    res = evaluate_dataset(model, ds, lam=lam, seed=seed, indices=idx, progress=True).drop_vars("sample")
+    res = evaluate_dataset(model, ds, lam=lam, seed=seed, indices=idx, progress=True,
+                           input_binning=card.get("input_binning", 1)).drop_vars("sample")
     res = res.drop_vars([v for v in res.data_vars if v.endswith("_per_sample")])
     res = res.expand_dims(model=[Path(path).stem])
     res["base_channels"] = ("model", [card["architecture"]["base_channels"]])
     res["parameters"] = ("model", [count_parameters(model)])
-    res["train_lam"] = ("model", [card.get("lam") or np.nan])
+    res["train_lam"] = ("model", [card.get("dataset_lam", card.get("lam")) or np.nan])  # per dataset pixel
     per_model.append(res)
     cards.append(card)
-    loaded.append((model, idx))
+    loaded.append((model, idx, card.get("input_binning", 1)))
 out = xr.concat(per_model, dim="model")
 out.attrs = {"data": data, "data_parameters": json.dumps(data_params), "lam": lam, "seed": seed,
              "model_cards": json.dumps(cards)}
@@ -93,10 +94,10 @@ write_netcdf_atomic(out, results)
 # the column pixel across doses.
 
 # %%
-model, idx = loaded[0]
+model, idx, binning = loaded[0]
 i = int(idx[min(example, idx.size - 1)])
 s = ds.isel(sample=i)
-noisy, proba = infer(model, s.image.values, lam, seed=seed, index=i)
+noisy, proba = infer(model, s.image.values, lam, seed=seed, index=i, input_binning=binning)
 pred = proba.argmax(0)
 label = s.label.values
 # a column pixel: the centre of the thickest column of the sample; a background pixel: vacuum
@@ -111,13 +112,20 @@ d2 = np.min((gx[..., None] - s.column_x.values[present]) ** 2 + (gy[..., None] -
             axis=-1)
 bg = np.argwhere(d2 > 3.0**2)  # vacuum: more than 3 A from every column
 bg_px = tuple(int(v) for v in bg[np.linalg.norm(bg - np.array(col_px), axis=1).argmin()])
-x_in = normalise(noisy)
-sal_col = metrics.saliency(model, x_in, col_px, int(pred[col_px]))
-sal_bg = metrics.saliency(model, x_in, bg_px, int(pred[bg_px]))
+
+
+def saliency_map(noisy_image, pixel, depth):
+    """eq. 7 w.r.t. the frame's pixels (a binned model's gradient is shared by the pixels of a bin)."""
+    g = metrics.saliency(model, normalise(bin_image(noisy_image, binning)), pixel, depth)
+    return np.kron(g, np.ones((binning, binning), np.float32)) / binning**2
+
+
+sal_col = saliency_map(noisy, col_px, int(pred[col_px]))
+sal_bg = saliency_map(noisy, bg_px, int(pred[bg_px]))
 sal_lam = []
 for j, lam_j in enumerate(saliency_lams):
-    noisy_j, proba_j = infer(model, s.image.values, lam_j, seed=seed, index=i)
-    sal_lam.append(metrics.saliency(model, normalise(noisy_j), col_px, int(proba_j.argmax(0)[col_px])))
+    noisy_j, proba_j = infer(model, s.image.values, lam_j, seed=seed, index=i, input_binning=binning)
+    sal_lam.append(saliency_map(noisy_j, col_px, int(proba_j.argmax(0)[col_px])))
 ex = xr.Dataset(
     {
         "noisy": (("y", "x"), noisy), "clean": (("y", "x"), s.image.values),

@@ -71,7 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("input", metavar="INPUT", help="image file")
     p.add_argument("--out", "-o", required=True, metavar="OUT.nc", help="output netCDF file (written atomically)")
-    p.add_argument("--model", metavar="PATH", help="model file (.safetensors with its card); default: shipped model")
+    p.add_argument("--model", metavar="PATH", help="model file (.safetensors with its card); default: the shipped "
+                   "fast model (input binned 4x to the label grid)")
+    p.add_argument("--reference", action="store_true", help="the checked reference path instead: the shipped "
+                   "paper-layout model in plain eager float32 (about 50x slower)")
     p.add_argument("--pixel-size", metavar="A", help="pixel size of INPUT [Angstrom]; overrides the file's calibration")
     p.add_argument(
         "--calibrate",
@@ -98,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probabilities", action="store_true", help="also write the per-pixel depth distribution")
     p.add_argument("--tile", type=int, default=512, metavar="N", help="tile edge [model pixels] (default 512)")
     p.add_argument("--overlap", type=int, default=64, metavar="N", help="tile overlap [model pixels] (default 64)")
-    p.add_argument("--batch-size", type=int, default=1, metavar="N", help="tiles per forward pass (default 1)")
+    p.add_argument("--batch-size", type=int, default=4, metavar="N",
+                   help="tiles per forward pass, of consecutive frames when a frame has fewer (default 4)")
     p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -177,8 +181,10 @@ def _predict_command(args: argparse.Namespace) -> int:
 
     _image_pixel_size(first)  # fail fast (before torch is imported) when the pixel size is unknown
 
+    if args.reference and args.model is not None:
+        raise CommandError("--reference and --model exclude each other")
     if args.model is None:
-        model, card = load_default_model()
+        model, card = load_default_model(reference=args.reference)
     else:
         model_path = Path(args.model)
         if not model_path.is_file():
@@ -195,7 +201,7 @@ def _predict_command(args: argparse.Namespace) -> int:
             else:
                 yield read_image(source, pixel_size=pixel_size, frames=keys[start : start + args.chunk], crop=crop)
 
-    attrs["model"] = "default" if args.model is None else str(args.model)
+    attrs["model"] = ("reference" if args.reference else "default") if args.model is None else str(args.model)
     attrs["command"] = json.dumps(["segdepth", *sys.argv[1:]] if args.argv is None else ["segdepth", *args.argv])
     predict_to_netcdf(
         chunks(),
@@ -210,6 +216,7 @@ def _predict_command(args: argparse.Namespace) -> int:
         lam=lam,
         return_probabilities=args.probabilities,
         batch_size=args.batch_size,
+        fast=not args.reference,
     )
     import xarray as xr
 

@@ -16,7 +16,7 @@ import xarray as xr
 
 from . import metrics
 from .noise import poisson_noise
-from .preprocess import normalise
+from .preprocess import bin_image, normalise
 
 __all__ = ["infer", "evaluate_dataset", "PAPER_TABLE_I_METRICS"]
 
@@ -32,7 +32,8 @@ PAPER_TABLE_I_METRICS = {
 METRIC_NAMES = ("pixelwise_accuracy", "center_accuracy", "real_atom_detection_rate", "hallucination_rate")
 
 
-def infer(model, clean, lam: float | None, *, seed: int, index: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def infer(model, clean, lam: float | None, *, seed: int, index: int = 0,
+          input_binning: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Noisy input and class probabilities for one clean image.
 
     Parameters
@@ -45,25 +46,31 @@ def infer(model, clean, lam: float | None, *, seed: int, index: int = 0) -> tupl
         Dose [e/pixel]; ``None`` uses ``clean`` as it is (already noisy data).
     seed, index : int
         The noise is drawn from ``numpy.random.default_rng([seed, index])``.
+    input_binning : int
+        Bin the noisy image this many times before the network (a model
+        trained with ``TrainConfig.input_binning``, its card's
+        ``input_binning``). The noise is drawn on the grid of ``clean``, so
+        models with and without binning see the same electrons.
 
     Returns
     -------
     noisy : ndarray (H, W)
         The network's input before normalisation.
     proba : ndarray (11, H / 4, W / 4)
+        On the model's output grid (the label grid).
         Softmax probabilities.
     """
     clean = np.asarray(clean, dtype=np.float32)
     noisy = clean if lam is None else poisson_noise(clean, lam, rng=np.random.default_rng([seed, index]))
     model.eval()
     with torch.inference_mode():
-        x = torch.from_numpy(normalise(noisy))[None, None]
+        x = torch.from_numpy(normalise(bin_image(noisy, input_binning)))[None, None]
         proba = torch.softmax(model(x), dim=1)[0].numpy()
     return noisy, proba
 
 
 def evaluate_dataset(model, ds: xr.Dataset, *, lam: float, seed: int = 0, indices=None, n_bins: int = 10,
-                     progress: bool = False) -> xr.Dataset:
+                     progress: bool = False, input_binning: int = 1) -> xr.Dataset:
     """Evaluate ``model`` on samples ``indices`` of a simulated dataset at dose ``lam``.
 
     Parameters
@@ -80,6 +87,8 @@ def evaluate_dataset(model, ds: xr.Dataset, *, lam: float, seed: int = 0, indice
         Samples to evaluate (default all).
     n_bins : int
         Bins of the reliability diagram.
+    input_binning : int
+        See :func:`infer`.
 
     Returns
     -------
@@ -106,7 +115,7 @@ def evaluate_dataset(model, ds: xr.Dataset, *, lam: float, seed: int = 0, indice
     col_pred, col_true, col_Z, col_vac = [], [], [], []
     for i in tqdm(indices, desc="evaluate", disable=not progress):
         s = ds.isel(sample=int(i))
-        _, proba = infer(model, s.image.values, lam, seed=seed, index=int(i))
+        _, proba = infer(model, s.image.values, lam, seed=seed, index=int(i), input_binning=input_binning)
         pred = proba.argmax(axis=0)
         conf = proba.max(axis=0)
         label = s.label.values.astype(np.int64)

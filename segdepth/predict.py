@@ -41,16 +41,26 @@ import xarray as xr
 from .io import check_pixel_size
 from .preprocess import normalise
 
-__all__ = ["DEFAULT_MODEL", "load_default_model", "predict", "predict_to_netcdf", "resample"]
+__all__ = ["DEFAULT_MODEL", "REFERENCE_MODEL", "load_default_model", "predict", "predict_to_netcdf", "resample"]
 
-#: The model :func:`load_default_model` reads, relative to the repository root.
-DEFAULT_MODEL = Path("data/models/segdepth_base16_lam2.5.safetensors")
+#: The model :func:`load_default_model` reads, relative to the repository root: the fast model
+#: (input binned 4x to the label grid, issue 6; see ``benchmarks/inference_speed.py``).
+DEFAULT_MODEL = Path("data/models/segdepth_fast_base8_bin4_lam2.5.safetensors")
+#: The paper-layout model, run in plain eager float32 as the checked reference (``--reference``).
+REFERENCE_MODEL = Path("data/models/segdepth_base16_lam2.5.safetensors")
 _MAX_PIXELS = 2**28  # largest resampled frame we accept (16384 x 16384)
 _UNITS_TO_A = {"a": 1.0, "å": 1.0, "angstrom": 1.0, "nm": 10.0, "pm": 0.01}
 
 
-def load_default_model():
-    """Load the model shipped with the repository.
+def load_default_model(*, reference: bool = False):
+    """Load a model shipped with the repository.
+
+    Parameters
+    ----------
+    reference : bool
+        ``False``: :data:`DEFAULT_MODEL` (the fast model). ``True``:
+        :data:`REFERENCE_MODEL` (the paper's layout; run it with
+        ``predict(..., fast=False)`` for the eager reference path).
 
     Returns
     -------
@@ -60,9 +70,9 @@ def load_default_model():
     Raises
     ------
     FileNotFoundError
-        When ``data/models/segdepth_base16_lam2.5.safetensors`` is absent.
+        When the model file is absent.
     """
-    path = Path(__file__).resolve().parents[1] / DEFAULT_MODEL
+    path = Path(__file__).resolve().parents[1] / (REFERENCE_MODEL if reference else DEFAULT_MODEL)
     if not path.is_file():
         raise FileNotFoundError(
             f"default model {path} not found; train it first (see README) or pass a model file with --model"
@@ -209,6 +219,20 @@ def _dose_warning(lam: float, scale: float, card: dict) -> None:
         )
 
 
+def _prepared(image: xr.DataArray, f: int, resampled: tuple[int, int], padded: tuple[int, int]) -> np.ndarray:
+    """Frame ``f`` resampled to the model's pixel size, normalised and reflect-padded."""
+    frame = np.asarray(image[f].values, dtype=np.float32)
+    if not np.all(np.isfinite(frame)):
+        raise ValueError(f"frame {f} contains NaN or infinite values")
+    try:
+        frame = normalise(resample(frame, resampled))
+    except ValueError as err:
+        raise ValueError(f"frame {f}: {err}") from None
+    (h_r, w_r), (pad_h, pad_w) = resampled, padded
+    mode = "reflect" if min(h_r, w_r) > 1 else "edge"
+    return np.pad(frame, ((0, pad_h - h_r), (0, pad_w - w_r)), mode=mode)
+
+
 def predict(
     image: xr.DataArray,
     model,
@@ -254,7 +278,8 @@ def predict(
     progress : bool
         Show a tqdm progress bar (tiles) on stderr.
     batch_size : int
-        Tiles per forward pass.
+        Tiles per forward pass; when a frame has fewer tiles, tiles of
+        consecutive frames share a pass (frame batching).
     fast : bool
         Run an inference-optimised copy of the network
         (:func:`segdepth.model.optimise_for_inference`: batch norms folded
@@ -349,28 +374,25 @@ def predict(
     bar = tqdm(
         total=n_frames * len(tiles), unit="tile", desc="segdepth", disable=not progress, file=sys.stderr, leave=False
     )
+    # Frames are processed in groups so that one forward pass holds up to batch_size tiles, across
+    # frames when a frame has fewer tiles (a small frame, or the binned input of the fast model).
+    group = max(1, batch_size // len(tiles))
     try:
-        for f in range(n_frames):
-            frame = np.asarray(image[f].values, dtype=np.float32)
-            if not np.all(np.isfinite(frame)):
-                raise ValueError(f"frame {f} contains NaN or infinite values")
-            try:
-                frame = normalise(resample(frame, (h_r, w_r)))
-            except ValueError as err:
-                raise ValueError(f"frame {f}: {err}") from None
-            mode = "reflect" if min(h_r, w_r) > 1 else "edge"
-            padded = np.pad(frame, ((0, pad_h - h_r), (0, pad_w - w_r)), mode=mode)
-            logits = None
-            for first in range(0, len(tiles), batch_size):
-                batch = tiles[first : first + batch_size]
-                x = np.stack([padded[sy : sy + tile_h, sx : sx + tile_w] for sy, _, sx, _ in batch])
+        for g0 in range(0, n_frames, group):
+            frames = range(g0, min(g0 + group, n_frames))
+            padded = {f: _prepared(image, f, (h_r, w_r), (pad_h, pad_w)) for f in frames}
+            work = [(f, t) for f in frames for t in tiles]
+            logits = dict.fromkeys(frames)
+            for first in range(0, len(work), batch_size):
+                batch = work[first : first + batch_size]
+                x = np.stack([padded[f][sy : sy + tile_h, sx : sx + tile_w] for f, (sy, _, sx, _) in batch])
                 with torch.inference_mode():
                     inputs = torch.from_numpy(x[:, None]).to(device).contiguous(memory_format=layout)
                     out = net(inputs).float().cpu().numpy()
-                if logits is None:
-                    logits = np.empty((out.shape[1], pad_h // label_factor, pad_w // label_factor), np.float32)
-                for (sy, (y0, y1), sx, (x0, x1)), tile_logits in zip(batch, out, strict=True):
-                    logits[:, y0 // label_factor : y1 // label_factor, x0 // label_factor : x1 // label_factor] = (
+                for (f, (sy, (y0, y1), sx, (x0, x1))), tile_logits in zip(batch, out, strict=True):
+                    if logits[f] is None:
+                        logits[f] = np.empty((out.shape[1], pad_h // label_factor, pad_w // label_factor), np.float32)
+                    logits[f][:, y0 // label_factor : y1 // label_factor, x0 // label_factor : x1 // label_factor] = (
                         tile_logits[
                             :,
                             (y0 - sy) // label_factor : (y1 - sy) // label_factor,
@@ -378,13 +400,14 @@ def predict(
                         ]
                     )
                 bar.update(len(batch))
-            probability = _softmax(logits[:, :n_label_y, :n_label_x], axis=0)
-            depth_out[f] = probability.argmax(axis=0)
-            confidence_out[f] = probability.max(axis=0)
-            if return_probabilities:
-                if probability_out is None:
-                    probability_out = np.empty((n_frames, *probability.shape), dtype=np.float32)
-                probability_out[f] = probability
+            for f in frames:
+                probability = _softmax(logits.pop(f)[:, :n_label_y, :n_label_x], axis=0)
+                depth_out[f] = probability.argmax(axis=0)
+                confidence_out[f] = probability.max(axis=0)
+                if return_probabilities:
+                    if probability_out is None:
+                        probability_out = np.empty((n_frames, *probability.shape), dtype=np.float32)
+                    probability_out[f] = probability
     finally:
         bar.close()
         if was_training:
@@ -514,20 +537,21 @@ def predict_to_netcdf(frames, model, card: dict, path, *, n_frames: int, attrs: 
             for chunk in frames:
                 if chunk.ndim == 2:
                     chunk = chunk.expand_dims("frame")
-                for k in range(chunk.sizes[chunk.dims[0]]):
-                    if done >= n_frames:
-                        raise ValueError(f"more frames than announced ({n_frames})")
-                    ds = predict(chunk.isel({chunk.dims[0]: [k]}), model, card, **options)
-                    if first is None:
-                        first = ds
-                        _create_variables(nc, ds.assign_attrs(attrs or {}), n_frames, compress)
-                    elif ds.sizes != first.sizes or not np.allclose(ds["x"], first["x"]) or not np.allclose(
-                        ds["y"], first["y"]
-                    ):
-                        raise ValueError(f"frame {int(ds['frame'][0])} differs in size or position from the first")
+                n_chunk = chunk.sizes[chunk.dims[0]]
+                if done + n_chunk > n_frames:
+                    raise ValueError(f"more frames than announced ({n_frames})")
+                ds = predict(chunk, model, card, **options)  # the whole chunk: frames share forward passes
+                if first is None:
+                    first = ds
+                    _create_variables(nc, ds.isel(frame=[0]).assign_attrs(attrs or {}), n_frames, compress)
+                elif {k: v for k, v in ds.sizes.items() if k != "frame"} != {
+                    k: v for k, v in first.sizes.items() if k != "frame"
+                } or not np.allclose(ds["x"], first["x"]) or not np.allclose(ds["y"], first["y"]):
+                    raise ValueError(f"frame {int(ds['frame'][0])} differs in size or position from the first")
+                for k in range(n_chunk):
                     for name in ds.data_vars:
-                        nc[name][done] = ds[name].values[0]
-                    frame_ids.append(int(ds["frame"].values[0]))
+                        nc[name][done] = ds[name].values[k]
+                    frame_ids.append(int(ds["frame"].values[k]))
                     done += 1
                     bar.update(1)
             if done != n_frames:

@@ -63,7 +63,7 @@ from .metrics import summarise
 from .model import DenoiseSegment, DenoisingUNet, UNet, paper_config
 from .modelio import load_model, save_model
 from .noise import poisson_noise_torch
-from .preprocess import normalise
+from .preprocess import bin_dataset, normalise
 from .store import atomic_write
 from .torchdata import CropDataset, collate
 
@@ -205,6 +205,16 @@ class TrainConfig:
         weights for ``"joint"``.
     denoise_weight : float
         Weight of the MSE term of the ``"joint"`` loss.
+    input_binning : int
+        Bin the clean images ``input_binning x input_binning`` before the
+        noise is drawn (:func:`segdepth.preprocess.bin_dataset`): the network
+        sees fewer, larger pixels (the fast model of ``segdepth predict``,
+        with ``model_kwargs={"output_factor": label_factor // input_binning}``).
+        ``lam``, ``lam_range``, ``crop``, ``val_crop`` and ``label_factor``
+        stay in units of the dataset's pixels; the noise of a binned pixel is
+        drawn at ``input_binning**2 * lam``, which is the distribution of a
+        binned noisy frame. The model card records the binned pixel size and
+        the dose per binned pixel.
     """
 
     base_channels: int = 16
@@ -235,6 +245,7 @@ class TrainConfig:
     denoiser: dict[str, Any] = field(default_factory=dict)
     denoiser_path: str | None = None
     denoise_weight: float = 1.0
+    input_binning: int = 1
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -256,7 +267,7 @@ class TrainConfig:
             self.lam_range = (lo, hi)
         if self.lr_schedule not in _SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {_SCHEDULES}, got {self.lr_schedule!r}")
-        for name in ("batch_size", "epochs", "crop", "label_factor", "num_threads"):
+        for name in ("batch_size", "epochs", "crop", "label_factor", "num_threads", "input_binning"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -264,6 +275,13 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be None or a positive integer, got {value!r}")
+        b = self.input_binning
+        for name in ("label_factor", "crop", "val_crop"):
+            value = getattr(self, name)
+            if value is not None and value % b:
+                raise ValueError(f"{name}={value} must be a multiple of input_binning={b}")
+        if b > 1 and self.task != "segment":
+            raise ValueError("input_binning applies to the segmentation task only")
         if self.patience < 1 or self.lr_patience < 0:
             raise ValueError(f"patience must be >= 1 and lr_patience >= 0, got {self.patience}, {self.lr_patience}")
         if self.class_balance < 0 or self.class_weight_max < 1:
@@ -712,11 +730,14 @@ def _train(cfg, train_ds, val_ds, out_dir: Path, *, resume, progress, callback, 
     rank, world = _world()
     writer = rank == 0  # only rank 0 writes files
     progress = progress and writer
+    b = cfg.input_binning
+    train_ds, val_ds = bin_dataset(train_ds, b), bin_dataset(val_ds, b)
+    label_factor = cfg.label_factor // b  # model pixels per label pixel
     train_set = CropDataset(
-        train_ds, crop=cfg.crop, label_factor=cfg.label_factor, augment=cfg.augment, seed=cfg.seed, focus=cfg.focus
+        train_ds, crop=cfg.crop // b, label_factor=label_factor, augment=cfg.augment, seed=cfg.seed, focus=cfg.focus
     )
     val_set = CropDataset(
-        val_ds, crop=cfg.val_crop or cfg.crop, label_factor=cfg.label_factor, augment=False, seed=cfg.seed,
+        val_ds, crop=(cfg.val_crop or cfg.crop) // b, label_factor=label_factor, augment=False, seed=cfg.seed,
         focus=cfg.focus,
     )
     model = cfg.build_model()
@@ -725,8 +746,10 @@ def _train(cfg, train_ds, val_ds, out_dir: Path, *, resume, progress, callback, 
             raise ValueError(
                 f"{name}={crop} must be a multiple of the model's required_multiple={model.required_multiple}"
             )
-    if cfg.task != "denoise" and model.output_factor != cfg.label_factor:
-        raise ValueError(f"the model's output is {model.output_factor}x coarser, the labels {cfg.label_factor}x")
+    if cfg.task != "denoise" and model.output_factor != label_factor:
+        raise ValueError(f"the model's output is {model.output_factor}x coarser than its input, the labels "
+                         f"{label_factor}x (label_factor={cfg.label_factor} / input_binning={b}); "
+                         f"set model_kwargs output_factor={label_factor}")
     class_weight = torch.from_numpy(
         class_weights(train_set.label, power=cfg.class_balance, max_weight=cfg.class_weight_max)
     )
@@ -739,7 +762,9 @@ def _train(cfg, train_ds, val_ds, out_dir: Path, *, resume, progress, callback, 
     n_steps = len(train_set) // (batch_size * world)
     if cfg.steps_per_epoch is not None:
         n_steps = min(n_steps, cfg.steps_per_epoch)
-    lam = None if cfg.lam_range is not None else cfg.lam
+    # doses per model pixel: a binned pixel collects b**2 times the electrons
+    lam = None if cfg.lam_range is not None else cfg.lam * b**2
+    lam_range = None if cfg.lam_range is None else tuple(v * b**2 for v in cfg.lam_range)
 
     counters = {"epoch": -1, "best_val_loss": math.inf, "best_epoch": -1, "bad_epochs": 0, "training_seconds": 0.0}
     history: list[dict[str, float]] = []
@@ -765,9 +790,12 @@ def _train(cfg, train_ds, val_ds, out_dir: Path, *, resume, progress, callback, 
         "model_class": type(model).__name__,
         "sampling": _sampling(train_ds),
         "sampling_units": "A",
-        "label_factor": cfg.label_factor,
-        "lam": cfg.lam,
-        "lam_range": list(cfg.lam_range) if cfg.lam_range is not None else None,
+        "label_factor": label_factor,
+        "lam": lam,
+        "lam_range": list(lam_range) if lam_range is not None else None,
+        "input_binning": b,
+        "dataset_lam": cfg.lam,
+        "dataset_lam_range": list(cfg.lam_range) if cfg.lam_range is not None else None,
         "normalisation": NORMALISATION,
         "data_parameters": _data_parameters(train_ds),
         "train_config": cfg.to_dict(),
@@ -796,7 +824,7 @@ def _train(cfg, train_ds, val_ds, out_dir: Path, *, resume, progress, callback, 
             part = step * world + rank  # this rank's share of the global batch
             batch = collate([train_set[i] for i in order[part * batch_size : (part + 1) * batch_size]])
             generator = torch.Generator().manual_seed(_derived_seed(cfg.seed, epoch, part, _NOISE))
-            inputs = _noisy_input(batch["image"], generator, lam=lam, lam_range=cfg.lam_range)
+            inputs = _noisy_input(batch["image"], generator, lam=lam, lam_range=lam_range)
             batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
             loss = _step_loss(cfg, net, inputs.to(device), batch, class_weight.to(device))
             if not torch.isfinite(loss):
@@ -820,7 +848,7 @@ def _train(cfg, train_ds, val_ds, out_dir: Path, *, resume, progress, callback, 
             val_set,
             seed=cfg.seed,
             lam=lam,
-            lam_range=cfg.lam_range,
+            lam_range=lam_range,
             batch_size=cfg.val_batch_size or cfg.batch_size,
             class_weight=class_weight,
             task=cfg.task,

@@ -126,6 +126,7 @@ def _bad_cases(root: Path) -> list[tuple[str, list[str], str]]:
         ("4-D movie", [npy("4d_movie.npy", np.ones((2, 3, 16, 16))), *px], "expected a 2-D image"),
         ("unknown phase", ["image.npy", "--calibrate", "Au"], "unknown phase"),
         ("corrupt model", ["image.npy", *px, "--model", "corrupt.safetensors"], "could not read weights"),
+        ("reference and model", ["image.npy", *px, "--reference", *model], "--reference and --model exclude"),
     ]
     cases = [(name, ["predict", args[0], "--out", "out/OUT.nc", *args[1:]], message) for name, args, message in cases]
     (root / "out").mkdir(exist_ok=True)
@@ -158,6 +159,31 @@ def test_default_model_missing_is_a_clean_error(workdir, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.startswith("segdepth: error: default model") and err.count("\n") == 1 and "--model" in err
     assert not out.exists()
+
+
+def test_reference_path_is_the_paper_model_in_eager_float32(workdir, capsys):
+    """--reference: the shipped paper-layout model, unoptimised; the default: the fast (binned-input) model."""
+    import json
+
+    from segdepth.io import read_image
+    from segdepth.predict import load_default_model, predict
+
+    outs = {}
+    for name, extra in (("reference", ["--reference"]), ("default", [])):
+        outs[name] = workdir / f"{name}.nc"
+        args = ["predict", str(workdir / "stack.npy"), "--pixel-size", "0.1", "--out", str(outs[name]), *extra]
+        assert main(args) == 0, capsys.readouterr().err
+    image = read_image(workdir / "stack.npy", pixel_size=0.1)
+    model, card = load_default_model(reference=True)
+    expected = predict(image, model, card, fast=False)
+    with xr.open_dataset(outs["reference"]) as ref, xr.open_dataset(outs["default"]) as fast:
+        assert ref.attrs["model"] == "reference" and json.loads(ref.attrs["arguments"])["fast"] is False
+        assert json.loads(ref.attrs["model_card"])["label_factor"] == 4
+        np.testing.assert_array_equal(ref["depth"].values, expected["depth"].values)
+        assert json.loads(fast.attrs["model_card"])["input_binning"] == 4
+        # the same label grid up to rounding of the resampled sizes (6.4 A at 0.212 A vs 4 x 0.053 A)
+        assert abs(fast.sizes["y"] - ref.sizes["y"]) <= 1 and fast.sizes["x"] == ref.sizes["x"]
+        assert fast.attrs["label_pixel_size"] == pytest.approx(ref.attrs["label_pixel_size"], rel=0.05)
 
 
 MOVIE = ROOT / "data" / "raw" / "ptceo2_udvd_40frames.gif"

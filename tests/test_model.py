@@ -194,3 +194,66 @@ def test_format_parameter_table_has_one_row_per_width():
 
     lines = format_parameter_table((16, 64)).splitlines()
     assert len(lines) == 4 and lines[2].startswith("| 16 | 12.04 | 11.75 |") and lines[3].startswith("| 64 |")
+
+
+@pytest.mark.parametrize("size", [2, 4])
+def test_network_median_equals_sorting_with_ties(size):
+    """The sorting-network path (power-of-two sizes) gives the sorted-window median, ties included."""
+    rng = np.random.default_rng(size)
+    x = torch.from_numpy(rng.integers(0, 4, (2, 3, 9, 11)).astype(np.float32))  # many ties
+    median = MedianFilter2d(size)
+    assert median._network is not None
+    before, after = (size - 1) // 2, size // 2
+    padded = torch.nn.functional.pad(x, (before, after, before, after), mode="replicate")
+    torch.testing.assert_close(median(x), median._sorted_median(padded, x.shape), rtol=0, atol=0)
+    np.testing.assert_array_equal(median(x)[1, 2].numpy(), _numpy_median_filter(x[1, 2].numpy(), size))
+
+
+def test_median_network_sorts_every_binary_input():
+    """0-1 principle: the unpruned 4 x 4 network (column sort + merges) sorts all 2**16 binary inputs."""
+    from segdepth.model import _oddeven_merge, _oddeven_sort
+
+    column = list(_oddeven_sort(0, 3))
+    merges = [*_oddeven_merge(0, 7, 1), *_oddeven_merge(8, 15, 1), *_oddeven_merge(0, 15, 1)]
+    bits = (np.arange(2**16)[:, None] >> np.arange(16)) & 1
+    wires = [bits[:, i].copy() for i in range(16)]
+    for group in range(4):
+        for a, b in column:
+            a, b = 4 * group + a, 4 * group + b
+            wires[a], wires[b] = np.minimum(wires[a], wires[b]), np.maximum(wires[a], wires[b])
+    for a, b in merges:
+        wires[a], wires[b] = np.minimum(wires[a], wires[b]), np.maximum(wires[a], wires[b])
+    out = np.stack(wires, axis=1)
+    assert np.all(np.diff(out, axis=1) >= 0)
+
+
+def test_network_median_gradient_reaches_the_two_middle_values():
+    x = torch.randn(1, 1, 4, 4, dtype=torch.float64, requires_grad=True)
+    MedianFilter2d(4)(x)[0, 0, 1, 1].backward()  # window: the whole 4 x 4 input, no padding
+    values = x.detach().flatten().sort().values
+    middle = (x.detach() == values[7]) | (x.detach() == values[8])
+    assert torch.all(x.grad[middle] == 0.5) and torch.all(x.grad[~middle] == 0)
+
+
+@pytest.mark.parametrize("factor, head", [(1, []), (2, [4]), (4, [4, 8])])
+def test_output_factor_sets_the_head(factor, head):
+    model = tiny(output_factor=factor, head_channels=head).eval()
+    assert model.output_factor == factor and model.config["output_factor"] == factor
+    with torch.no_grad():
+        out = model(torch.randn(2, 1, 16, 32))
+    assert out.shape == (2, 11, 16 // factor, 32 // factor)
+    assert UNet.from_config(model.config).output_factor == factor
+    assert UNet(base_channels=4, output_factor=1).config["head_channels"] == []
+
+
+def test_output_factor_validation():
+    with pytest.raises(ValueError, match="output_factor must be 1, 2 or 4"):
+        tiny(output_factor=3)
+    with pytest.raises(ValueError, match=r"log2\(output_factor\) = 0 entries"):
+        tiny(output_factor=1, head_channels=[4])
+
+
+def test_old_configs_without_output_factor_load_as_the_paper_layout():
+    config = dict(tiny().config)
+    del config["output_factor"]
+    assert UNet.from_config(config).output_factor == 4

@@ -158,3 +158,38 @@ def test_fast_path_matches_the_eager_reference(rng):
     folded = optimise_for_inference(model)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+def test_frames_share_forward_passes_without_changing_results(saved, rng):
+    """batch_size > tiles per frame batches consecutive frames; every frame's result is unchanged."""
+    model, card = saved
+    image = noisy(rng, (5, 64, 64))
+    one = predict(image, model, card, return_probabilities=True, batch_size=1)
+    calls = []
+    handle = model.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    try:
+        batched = predict(image, model, card, return_probabilities=True, batch_size=4, fast=False)
+    finally:
+        handle.remove()
+    assert calls == [4, 1]  # 5 one-tile frames: a pass of 4 frames, then 1
+    np.testing.assert_allclose(batched["probability"], one["probability"], atol=1e-5)
+    np.testing.assert_array_equal(batched["frame"], one["frame"])
+
+
+def test_binned_input_model_bins_the_frame_and_keeps_the_label_grid(rng):
+    """A fast model (input binned 4x, output factor 1) sees the block means and overlays like the paper's."""
+    from segdepth.preprocess import bin_image, normalise
+
+    torch.manual_seed(1)
+    fast_model = UNet(n_scales=1, channels=(2, 4), output_factor=1, median_size=1).eval()
+    card = {"sampling": 4 * MODEL_PIXEL, "sampling_units": "A", "label_factor": 1, "lam": 80.0, "input_binning": 4}
+    image = noisy(rng, (1, 128, 96))
+    ds = predict(image, fast_model, card, return_probabilities=True, fast=False)
+    assert ds["depth"].shape == (1, 32, 24)
+    np.testing.assert_allclose(ds["x"].values, (np.arange(24) + 0.5) * 4 * MODEL_PIXEL)  # as the paper layout
+    with torch.no_grad():
+        x = torch.from_numpy(normalise(bin_image(image.values[0], 4)))[None, None]
+        expected = torch.softmax(fast_model(x), dim=1)[0].numpy()
+    np.testing.assert_allclose(ds["probability"].values[0], expected, atol=1e-5)
+    paper_layout = predict(image, UNet(**TINY).eval(), {**card, "sampling": MODEL_PIXEL, "label_factor": 4})
+    np.testing.assert_allclose(paper_layout["x"], ds["x"])

@@ -310,3 +310,34 @@ def test_task_validation():
         tiny_config(task="denoise", denoiser_path="x.safetensors")
     with pytest.raises(ValueError, match="denoise_weight"):
         tiny_config(denoise_weight=-1.0)
+
+
+def test_input_binning_trains_on_binned_images_and_records_it(data, tmp_path):
+    """input_binning 2: the model sees 2x2-binned crops at 4x the dose; the card says so."""
+    cfg = tiny_config(input_binning=2, lam_range=None, lam=5.0, epochs=1,
+                      model_kwargs={**TINY_MODEL, "head_channels": [8], "output_factor": 2})
+    seen = []
+    original = training._noisy_input
+
+    def spy(clean, generator, *, lam, lam_range):
+        seen.append((tuple(clean.shape), lam))
+        return original(clean, generator, lam=lam, lam_range=lam_range)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(training, "_noisy_input", spy)
+        train(cfg, *data, tmp_path, progress=False)
+    assert seen[0] == ((4, 1, 16, 16), 20.0)  # crop 32 -> 16 binned pixels, dose 5 x 2**2
+    model, card = load_model(tmp_path / "model.safetensors")
+    assert card["sampling"] == pytest.approx(2 * SAMPLING)
+    assert card["label_factor"] == 2 and card["input_binning"] == 2
+    assert card["lam"] == pytest.approx(20.0) and card["dataset_lam"] == pytest.approx(5.0)
+    assert model.output_factor == 2
+
+
+def test_input_binning_validation(data, tmp_path):
+    with pytest.raises(ValueError, match="crop=30 must be a multiple of input_binning=4"):
+        tiny_config(input_binning=4, crop=30)
+    with pytest.raises(ValueError, match="segmentation task only"):
+        tiny_config(input_binning=2, task="denoise")
+    with pytest.raises(ValueError, match="set model_kwargs output_factor=2"):
+        train(tiny_config(input_binning=2, epochs=1), *data, tmp_path, progress=False)
