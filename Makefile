@@ -8,7 +8,7 @@ STAMP := $(VENV)/.segdepth-installed
 TORCH := torch==2.13.0
 RUN_NB := $(PY) -m segdepth.notebook
 
-.PHONY: all venv test test-fast reproduce data train train-fast evaluate reproduce-evaluate lint sync benchmark clean \
+.PHONY: all venv test test-fast reproduce data train train-fast evaluate evaluate-fast reproduce-evaluate lint sync benchmark clean \
 	study study-train study-denoise study-noise quickstart real-data
 
 all: reproduce
@@ -46,8 +46,8 @@ train: $(STAMP)
 	$(RUN_NB) notebooks/02_training.py
 
 # Step 02, fast model (issue 6): the same recipe on input binned 4x to the label grid (21.2 pm pixels,
-# no head downsampling); `segdepth predict`'s default model. FAST_BASE=8 trains the smaller one.
-FAST_BASE ?= 16
+# no head downsampling); `segdepth predict`'s default model (base 8). FAST_BASE=16 trains the larger one.
+FAST_BASE ?= 8
 train-fast: $(STAMP)
 	$(RUN_NB) notebooks/02_training.py -o notebooks/executed/02_training_fast_base$(FAST_BASE).ipynb \
 		-p input_binning 4 -p base_channels $(FAST_BASE) -p max_minutes 45 \
@@ -59,6 +59,13 @@ train-fast: $(STAMP)
 # Step 03: Table I, Figs. 1, 6, 7, 8 on the test split of the training set (committed results).
 evaluate: $(STAMP)
 	$(RUN_NB) notebooks/03_evaluation.py
+
+# Step 03 for the fast model (issue 6): Table I row, Figs. 1, 6-8 under figures/fast/.
+evaluate-fast: $(STAMP)
+	$(RUN_NB) notebooks/03_evaluation.py -o notebooks/executed/03_evaluation_fast.ipynb \
+		-p models '["data/models/segdepth_fast_base$(FAST_BASE)_bin4_lam2.5.safetensors"]' \
+		-p results data/results/evaluation_fast_lam2.5.nc -p examples data/results/evaluation_examples_fast_lam2.5.nc \
+		-p table data/results/table1_fast_lam2.5.md -p figure_prefix figures/fast/
 
 # Step 03 on the small dataset of step 01 with the shipped model; writes under */reproduce/.
 reproduce-evaluate: $(STAMP)
@@ -106,7 +113,7 @@ study: study-train study-denoise study-noise
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/simulation_throughput.py
-	$(PY) benchmarks/simulation_speed.py --preset paper --structures 2 --images 3
+	$(PY) benchmarks/simulation_speed.py --preset paper --structures 2 --images 10
 	$(PY) benchmarks/inference_speed.py --threads 2
 
 clean:

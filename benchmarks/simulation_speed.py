@@ -8,8 +8,9 @@ Steps, each timed on the same structures (the machine is shared: compare the pri
    the simulation grid, then binned (``method="full"``), 11-sample focal-spread average. Timed on
    the first ``--baseline-images`` overfocus values of each structure (its cost is per image).
 2. ``reuse exit wave``: one exit wave per structure, imaged at every overfocus value.
-3. ``+ band-limited imaging``: the lens on the binned grid (``segdepth.simulation.image_exit_wave``
-   default; same images to ~1e-6).
+3. ``+ band-limited imaging``: the lens on the smallest grid that holds the aperture's band (450^2
+   for the paper's field), then exact Fourier interpolation and block-average transfer to the
+   binned grid (``segdepth.simulation.image_exit_wave`` default; same images to ~1e-6).
 4. ``+ 7 focal-spread samples``: the incoherent defocus average over 7 instead of 11 equally
    spaced samples within +-3 sigma (the paper preset; 0.4-0.5 % RMS of the image contrast from a
    converged average, printed here for the first structure).

@@ -2,9 +2,10 @@
 
 Run: ``python benchmarks/simulation_throughput.py [--structures N] [--presets cpu paper]``.
 For each worker count one LocalCluster is started and warmed up with one structure per worker
-(FFTW planning, imports), as a long-lived worker would be; then N structures (3 images each)
-are generated and timed. Prints images/hour and the 2-worker / 1-worker ratio measured in this
-same invocation (the machine is shared: compare ratios, not absolute numbers across runs).
+(FFTW planning, imports), as a long-lived worker would be; then N structures (the preset's images
+per structure, or ``--images``) are generated and timed. Prints images/hour, the 2-worker /
+1-worker ratio and the scaling efficiency (ratio / 2) measured in this same invocation (the
+machine is shared: compare ratios, not absolute numbers across runs).
 """
 
 from __future__ import annotations
@@ -35,13 +36,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--structures", type=int, default=4, help="structures per timed run")
     ap.add_argument("--presets", nargs="+", default=["cpu", "paper"], choices=sorted(PRESETS))
+    ap.add_argument("--images", type=int, default=0, help="images per structure (0: the preset's)")
     args = ap.parse_args(argv)
     for name in args.presets:
-        params = PRESETS[name].with_(structures_per_shard=1, n_defocus=3)
+        params = PRESETS[name].with_(structures_per_shard=1)
+        if args.images:
+            params = params.with_(n_defocus=args.images)
         rate = {w: images_per_hour(params, args.structures, w) for w in (1, 2)}
         for w, r in rate.items():
             print(f"{name:6s} {params.gpts}->{params.image_shape} px, {w} worker(s): {r:7.0f} images/hour", flush=True)
-        print(f"{name:6s} ratio 2 workers / 1 worker: {rate[2] / rate[1]:.2f}x", flush=True)
+        print(f"{name:6s} ({params.n_defocus} images per structure) ratio 2 workers / 1 worker: "
+              f"{rate[2] / rate[1]:.2f}x, scaling efficiency {rate[2] / rate[1] / 2:.0%}", flush=True)
     return 0
 
 

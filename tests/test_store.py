@@ -140,3 +140,19 @@ def test_make_shard_is_deterministic_metadata():
     assert PRESETS["paper"].image_shape == 1024 and PRESETS["paper"].pixel_size == pytest.approx(0.053)
     assert PRESETS["paper"].extent == pytest.approx(54.272)
     assert callable(make_shard)
+
+
+def test_generation_on_a_cluster_given_by_address(tmp_path, monkeypatch):
+    """scheduler_address: the shards are computed by an already running dask cluster (left running)."""
+    from distributed import Client, LocalCluster
+
+    monkeypatch.setattr(gen, "make_shard", _fake_shard)  # in-process workers see the stand-in
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
+        paths = generate_dataset(TINY, tmp_path / "ds", n_structures=8, scheduler_address=cluster.scheduler_address,
+                                 progress=False)
+        assert [p.name for p in paths] == [shard_path(tmp_path / "ds", k).name for k in range(4)]
+        for k, path in enumerate(paths):
+            with xr.open_dataset(path) as ds:
+                assert float(ds.image[0, 0, 0]) == k
+        with Client(cluster.scheduler_address) as client:  # the cluster is still up
+            assert len(client.scheduler_info()["workers"]) == 2
