@@ -17,8 +17,10 @@ Variants, each adding to the one above it:
 - ``folded BN + channels-last``: :func:`segdepth.model.optimise_for_inference`;
 - ``torch.compile`` (inductor) of that;
 - a model trained on input binned 4x to the label grid (``--fast``; ``TrainConfig.input_binning``):
-  16x fewer operations; eager, then folded BN + channels-last (the ``segdepth predict``
-  default), ``torch.compile``, bfloat16 autocast, and 4 frames per forward pass.
+  16x fewer operations; eager, then folded BN in the layout ``segdepth predict`` chooses
+  (contiguous for this model), the other layout, ``torch.compile``, bfloat16 autocast, and 4 frames
+  per forward pass (``predict`` batches frames that way when ``batch_size`` exceeds the tiles per
+  frame; the CLI's default is 4).
 
 The last line times ``segdepth.predict.predict`` end to end with its defaults (default model,
 resampling, normalisation, softmax) on a 1024 x 1024 frame. A markdown table goes to ``--out``.
@@ -71,7 +73,7 @@ def _runner(net, *, binning: int, channels_last: bool, bf16: bool = False):
     return forward
 
 
-def variants(reference, fast_models, *, compile_: bool):
+def variants(reference, fast_models, *, compile_: bool, baseline_only: bool = False):
     """[(name, forward, batch)]: ``forward(x)`` takes a (batch, 1, H, W) frame stack."""
     from segdepth.model import optimise_for_inference
 
@@ -79,23 +81,31 @@ def variants(reference, fast_models, *, compile_: bool):
     out = [
         ("paper model, eager fp32, sorting median (baseline)", _runner(_sorting_median(reference), binning=1,
                                                                       channels_last=False), 1),
-        ("paper model, network median", _runner(reference, binning=1, channels_last=False), 1),
-        ("  + folded BN, channels-last", _runner(fused, binning=1, channels_last=True), 1),
     ]
-    if compile_:
+    if not baseline_only:
+        out += [
+            ("paper model, network median", _runner(reference, binning=1, channels_last=False), 1),
+            ("  + folded BN, channels-last", _runner(fused, binning=1, channels_last=True), 1),
+        ]
+    if compile_ and not baseline_only:
         out.append(("  + torch.compile", _runner(torch.compile(fused), binning=1, channels_last=True), 1))
     for label, (model, card) in fast_models.items():
         b = int(card.get("input_binning", 1))
-        f = optimise_for_inference(model)
+        f = optimise_for_inference(model)  # the predict path: folded BN, layout chosen for the model
+        cl = f.inference_layout == "channels_last"
+        other = optimise_for_inference(model, channels_last=not cl)
         out += [
             (f"{label}, eager fp32", _runner(model, binning=b, channels_last=False), 1),
-            ("  + folded BN, channels-last (predict default)", _runner(f, binning=b, channels_last=True), 1),
+            (f"  + folded BN, {f.inference_layout} (predict)", _runner(f, binning=b, channels_last=cl), 1),
+            (f"  folded BN, {other.inference_layout}", _runner(other, binning=b, channels_last=not cl), 1),
         ]
         if compile_:
-            out.append(("  + torch.compile", _runner(torch.compile(f), binning=b, channels_last=True), 1))
+            out.append(("  predict path + torch.compile", _runner(torch.compile(f), binning=b, channels_last=cl), 1))
         out += [
-            ("  + bf16 autocast", _runner(f, binning=b, channels_last=True, bf16=True), 1),
-            ("  folded BN, 4 frames per batch", _runner(f, binning=b, channels_last=True), 4),
+            # bf16 in the contiguous layout took minutes per frame here: always channels-last
+            ("  folded BN, channels-last + bf16 autocast", _runner(f if cl else other, binning=b, channels_last=True,
+                                                                 bf16=True), 1),
+            ("  predict path, 4 frames per batch", _runner(f, binning=b, channels_last=cl), 4),
         ]
     return out
 
@@ -120,6 +130,28 @@ def column_scores(fn, ds, indices, *, lam: float, seed: int):
     return acc["exact_all"], acc["n_all"], np.stack(preds)
 
 
+def end_to_end(frames, pixel, repeats, base_seconds):
+    """``segdepth.predict.predict`` with its defaults (resampling, normalisation, softmax, depth and
+    confidence), the default model optimised once as for a movie: one frame per call, and an
+    8-frame movie in one call."""
+    import xarray as xr
+
+    from segdepth.model import optimise_for_inference
+    from segdepth.predict import DEFAULT_MODEL, load_default_model, predict
+
+    model, card = load_default_model()
+    net = optimise_for_inference(model)
+    movie = xr.DataArray(np.concatenate([frames, frames]), dims=("frame", "y", "x"), attrs={"pixel_size": pixel})
+    rows = []
+    for name, image, n in (("one frame per call", movie[0], 1), ("8-frame movie per call", movie, 8)):
+        seconds = _timed(lambda image=image: predict(image, net, card), repeats) / n
+        rows.append((f"segdepth.predict end to end, {name} ({DEFAULT_MODEL.name})", seconds, float("nan"),
+                     float("nan")))
+        ratio = "" if base_seconds is None else f" {base_seconds / seconds:6.2f}x"
+        print(f"{rows[-1][0]:52s} {seconds:7.3f} s/frame {1 / seconds:6.2f} fps{ratio}", flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -135,15 +167,14 @@ def main(argv=None) -> int:
     ap.add_argument("--lam", type=float, default=2.5, help="test dose [e/pixel at 5.3 pm]")
     ap.add_argument("--seed", type=int, default=1, help="seed of the test noise")
     ap.add_argument("--no-compile", action="store_true", help="leave out the torch.compile variants")
+    ap.add_argument("--end-to-end-only", action="store_true", help="time only segdepth.predict end to end")
+    ap.add_argument("--baseline-only", action="store_true",
+                    help="of the paper model, time only the baseline (the other variants take ~10 min)")
     ap.add_argument("--out", default="data/results/inference_speed.md", help="markdown table ('' for none)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    import xarray as xr
-
     from segdepth.modelio import load_model
-    from segdepth.predict import DEFAULT_MODEL, load_default_model, predict
-
     reference, ref_card = load_model(args.reference)
     reference.eval()
     fast = {}
@@ -171,8 +202,11 @@ def main(argv=None) -> int:
     print(f"{args.size}^2 frames at {pixel * 100:.2f} pm, {args.threads} threads, {len(idx)} test images "
           f"(lambda {args.lam}) for accuracy", flush=True)
 
+    if args.end_to_end_only:
+        end_to_end(frames * args.lam, pixel, args.repeats, None)
+        return 0
     rows, base = [], None
-    for name, fn, batch in variants(reference, fast, compile_=not args.no_compile):
+    for name, fn, batch in variants(reference, fast, compile_=not args.no_compile, baseline_only=args.baseline_only):
         seconds = _timed(lambda fn=fn, batch=batch: fn(x[:batch]), args.repeats) / batch
         acc, n_cols, pred = (float("nan"), 0, None)
         if len(idx) and batch == 1:
@@ -185,12 +219,7 @@ def main(argv=None) -> int:
               f"column exact {acc:.4f} ({100 * (acc - base[1]):+.2f} pts, {n_cols} columns)  "
               f"depth differs {100 * differ:.2f} %", flush=True)
 
-    model, card = load_default_model()
-    image = xr.DataArray(frames[0] * args.lam, dims=("y", "x"), attrs={"pixel_size": pixel})
-    seconds = _timed(lambda: predict(image, model, card), args.repeats)
-    rows.append((f"segdepth.predict default end to end ({DEFAULT_MODEL.name})", seconds, float("nan"),
-                 float("nan")))
-    print(f"{rows[-1][0]:52s} {seconds:7.3f} s/frame {1 / seconds:6.2f} fps {base[0] / seconds:6.2f}x")
+    rows += end_to_end(frames * args.lam, pixel, args.repeats, base[0])
 
     if args.out:
         from segdepth.store import atomic_write

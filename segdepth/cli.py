@@ -101,8 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probabilities", action="store_true", help="also write the per-pixel depth distribution")
     p.add_argument("--tile", type=int, default=512, metavar="N", help="tile edge [model pixels] (default 512)")
     p.add_argument("--overlap", type=int, default=64, metavar="N", help="tile overlap [model pixels] (default 64)")
-    p.add_argument("--batch-size", type=int, default=4, metavar="N",
-                   help="tiles per forward pass, of consecutive frames when a frame has fewer (default 4)")
+    p.add_argument("--batch-size", type=int, default=1, metavar="N",
+                   help="tiles per forward pass, of consecutive frames when a frame has fewer (default 1)")
     p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,

@@ -638,8 +638,10 @@ def optimise_for_inference(model: nn.Module, *, channels_last: bool = True) -> n
     Folding (:func:`torch.nn.utils.fusion.fuse_conv_bn_eval`) is exact up to
     float rounding; with ``channels_last`` the weights use the NHWC layout that
     oneDNN's CPU convolutions prefer (feed inputs with
-    ``x.contiguous(memory_format=torch.channels_last)``). The original model is
-    not changed. ``segdepth.predict`` uses this by default; its ``fast=False``
+    ``x.contiguous(memory_format=torch.channels_last)``; for the small
+    binned-input model the two layouts measured within run-to-run noise of
+    each other, ``benchmarks/inference_speed.py``). The original model is not
+    changed. ``segdepth.predict`` uses this by default; its ``fast=False``
     keeps the plain eager path as the reference.
     """
     import copy
