@@ -80,22 +80,27 @@ def test_03_evaluation_uses_the_test_split_and_writes_figures(nb02):
 
 
 @pytest.mark.slow
-def test_shipped_model_on_a_fresh_simulation(nb01):
-    """The shipped model, through the public predict path, on particles it never saw (tiny preset, seed 5)."""
+@pytest.mark.parametrize("reference", [False, True], ids=["fast default", "paper-layout reference"])
+def test_shipped_model_on_a_fresh_simulation(nb01, reference):
+    """Both shipped models, through the public predict path, on particles they never saw (tiny preset, seed 5)."""
     from segdepth import metrics
     from segdepth.noise import poisson_noise
     from segdepth.predict import load_default_model, predict
 
-    model, card = load_default_model()
-    assert card["lam"] == 2.5 and card["sampling"] == pytest.approx(0.053)
+    model, card = load_default_model(reference=reference)
+    if reference:
+        assert card["lam"] == 2.5 and card["sampling"] == pytest.approx(0.053)
+    else:  # trained on 4x4-binned 0.053 A pixels at lambda 2.5 per original pixel
+        assert card["dataset_lam"] == 2.5 and card["lam"] == 40.0 and card["sampling"] == pytest.approx(0.212)
     ds = open_dataset(nb01 / "sim", load=True)
     rng = np.random.default_rng(0)
     noisy = np.stack([poisson_noise(im, 2.5, rng=rng) for im in ds.image.values])
     image = xr.DataArray(noisy, dims=("frame", "y", "x"), attrs={"pixel_size": float(ds.attrs["pixel_size"])})
-    out = predict(image, model, card)
+    out = predict(image, model, card, fast=not reference)
     assert out["depth"].shape == ds.depth.shape
     pred, label = out["depth"].values, ds.label.values
-    print("shipped model on the tiny simulation:", metrics.summarise(pred, label, ds.center_mask.values))
+    print(f"shipped model (reference={reference}) on the tiny simulation:",
+          metrics.summarise(pred, label, ds.center_mask.values))
     assert metrics.real_atom_detection_rate(pred, label) > DETECTION_MIN
     assert metrics.hallucination_rate(pred, label) < HALLUCINATION_MAX
     counts = np.concatenate([
