@@ -55,7 +55,8 @@ def bin_image(image, factor: int):
     ``factor**2`` independent ``Poisson(lam c_i) / lam`` pixels is distributed
     as ``Poisson(factor**2 lam mean(c)) / (factor**2 lam)``, so a frame at dose
     ``lam`` becomes one at dose ``factor**2 lam`` per binned pixel. The sides
-    must be multiples of ``factor``.
+    must be multiples of ``factor``. Floating numpy input keeps its dtype,
+    other input becomes float32.
     """
     factor = _binning_factor(factor)
     if factor == 1:
@@ -66,7 +67,10 @@ def bin_image(image, factor: int):
     blocks = (*image.shape[:-2], h // factor, factor, w // factor, factor)
     if hasattr(image, "detach"):  # torch tensor
         return image.reshape(blocks).mean(dim=(-3, -1))
-    return np.asarray(image, dtype=np.float32).reshape(blocks).mean(axis=(-3, -1), dtype=np.float32)
+    arr = np.asarray(image)
+    if not np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype(np.float32)
+    return arr.reshape(blocks).mean(axis=(-3, -1), dtype=arr.dtype)  # float64 stays float64 (simulation)
 
 
 def bin_dataset(ds, factor: int):

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .preprocess import bin_image  # re-exported: block means of the last two axes
 from .structures import Structure
 
 __all__ = [
@@ -135,16 +136,6 @@ def simulate_exit_wave(
     # abTEM builds a dask graph; compute it in this thread even inside a dask.distributed
     # worker (submitting it to the cluster from within a task would wait on itself)
     return wave.multislice(potential).compute(progress_bar=False, scheduler="synchronous")
-
-
-def bin_image(image: np.ndarray, binning: int) -> np.ndarray:
-    """Average ``binning x binning`` blocks of the last two axes."""
-    if binning == 1:
-        return np.asarray(image)
-    *lead, ny, nx = image.shape
-    if ny % binning or nx % binning:
-        raise ValueError(f"image shape {image.shape} is not divisible by binning={binning}")
-    return image.reshape(*lead, ny // binning, binning, nx // binning, binning).mean(axis=(-3, -1))
 
 
 def image_exit_wave(
