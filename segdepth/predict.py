@@ -21,9 +21,11 @@ image border, so the stitched result equals the untiled one exactly when the
 network's receptive field (its half-width) fits in half the overlap; with a
 smaller overlap the tiles differ from the untiled result only near the seams.
 
-The output lives on the label grid (``label_factor`` = 4 model pixels per label
-pixel) and its ``x``, ``y`` coordinates are in Angstrom in the frame of
-reference of the input, so it overlays the input image directly.
+The output lives on the label grid (``label_factor`` model pixels per label
+pixel: 4 for the paper's layout at 0.053 A, 1 for the default binned-input model
+at 0.212 A; the same 0.212 A grid) and its ``x``, ``y`` coordinates are in
+Angstrom in the frame of reference of the input, so it overlays the input image
+directly.
 """
 
 from __future__ import annotations
