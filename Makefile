@@ -9,7 +9,7 @@ TORCH := torch==2.13.0
 RUN_NB := $(PY) -m segdepth.notebook
 
 .PHONY: all venv test test-fast reproduce data train train-fast evaluate evaluate-fast reproduce-evaluate lint sync benchmark clean \
-	study study-train study-denoise study-noise quickstart real-data
+	study study-train study-denoise study-noise quickstart real-data data-robust shift-test train-robust evaluate-robust ablation
 
 all: reproduce
 
@@ -58,6 +58,44 @@ train-fast: $(STAMP)
 		-p model_out data/models/segdepth_fast_base$(FAST_BASE)_bin4_lam2.5.safetensors \
 		-p history_out data/results/training_history_fast_base$(FAST_BASE)_bin4_lam2.5.nc \
 		-p figure figures/training_history_fast_base$(FAST_BASE)_bin4_lam2.5.png
+
+# Issue 11: the robust default model. Randomised training set (500 structures x 4 images, every image its
+# own optics; ~45 min with 2 workers), the shift test (40 structures x 2 images, another seed, optics away
+# from the training centre, the sawtooth outline held out; ~4 min), fine-tuning of the fast model on it
+# (resumes from its checkpoints; ROBUST_MINUTES per call), the side-by-side evaluation and the ablation.
+ROBUST_MINUTES ?= 90
+ROBUST_EPOCHS ?= 200
+data-robust: $(STAMP)
+	$(RUN_NB) notebooks/01_data_generation.py -o notebooks/executed/01_robust_train.ipynb -p preset robust \
+		-p n_structures 500 -p n_defocus 4 -p vacancy_max 0.2 -p seed 0 -p output data/simulated/robust_train \
+		-p figure figures/fig3_robust_samples.png
+
+shift-test: $(STAMP)
+	$(RUN_NB) notebooks/01_data_generation.py -o notebooks/executed/01_shift_test.ipynb -p preset shift \
+		-p n_structures 40 -p n_defocus 2 -p vacancy_max 0.2 -p seed 911 -p output data/simulated/shift_test \
+		-p figure figures/fig3_shift_samples.png
+
+train-robust: $(STAMP)
+	$(RUN_NB) notebooks/02_training.py -o notebooks/executed/02_training_robust.ipynb \
+		-p data data/simulated/robust_train -p input_binning 4 -p base_channels 8 -p crop 512 \
+		-p lam_range '[0.2,32]' -p epochs $(ROBUST_EPOCHS) -p max_minutes $(ROBUST_MINUTES) -p lr 5e-4 -p patience 12 \
+		-p init_model data/models/segdepth_fast_base8_bin4_lam2.5.safetensors \
+		-p checkpoint_dir data/checkpoints/robust_base8_bin4 \
+		-p model_out data/models/segdepth_robust_base8_bin4.safetensors \
+		-p history_out data/results/training_history_robust_base8_bin4.nc \
+		-p figure figures/training_history_robust_base8_bin4.png
+
+evaluate-robust: $(STAMP)
+	$(RUN_NB) notebooks/03_evaluation.py -o notebooks/executed/03_evaluation_robust.ipynb \
+		-p data data/simulated/robust_train \
+		-p models '["data/models/segdepth_robust_base8_bin4.safetensors","data/models/segdepth_fast_base8_bin4_lam2.5.safetensors"]' \
+		-p results data/results/evaluation_robust.nc -p examples data/results/evaluation_examples_robust.nc \
+		-p table data/results/table1_robust.md -p figure_prefix figures/robust/ \
+		-p shift_data '["data/simulated/shift_test"]' -p dose_lams '[0.25,0.5,1,2.5,5,10,25,50]' \
+		-p robustness_results data/results/robustness.nc -p robustness_table data/results/robustness.md
+
+ablation: $(STAMP)
+	$(RUN_NB) notebooks/07_robustness.py
 
 # Step 03: Table I, Figs. 1, 6, 7, 8 on the test split of the training set (committed results).
 evaluate: $(STAMP)

@@ -45,6 +45,7 @@ focus = 0.7  # probability that a crop is placed on a column
 split = [0.8, 0.1, 0.1]  # train / validation / test fractions (by structure)
 split_seed = 0  # seed of the split
 seed = 0  # seed of initialisation, crops and noise
+init_model = ""  # a trained model of the same architecture to start from (fine-tuning; "": random initialisation)
 max_minutes = 80.0  # wall-clock budget of this run [min] (0: none)
 num_threads = 2  # torch threads (per process)
 nproc = 1  # data-parallel processes on this machine (torchrun + DDP; gloo on CPU, NCCL with one GPU each)
@@ -93,6 +94,7 @@ cfg = TrainConfig(
     seed=seed,
     num_threads=num_threads,
     max_minutes=max_minutes or None,
+    init_weights=init_model or None,
 )
 
 # %%

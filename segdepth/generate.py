@@ -11,6 +11,7 @@ plans warm between shards.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -19,11 +20,25 @@ import numpy as np
 import xarray as xr
 
 from .labels import LabelSettings, label_coordinates, make_label_maps
-from .simulation import PAPER_SAMPLING, Microscope, check_grid, image_exit_wave, simulate_exit_wave
+from .simulation import (
+    OPTICS,
+    PAPER_SAMPLING,
+    Microscope,
+    OpticsRanges,
+    apply_detector,
+    check_grid,
+    image_exit_wave,
+    simulate_exit_wave,
+    tilt_structure,
+)
 from .store import finished_shards, prepare_directory, provenance_attrs, shard_path, write_netcdf_atomic
-from .structures import MAX_ATOMS, SURFACES, build_particle, random_particle_spec
+from .structures import MAX_ATOMS, OUTLINES, SURFACES, build_particle, random_particle_spec
 
-__all__ = ["GenerationParameters", "PRESETS", "make_structure_samples", "make_shard", "generate_dataset"]
+__all__ = [
+    "GenerationParameters", "PRESETS", "OPTICS_COORDS", "TRAIN_OUTLINES", "HELD_OUT_OUTLINE",
+    "make_structure_samples", "make_shard", "generate_dataset", "ABLATION_FACTORS", "NOMINAL_OPTICS",
+    "ablation_parameters",
+]
 
 
 @dataclass(frozen=True)
@@ -57,7 +72,18 @@ class GenerationParameters:
     structures_per_shard : int
         Structures per netCDF shard.
     seed : int
-        Root seed; structure ``i`` uses ``numpy.random.default_rng([seed, i])``.
+        Root seed; structure ``i`` uses ``numpy.random.default_rng([seed, i])``
+        (and ``[seed, i, 1]`` for its optics draws).
+    microscope : Microscope
+        The lens (fixed), or with ``optics`` the energy and aperture of every lens.
+    optics : OpticsRanges, optional
+        Randomised optics: every image draws its own overfocus, focal spread,
+        Cs, C5, residual aberrations and detector errors, every structure its
+        mistilt (recorded per sample). ``overfocus_range`` is then unused.
+    phonons : int
+        Frozen-phonon configurations per exit wave (0: static atoms).
+    wedge_range, surface_vacancy_max, surface_short_max, adatoms_max
+        Particle variety (:func:`segdepth.structures.random_particle_spec`).
     """
 
     gpts: int = 1536
@@ -76,6 +102,12 @@ class GenerationParameters:
     seed: int = 0
     microscope: Microscope = field(default_factory=Microscope)
     labels: LabelSettings = field(default_factory=LabelSettings)
+    optics: OpticsRanges | None = None
+    phonons: int = 0
+    wedge_range: tuple[float, float] = (0.0, 8.0)
+    surface_vacancy_max: float = 0.0
+    surface_short_max: float = 0.0
+    adatoms_max: int = 0
 
     def __post_init__(self):
         check_grid(self.gpts, self.sampling, self.binning, self.label_factor)
@@ -85,8 +117,10 @@ class GenerationParameters:
                 f"thickness_range must lie within 1-{MAX_ATOMS} atoms with lo <= hi, got {self.thickness_range}"
             )
         for s in self.surfaces:
-            if s not in SURFACES:
-                raise ValueError(f"unknown surface type {s!r}; expected one of {SURFACES}")
+            if s not in OUTLINES:
+                raise ValueError(f"unknown surface type {s!r}; expected one of {OUTLINES}")
+        if isinstance(self.phonons, bool) or not isinstance(self.phonons, (int, np.integer)) or self.phonons < 0:
+            raise ValueError(f"phonons must be a non-negative integer, got {self.phonons!r}")
         a, b = self.overfocus_range
         if not (0 < a <= b):
             raise ValueError(f"overfocus_range must be positive [A] with lo <= hi, got {self.overfocus_range}")
@@ -130,6 +164,12 @@ class GenerationParameters:
         d["overfocus_range"] = list(self.overfocus_range)
         d["surfaces"] = list(self.surfaces)
         d["thickness_range"] = list(self.thickness_range)
+        d["microscope"] = self.microscope.to_dict()
+        d["wedge_range"] = list(self.wedge_range)
+        d["optics"] = None if self.optics is None else self.optics.to_dict()
+        for k in ("optics", "phonons", "wedge_range", "surface_vacancy_max", "surface_short_max", "adatoms_max"):
+            if d[k] == _NEW_FIELD_DEFAULTS[k]:
+                del d[k]  # keep the parameters (and so the directory check) of datasets made before these existed
         return d
 
     @classmethod
@@ -137,7 +177,9 @@ class GenerationParameters:
         d = dict(d)
         d["microscope"] = Microscope(**d.get("microscope", {}))
         d["labels"] = LabelSettings(**d.get("labels", {}))
-        for k in ("overfocus_range", "surfaces", "thickness_range"):
+        if d.get("optics") is not None:
+            d["optics"] = OpticsRanges.from_dict(d["optics"])
+        for k in ("overfocus_range", "surfaces", "thickness_range", "wedge_range"):
             if k in d:
                 d[k] = tuple(d[k])
         return cls(**d)
@@ -145,6 +187,12 @@ class GenerationParameters:
     def with_(self, **changes) -> GenerationParameters:
         return replace(self, **changes)
 
+
+#: Fields added with randomised optics (issue 11): left out of ``to_dict`` at these values.
+_NEW_FIELD_DEFAULTS = {
+    "optics": None, "phonons": 0, "wedge_range": [0.0, 8.0], "surface_vacancy_max": 0.0, "surface_short_max": 0.0,
+    "adatoms_max": 0,
+}
 
 #: Named presets. ``paper``: the paper's 2048 -> 1024 px at 5.3 pm, tuned for throughput
 #: (``benchmarks/simulation_speed.py``): 10 images (overfocus values) per exit wave, so the
@@ -156,6 +204,25 @@ PRESETS = {
     "cpu": GenerationParameters(gpts=1536, vacancy_max=0.15),
     "tiny": GenerationParameters(gpts=1024, n_defocus=2, structures_per_shard=2),
 }
+
+#: Training families of the robust model (``sawtooth`` is held out for the shift test).
+TRAIN_OUTLINES = ("flat", "stepped", "faceted", "multi")
+HELD_OUT_OUTLINE = "sawtooth"
+_VARIETY = dict(
+    vacancy_max=0.2, wedge_range=(0.0, 12.0), surface_vacancy_max=0.2, surface_short_max=0.3, adatoms_max=4,
+    thickness_range=(4, 10),
+)
+#: Randomised presets (issue 11): ``robust`` the training distribution of the robust default
+#: model (cpu field, 4 images per structure, every image its own optics); ``shift`` the
+#: shift test (another seed, optics away from the training centre, the held-out outline
+#: family beside two training ones).
+PRESETS["robust"] = GenerationParameters(
+    gpts=1536, n_defocus=4, surfaces=TRAIN_OUTLINES, optics=OPTICS["train"], **_VARIETY,
+)
+PRESETS["shift"] = GenerationParameters(
+    gpts=1536, n_defocus=2, surfaces=(HELD_OUT_OUTLINE, "faceted", "multi"), optics=OPTICS["shift"], seed=911,
+    structures_per_shard=2, **_VARIETY,
+)
 
 
 def make_structure_samples(params: GenerationParameters, index: int) -> xr.Dataset:
@@ -170,14 +237,35 @@ def make_structure_samples(params: GenerationParameters, index: int) -> xr.Datas
         vacuum=params.vacuum,
         vacancy_max=params.vacancy_max,
         vacancy_probability=params.vacancy_probability,
+        wedge_range=params.wedge_range,
+        surface_vacancy_max=params.surface_vacancy_max,
+        surface_short_max=params.surface_short_max,
+        adatoms_max=params.adatoms_max,
     )
     structure = build_particle(spec, rng=rng)
-    overfocus = np.sort(rng.uniform(*params.overfocus_range, size=params.n_defocus))
+    if params.optics is None:
+        overfocus = np.sort(rng.uniform(*params.overfocus_range, size=params.n_defocus))
+        mistilt = (0.0, 0.0)
+    else:
+        optics_rng = np.random.default_rng([params.seed, index, 1])
+        mistilt = params.optics.draw_mistilt(optics_rng)
+        draws = sorted((params.optics.draw(optics_rng, params.microscope) for _ in range(params.n_defocus)),
+                       key=lambda d: d[0])
+        overfocus = np.array([d[0] for d in draws])
     wave = simulate_exit_wave(
-        structure, gpts=params.gpts, sampling=params.sampling, energy=params.microscope.energy,
-        slice_thickness=params.slice_thickness,
+        tilt_structure(structure, mistilt), gpts=params.gpts, sampling=params.sampling,
+        energy=params.microscope.energy, slice_thickness=params.slice_thickness,
+        phonons=params.phonons, phonon_seed=int(np.random.default_rng([params.seed, index, 2]).integers(2**31)),
     )
-    images = image_exit_wave(wave, overfocus, microscope=params.microscope, binning=params.binning)
+    if params.optics is None:
+        images = image_exit_wave(wave, overfocus, microscope=params.microscope, binning=params.binning)
+        optics_coords = {}
+    else:
+        images = np.stack([
+            apply_detector(image_exit_wave(wave, f, microscope=lens, binning=params.binning)[0], det)
+            for f, lens, det in draws
+        ])
+        optics_coords = _optics_coords([lens for _, lens, _ in draws], [det for _, _, det in draws], mistilt)
     nl = params.label_shape
     maps = make_label_maps(
         structure.column_x, structure.column_y, structure.column_Z, structure.column_count,
@@ -201,10 +289,11 @@ def make_structure_samples(params: GenerationParameters, index: int) -> xr.Datas
                       {"units": "A", "long_name": "overfocus C10 (paper's defocus)"}),
         "defocus": ("sample", (-overfocus).astype(np.float32), {"units": "A", "long_name": "abTEM defocus (= -C10)"}),
         "surface": ("sample", np.array([spec.surface] * k, dtype=object)),
-        "thickness": ("sample", np.full(k, spec.thickness, np.int16),
+        "thickness": ("sample", np.full(k, _bulk_thickness(spec), np.int16),
                       {"units": "atoms", "long_name": "bulk thickness"}),
         "mean_thickness": ("sample", np.full(k, float(structure.column_count.mean()), np.float32), {"units": "atoms"}),
         "vacancy_rate": ("sample", np.full(k, spec.vacancy_rate, np.float32)),
+        **optics_coords,
     }
     ds = xr.Dataset(
         {
@@ -231,6 +320,46 @@ def make_structure_samples(params: GenerationParameters, index: int) -> xr.Datas
     )
     ds["structure_spec"] = ("sample", np.array([_spec_json(spec)] * k, dtype=object))
     return ds
+
+
+#: Per-sample optics coordinates of a randomised dataset: name -> (units, long name).
+OPTICS_COORDS = {
+    "defocus_spread": ("A", "focal spread (standard deviation)"),
+    "defocus_samples": ("", "samples of the focal-spread average"),
+    "Cs": ("A", "spherical aberration C30"),
+    "C5": ("A", "fifth-order spherical aberration C50"),
+    "C12": ("A", "two-fold astigmatism"),
+    "phi12": ("rad", "two-fold astigmatism azimuth"),
+    "C21": ("A", "axial coma"),
+    "phi21": ("rad", "axial coma azimuth"),
+    "C23": ("A", "three-fold astigmatism"),
+    "phi23": ("rad", "three-fold astigmatism azimuth"),
+    "mistilt_x": ("mrad", "specimen mistilt about y (atoms shift along x)"),
+    "mistilt_y": ("mrad", "specimen mistilt about x (atoms shift along y)"),
+    "detector_blur": ("px", "detector Gaussian blur (image pixels)"),
+    "detector_gain": ("", "vacuum-level gain error"),
+    "detector_offset": ("vacuum = 1", "vacuum-level offset error"),
+}
+
+
+def _optics_coords(lenses, detectors, mistilt) -> dict:
+    k = len(lenses)
+    values = {name: [getattr(m, name) for m in lenses] for name in
+              ("defocus_spread", "defocus_samples", "Cs", "C5", "C12", "phi12", "C21", "phi21", "C23", "phi23")}
+    values["mistilt_x"] = [mistilt[0]] * k
+    values["mistilt_y"] = [mistilt[1]] * k
+    values["detector_blur"] = [d.blur for d in detectors]
+    values["detector_gain"] = [d.gain for d in detectors]
+    values["detector_offset"] = [d.offset for d in detectors]
+    return {
+        name: ("sample", np.asarray(values[name], np.float32), {"units": unit, "long_name": long})
+        for name, (unit, long) in OPTICS_COORDS.items()
+    }
+
+
+def _bulk_thickness(spec) -> int:
+    """Bulk thickness of the structure [atoms]: the thickest particle of a faceted / multi outline."""
+    return int(max(p[2] for p in spec.particles)) if spec.particles else int(spec.thickness)
 
 
 def _spec_json(spec) -> str:
@@ -339,3 +468,34 @@ def generate_dataset(
     if errors:
         raise RuntimeError(f"{len(errors)} shard(s) failed (re-run to retry them): {errors[:3]}")
     return [shard_path(out_dir, k) for k in range(n_shards)]
+
+
+#: Optics of the ablation (notebook 07): the paper's nominal lens with zero-width ranges, and one
+#: factor at a time set to its range in the shift test (``OPTICS["shift"]``); ``phonons`` adds
+#: frozen phonons to the nominal lens, ``all`` is the whole shift envelope.
+NOMINAL_OPTICS = OpticsRanges(
+    overfocus=(10.0, 90.0), defocus_spread=(15.0, 15.0), Cs=(-9e4, -9e4), C5=(5e7, 5e7), C12_max=0.0, C21_max=0.0,
+    C23_max=0.0, mistilt_max=0.0, blur=(0.0, 0.0), gain=(1.0, 1.0), offset=(0.0, 0.0),
+)
+_SHIFT = OPTICS["shift"]
+ABLATION_FACTORS = {
+    "nominal": {},
+    "overfocus 9-11 nm": {"overfocus": (90.0, 110.0)},
+    "focal spread": {"defocus_spread": _SHIFT.defocus_spread},
+    "Cs": {"Cs": _SHIFT.Cs},
+    "C5": {"C5": _SHIFT.C5},
+    "two-fold astigmatism": {"C12_max": _SHIFT.C12_max},
+    "coma + three-fold": {"C21_max": _SHIFT.C21_max, "C23_max": _SHIFT.C23_max},
+    "mistilt": {"mistilt_max": _SHIFT.mistilt_max},
+    "detector": {"blur": _SHIFT.blur, "gain": _SHIFT.gain, "offset": _SHIFT.offset},
+    "phonons": {},
+    "all (shift)": {f.name: getattr(_SHIFT, f.name) for f in dataclasses.fields(OpticsRanges)},
+}
+
+
+def ablation_parameters(factor: str, base: GenerationParameters, *, phonons: int = 4) -> GenerationParameters:
+    """``base`` with the optics of one ablation factor (:data:`ABLATION_FACTORS`)."""
+    if factor not in ABLATION_FACTORS:
+        raise ValueError(f"unknown ablation factor {factor!r}; expected one of {list(ABLATION_FACTORS)}")
+    optics = replace(NOMINAL_OPTICS, **ABLATION_FACTORS[factor])
+    return base.with_(optics=optics, phonons=phonons if factor == "phonons" else 0)

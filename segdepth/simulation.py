@@ -16,6 +16,7 @@ Sign convention: abTEM's ``defocus`` is ``-C10``. The paper's "defocus 1-9 nm"
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 
@@ -25,8 +26,8 @@ from .preprocess import bin_image  # re-exported: block means of the last two ax
 from .structures import Structure
 
 __all__ = [
-    "Microscope", "PAPER_SAMPLING", "check_grid", "simulate_exit_wave", "image_exit_wave", "simulate_images",
-    "bin_image",
+    "Microscope", "Detector", "OpticsRanges", "OPTICS", "PAPER_SAMPLING", "check_grid", "simulate_exit_wave",
+    "image_exit_wave", "simulate_images", "apply_detector", "tilt_structure", "bin_image", "PHONON_SIGMAS",
 ]
 
 PAPER_SAMPLING = 0.0265  # simulation sampling of the paper [A]: 2048 px binned 2x to 5.3 pm
@@ -52,6 +53,16 @@ class Microscope:
         temporal coherence [A].
     defocus_samples : int
         Number of defocus values in the incoherent average.
+    C12, phi12 : float
+        Two-fold astigmatism [A] and its azimuth [rad] (residual of a corrected lens).
+    C21, phi21 : float
+        Axial coma [A] and its azimuth [rad].
+    C23, phi23 : float
+        Three-fold astigmatism [A] and its azimuth [rad].
+
+    The polar aberration symbols are abTEM's (``abtem.CTF(aberration_coefficients=...)``):
+    ``chi = 2 pi / lambda * (... + C12 a^2/2 cos 2(phi - phi12) + C21 a^3/3 cos(phi - phi21)
+    + C23 a^3/3 cos 3(phi - phi23) + ...)``.
     """
 
     energy: float = 300e3
@@ -60,9 +71,204 @@ class Microscope:
     semiangle_cutoff: float = 40.0
     defocus_spread: float = 15.0
     defocus_samples: int = 11
+    C12: float = 0.0
+    phi12: float = 0.0
+    C21: float = 0.0
+    phi21: float = 0.0
+    C23: float = 0.0
+    phi23: float = 0.0
+
+    def to_dict(self) -> dict:
+        """Fields as a dict; residual aberrations only when non-zero (older parameter files stay valid)."""
+        d = asdict(self)
+        if not self.residual_aberrations():
+            for k in ("C12", "phi12", "C21", "phi21", "C23", "phi23"):
+                del d[k]
+        return d
+
+    def residual_aberrations(self) -> dict[str, float]:
+        """The non-zero residual aberrations as abTEM polar coefficients."""
+        keys = ("C12", "phi12", "C21", "phi21", "C23", "phi23")
+        if not any(getattr(self, k) for k in ("C12", "C21", "C23")):
+            return {}
+        return {k: float(getattr(self, k)) for k in keys}
+
+
+#: Room-temperature rms displacements of CeO2 [A] for frozen phonons (one direction):
+#: u = sqrt(B / (8 pi^2)) with isotropic Debye-Waller factors B(Ce) ~ 0.3 A^2 and
+#: B(O) ~ 0.6 A^2, the order of magnitude reported by X-ray and neutron refinements of
+#: bulk CeO2 (e.g. Yashima et al., J. Phys. Chem. B 2006; cited as the source of scale,
+#: not of the exact value).
+PHONON_SIGMAS = {"Ce": 0.062, "O": 0.087}
+
+
+@dataclass(frozen=True)
+class Detector:
+    """What the camera and the normalisation do to the clean image.
+
+    Parameters
+    ----------
+    blur : float
+        Standard deviation of a Gaussian point-spread function (a residual MTF)
+        [image pixels after binning]; 0: none.
+    gain : float
+        Vacuum level after normalisation (1: exact); a gain error.
+    offset : float
+        Additive offset in units of the vacuum level (a dark-level or
+        normalisation error).
+    """
+
+    blur: float = 0.0
+    gain: float = 1.0
+    offset: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def apply_detector(images: np.ndarray, detector: Detector) -> np.ndarray:
+    """Blur (Gaussian MTF, in Fourier space, periodic), then ``gain * image + offset``, clipped at 0.
+
+    ``images`` is (..., y, x); the identity detector returns the input unchanged.
+    """
+    images = np.asarray(images)
+    if detector == Detector():
+        return images
+    out = images.astype(np.float64)
+    if detector.blur > 0:
+        ky = np.fft.fftfreq(out.shape[-2])[:, None]
+        kx = np.fft.rfftfreq(out.shape[-1])[None, :]
+        mtf = np.exp(-2 * (np.pi * detector.blur) ** 2 * (ky**2 + kx**2))
+        out = np.fft.irfft2(np.fft.rfft2(out) * mtf, s=out.shape[-2:])
+    out = np.clip(detector.gain * out + detector.offset, 0.0, None)
+    return out.astype(images.dtype)
+
+
+def tilt_structure(structure: Structure, mistilt: tuple[float, float]) -> Structure:
+    """The same columns, tilted by ``mistilt = (about y, about x)`` [mrad] around the slab mid-plane.
+
+    A small specimen mistilt moves each atom sideways by ``angle * (z - z_mid)``
+    (first order in the angle: the beam no longer runs exactly down the
+    columns). The column table (the labels) is unchanged.
+    """
+    tx, ty = (float(v) * 1e-3 for v in mistilt)
+    if tx == 0 and ty == 0:
+        return structure
+    atoms = structure.atoms.copy()
+    z = atoms.positions[:, 2]
+    dz = z - 0.5 * (z.min() + z.max()) if z.size else z
+    atoms.positions[:, 0] += tx * dz
+    atoms.positions[:, 1] += ty * dz
+    return dataclasses.replace(structure, atoms=atoms)
+
+
+def _odd(n: float) -> int:
+    n = int(math.ceil(n))
+    return n if n % 2 else n + 1
+
+
+@dataclass(frozen=True)
+class OpticsRanges:
+    """Ranges of what a real microscope varies from session to session, drawn per image.
+
+    Each quantity is drawn uniformly in its range (aberration magnitudes
+    uniformly in ``[0, max]`` with a uniform azimuth); mistilt is drawn per
+    structure (it changes the exit wave), everything else per image.
+
+    Parameters
+    ----------
+    overfocus : (float, float)
+        Overfocus C10 [A] (paper 10-90; a margin beyond it).
+    defocus_spread : (float, float)
+        Focal-spread standard deviation [A] (300 kV FEG: Cc 1.2-1.5 mm and
+        0.6-1 eV give ~15-30 A).
+    Cs : (float, float)
+        C30 [A] (nominal -9 um).
+    C5 : (float, float)
+        C50 [A] (nominal 5 mm).
+    C12_max, C21_max, C23_max : float
+        Largest two-fold astigmatism, axial coma, three-fold astigmatism [A].
+    mistilt_max : float
+        Largest specimen mistilt about each of x and y [mrad].
+    blur : (float, float)
+        Detector Gaussian blur [image pixels].
+    gain : (float, float)
+        Vacuum-level gain error.
+    offset : (float, float)
+        Vacuum-level offset error [vacuum = 1].
+    defocus_samples_per_15A : int
+        Samples of the focal-spread average per 15 A of spread (odd, at least
+        this many): a wider spread needs proportionally more samples.
+    """
+
+    overfocus: tuple[float, float] = (5.0, 110.0)
+    defocus_spread: tuple[float, float] = (8.0, 40.0)
+    Cs: tuple[float, float] = (-13e4, -5e4)
+    C5: tuple[float, float] = (2e7, 8e7)
+    C12_max: float = 20.0
+    C21_max: float = 300.0
+    C23_max: float = 300.0
+    mistilt_max: float = 2.0
+    blur: tuple[float, float] = (0.0, 0.6)
+    gain: tuple[float, float] = (0.97, 1.03)
+    offset: tuple[float, float] = (-0.03, 0.03)
+    defocus_samples_per_15A: int = 7
+
+    def __post_init__(self):
+        for name in ("overfocus", "defocus_spread", "Cs", "C5", "blur", "gain", "offset"):
+            lo, hi = getattr(self, name)
+            if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
+                raise ValueError(f"optics range {name} must be (lo, hi) with lo <= hi, got {getattr(self, name)!r}")
+        if self.overfocus[0] <= 0 or self.defocus_spread[0] < 0 or self.blur[0] < 0 or self.gain[0] <= 0:
+            raise ValueError("overfocus and gain must be > 0, defocus_spread and blur >= 0")
+        for name in ("C12_max", "C21_max", "C23_max", "mistilt_max"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.defocus_samples_per_15A < 1:
+            raise ValueError("defocus_samples_per_15A must be >= 1")
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> OpticsRanges:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def draw_mistilt(self, rng: np.random.Generator) -> tuple[float, float]:
+        """Specimen mistilt (about y, about x) [mrad] of one structure."""
+        return tuple(float(v) for v in rng.uniform(-self.mistilt_max, self.mistilt_max, size=2))
+
+    def draw(self, rng: np.random.Generator, base: Microscope) -> tuple[float, Microscope, Detector]:
+        """One image's overfocus [A], lens and detector (energy and aperture from ``base``)."""
+        u = lambda r: float(rng.uniform(*r))  # noqa: E731
+        overfocus = u(self.overfocus)
+        spread = u(self.defocus_spread)
+        aberr = {}
+        for name in ("C12", "C21", "C23"):
+            aberr[name] = float(rng.uniform(0.0, getattr(self, f"{name}_max")))
+            aberr["phi" + name[1:]] = float(rng.uniform(0.0, 2 * np.pi))
+        lens = dataclasses.replace(
+            base, defocus_spread=spread, Cs=u(self.Cs), C5=u(self.C5),
+            defocus_samples=max(self.defocus_samples_per_15A, _odd(self.defocus_samples_per_15A * spread / 15.0)),
+            **aberr,
+        )
+        detector = Detector(blur=u(self.blur), gain=u(self.gain), offset=u(self.offset))
+        return overfocus, lens, detector
+
+
+#: Named optics envelopes. ``train``: the randomised training distribution of the robust
+#: default model; ``shift``: the shift test, drawn away from the centre of ``train`` (large
+#: focal spread, Cs and C5 at the ends of their ranges, the largest residual aberrations,
+#: mistilt and detector errors): in units of the training half-widths over focal spread, Cs and
+#: C5, its nearest corner lies farther from the training centre than the median training draw.
+OPTICS = {
+    "train": OpticsRanges(),
+    "shift": OpticsRanges(
+        overfocus=(5.0, 110.0), defocus_spread=(30.0, 45.0), Cs=(-14e4, -12e4), C5=(7e7, 9e7),
+        C12_max=25.0, C21_max=400.0, C23_max=400.0, mistilt_max=3.0, blur=(0.4, 0.8), gain=(0.95, 1.05),
+        offset=(-0.05, 0.05),
+    ),
+}
 
 
 def check_grid(gpts: int, sampling: float, binning: int, label_factor: int = 4) -> None:
@@ -87,7 +293,8 @@ def check_grid(gpts: int, sampling: float, binning: int, label_factor: int = 4) 
         )
 
 
-def _potential(structure: Structure, gpts: int, sampling: float, slice_thickness: float):
+def _potential(structure: Structure, gpts: int, sampling: float, slice_thickness: float, *, phonons: int = 0,
+               sigmas: dict[str, float] | None = None, seed: int = 0):
     import abtem
 
     atoms = structure.atoms.copy()
@@ -100,6 +307,8 @@ def _potential(structure: Structure, gpts: int, sampling: float, slice_thickness
     # sample k sits at (k + 0.5) * sampling in the physical frame (pixel-centre convention)
     atoms.positions[:, :2] -= sampling / 2
     atoms.wrap()
+    if phonons:
+        atoms = abtem.FrozenPhonons(atoms, num_configs=int(phonons), sigmas=dict(sigmas), seed=int(seed))
     return abtem.Potential(
         atoms, gpts=gpts, slice_thickness=slice_thickness, projection="infinite", parametrization="lobato"
     )
@@ -112,6 +321,9 @@ def simulate_exit_wave(
     sampling: float = PAPER_SAMPLING,
     energy: float = 300e3,
     slice_thickness: float = 1.913,
+    phonons: int = 0,
+    phonon_sigmas: dict[str, float] | None = None,
+    phonon_seed: int = 0,
 ):
     """Multislice exit wave of a plane wave through ``structure`` (computed, abTEM Waves).
 
@@ -127,11 +339,19 @@ def simulate_exit_wave(
         Beam energy [eV].
     slice_thickness : float
         Multislice slice thickness [A] (one atomic plane along [110]).
+    phonons : int
+        0: static atoms. ``n > 0``: ``n`` frozen-phonon configurations
+        (``abtem.FrozenPhonons``, rms displacements ``phonon_sigmas`` [A],
+        default :data:`PHONON_SIGMAS`); the exit wave then carries an ensemble
+        axis that :func:`image_exit_wave` averages incoherently.
     """
     import abtem
 
     check_grid(gpts, sampling, 1, 1)
-    potential = _potential(structure, gpts, sampling, slice_thickness)
+    if isinstance(phonons, bool) or not isinstance(phonons, (int, np.integer)) or phonons < 0:
+        raise ValueError(f"phonons must be a non-negative integer, got {phonons!r}")
+    potential = _potential(structure, gpts, sampling, slice_thickness, phonons=phonons,
+                           sigmas=phonon_sigmas or PHONON_SIGMAS, seed=phonon_seed)
     wave = abtem.PlaneWave(energy=energy)
     # abTEM builds a dask graph; compute it in this thread even inside a dask.distributed
     # worker (submitting it to the cluster from within a task would wait on itself)
@@ -234,6 +454,7 @@ def _lens_intensity(wave, c10: float, microscope: Microscope) -> np.ndarray:
         defocus=defocus,
         Cs=microscope.Cs,
         C5=microscope.C5,
+        **({"aberration_coefficients": microscope.residual_aberrations()} if microscope.residual_aberrations() else {}),
     )
     measured = wave.apply_ctf(ctf).intensity()
     if measured.ensemble_shape:

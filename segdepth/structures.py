@@ -30,6 +30,8 @@ from ase.spacegroup import crystal
 __all__ = [
     "LATTICE_CONSTANT",
     "SURFACES",
+    "OUTLINES",
+    "FACET_NORMALS",
     "MAX_ATOMS",
     "ParticleSpec",
     "Structure",
@@ -41,7 +43,14 @@ __all__ = [
 
 LATTICE_CONSTANT = 5.411  # CeO2 fluorite [A]
 SURFACES = ("flat", "sawtooth", "stepped")
+#: Outline families: the three (1-10) surface profiles of a rectangular island (the paper's),
+#: ``faceted`` (a convex particle bounded by the facets seen edge-on along [110]) and
+#: ``multi`` (two or three faceted particles in one field).
+OUTLINES = SURFACES + ("faceted", "multi")
 MAX_ATOMS = 10
+#: In-plane angles [degrees from +x = [1-10]] of the facet normals seen edge-on along [110]:
+#: {110} (0, 180), {111} (+-35.26, 180 -+ 35.26: normal (sqrt 2, 1) in (x, y)) and {100} (+-90).
+FACET_NORMALS = (0.0, 35.264, 90.0, 144.736, 180.0, 215.264, 270.0, 324.736)
 Z_CE, Z_O = 58, 8
 
 _PERIOD_X = LATTICE_CONSTANT / np.sqrt(2)  # [1-10] repeat, 3.826 A
@@ -126,6 +135,23 @@ class ParticleSpec:
         Probability of a +-1 atom change per column.
     vacancy_rate : float
         Probability that any O atom is missing.
+    edge_wedge : bool
+        Island outlines: also thin towards the other three edges.
+    particles : tuple of tuple
+        ``faceted`` / ``multi``: one ``(x, y, thickness, d_1, ..., d_8)`` per
+        particle: centre [A], bulk thickness [atoms] and the distance [A] of
+        each facet (normals :data:`FACET_NORMALS`) from the centre.
+    surface_vacancy_rate : float
+        Extra O vacancy probability within ``surface_depth`` of the outline
+        (surface-rich vacancies).
+    surface_depth : float
+        Depth of the surface layer [A].
+    surface_short : float
+        Probability that a column within ``surface_depth`` of the outline is
+        cut to 1-3 atoms (short columns on the surface).
+    adatoms : int
+        Number of 1-2 atom columns at lattice sites within 3.5 A outside the
+        outline (adatoms).
     """
 
     extent: tuple[float, float]
@@ -144,11 +170,30 @@ class ParticleSpec:
     vacancy_rate: float = 0.0
     edge_wedge: bool = True
     extra: dict = field(default_factory=dict)
+    particles: tuple = ()
+    surface_vacancy_rate: float = 0.0
+    surface_depth: float = 4.0
+    surface_short: float = 0.0
+    adatoms: int = 0
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad parameter."""
-        if self.surface not in SURFACES:
-            raise ValueError(f"surface must be one of {SURFACES}, got {self.surface!r}")
+        if self.surface not in OUTLINES:
+            raise ValueError(f"surface must be one of {OUTLINES}, got {self.surface!r}")
+        if self.surface in ("faceted", "multi"):
+            if not self.particles or any(len(p) != 3 + len(FACET_NORMALS) for p in self.particles):
+                raise ValueError(
+                    f"outline {self.surface!r} needs particles of (x, y, thickness, {len(FACET_NORMALS)} facet "
+                    f"distances), got {self.particles!r}"
+                )
+            for p in self.particles:
+                if not 1 <= int(p[2]) <= MAX_ATOMS or min(p[3:]) <= 0:
+                    raise ValueError(f"particle {p!r}: thickness must be 1-{MAX_ATOMS}, facet distances > 0")
+        for name in ("surface_vacancy_rate", "surface_short"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be within 0-1, got {getattr(self, name)}")
+        if isinstance(self.adatoms, bool) or not isinstance(self.adatoms, (int, np.integer)) or self.adatoms < 0:
+            raise ValueError(f"adatoms must be a non-negative integer, got {self.adatoms!r}")
         if isinstance(self.thickness, bool) or not isinstance(self.thickness, (int, np.integer)):
             raise ValueError(f"thickness must be an integer number of atoms (1-{MAX_ATOMS}), got {self.thickness!r}")
         if not 1 <= self.thickness <= MAX_ATOMS:
@@ -170,6 +215,7 @@ class ParticleSpec:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["extent"] = list(d["extent"])
+        d["particles"] = [list(p) for p in d["particles"]]
         return d
 
 
@@ -252,19 +298,33 @@ def build_particle(spec: ParticleSpec, *, rng: np.random.Generator) -> Structure
     cz = np.tile(zoff, ix.size)
     cZ = np.tile(numbers, ix.size)
 
-    surf = np.minimum(_surface_profile(spec, cy), ex - vac)
-    inside = (cx >= x0) & (cx <= surf) & (cy >= y0) & (cy <= y1)
-    cx, cy, cz, cZ, surf = cx[inside], cy[inside], cz[inside], cZ[inside], surf[inside]
-
-    # thickness: bulk value, thinning linearly towards the edges over `wedge`
-    dist = surf - cx
-    if spec.edge_wedge:  # the other facets thin over half the wedge width
-        dist = np.minimum.reduce([dist, 2 * (cx - x0), 2 * (cy - y0), 2 * (y1 - cy)])
+    if spec.surface in SURFACES:
+        surf = np.minimum(_surface_profile(spec, cy), ex - vac)
+        inside = (cx >= x0) & (cx <= surf) & (cy >= y0) & (cy <= y1)
+        cx, cy, cz, cZ, surf = cx[inside], cy[inside], cz[inside], cZ[inside], surf[inside]
+        # thickness: bulk value, thinning linearly towards the edges over `wedge`
+        dist = surf - cx
+        if spec.edge_wedge:  # the other facets thin over half the wedge width
+            dist = np.minimum.reduce([dist, 2 * (cx - x0), 2 * (cy - y0), 2 * (y1 - cy)])
+        bulk = np.full(dist.shape, spec.thickness)
+        adatom = np.zeros(dist.shape, bool)
+    else:
+        dist, bulk = _facet_distance(spec, cx, cy)
+        margin = (cx >= vac) & (cx <= ex - vac) & (cy >= vac) & (cy <= ey - vac)
+        adatom = _pick_adatoms(dist, margin, spec.adatoms, rng)
+        inside = ((dist >= 0) & margin) | adatom
+        cx, cy, cz, cZ, dist, bulk, adatom = (a[inside] for a in (cx, cy, cz, cZ, dist, bulk, adatom))
     ramp = np.ones_like(dist) if spec.wedge == 0 else np.clip((dist + _PERIOD_X / 2) / spec.wedge, 0.0, 1.0)
-    count = np.ceil(spec.thickness * ramp - 1e-9).astype(int)
+    count = np.ceil(bulk * ramp - 1e-9).astype(int)
     if spec.roughness > 0:
         bump = rng.choice([-1, 0, 1], size=count.size, p=[spec.roughness / 2, 1 - spec.roughness, spec.roughness / 2])
         count = count + bump
+    near_surface = (dist < spec.surface_depth) & ~adatom
+    if spec.surface_short > 0:
+        short = near_surface & (rng.random(count.size) < spec.surface_short)
+        count = np.where(short, np.minimum(count, rng.integers(1, 4, size=count.size)), count)
+    if adatom.any():
+        count = np.where(adatom, rng.integers(1, 3, size=count.size), count)
     count = np.clip(count, 1, MAX_ATOMS)
 
     # stack atoms along the beam, centred on the slab mid-plane
@@ -279,8 +339,9 @@ def build_particle(spec: ParticleSpec, *, rng: np.random.Generator) -> Structure
     col_index = np.repeat(np.arange(count.size), count)
     Z = np.repeat(cZ, count)
 
-    if spec.vacancy_rate > 0:
-        keep = ~((Z == Z_O) & (rng.random(Z.size) < spec.vacancy_rate))
+    if spec.vacancy_rate > 0 or spec.surface_vacancy_rate > 0:
+        rate = spec.vacancy_rate + spec.surface_vacancy_rate * near_surface[col_index]
+        keep = ~((Z == Z_O) & (rng.random(Z.size) < rate))
         pos, Z, col_index = pos[keep], Z[keep], col_index[keep]
     present = np.bincount(col_index, minlength=count.size)
     has_atoms = present > 0
@@ -296,10 +357,38 @@ def build_particle(spec: ParticleSpec, *, rng: np.random.Generator) -> Structure
     )
 
 
+def _facet_distance(spec: ParticleSpec, cx: np.ndarray, cy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distance [A] inside the nearest-containing faceted particle (negative outside) and its bulk thickness."""
+    normals = np.deg2rad(np.asarray(FACET_NORMALS))
+    nx, ny = np.cos(normals), np.sin(normals)
+    best = np.full(cx.shape, -np.inf)
+    bulk = np.zeros(cx.shape, int)
+    for p in spec.particles:
+        x, y, t, d = float(p[0]), float(p[1]), int(p[2]), np.asarray(p[3:], float)
+        proj = (cx[:, None] - x) * nx[None, :] + (cy[:, None] - y) * ny[None, :]
+        dist = np.min(d[None, :] - proj, axis=1)
+        better = dist > best
+        best = np.where(better, dist, best)
+        bulk = np.where(better, t, bulk)
+    return best, bulk
+
+
+def _pick_adatoms(dist: np.ndarray, allowed: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Mark up to ``n`` lattice sites within 3.5 A outside the outline as adatom columns."""
+    out = np.zeros(dist.shape, bool)
+    if n <= 0:
+        return out
+    candidates = np.flatnonzero((dist < 0) & (dist > -3.5) & allowed)
+    if candidates.size:
+        out[rng.choice(candidates, size=min(n, candidates.size), replace=False)] = True
+    return out
+
+
 def _replace(spec: ParticleSpec, **changes) -> ParticleSpec:
     d = asdict(spec)
     d.update(changes)
     d["extent"] = tuple(d["extent"])
+    d["particles"] = tuple(tuple(p) for p in d["particles"])
     return ParticleSpec(**d)
 
 
@@ -312,6 +401,10 @@ def random_particle_spec(
     vacuum: float = 10.0,
     vacancy_max: float = 0.0,
     vacancy_probability: float = 0.5,
+    wedge_range: tuple[float, float] = (0.0, 8.0),
+    surface_vacancy_max: float = 0.0,
+    surface_short_max: float = 0.0,
+    adatoms_max: int = 0,
 ) -> ParticleSpec:
     """Draw a varied particle geometry: outline, thickness profile, vacuum fraction, vacancies.
 
@@ -322,7 +415,7 @@ def random_particle_spec(
     rng : numpy.random.Generator
         Source of randomness.
     surfaces : tuple of str
-        Surface types to choose from (uniformly).
+        Outline families to choose from (uniformly), any of :data:`OUTLINES`.
     thickness_range : tuple of int
         Inclusive range of the bulk thickness [atoms per column], within 1-10.
     vacuum : float
@@ -330,13 +423,28 @@ def random_particle_spec(
     vacancy_max : float
         Upper bound of the O vacancy rate; a structure gets a rate drawn
         uniformly in [0, vacancy_max] with probability ``vacancy_probability``.
+    wedge_range : (float, float)
+        Range of the wedge width [A] (0: abrupt edges; 20: gentle).
+    surface_vacancy_max : float
+        Upper bound of the extra O vacancy rate of the surface layer (drawn
+        together with the bulk rate, for the same structures).
+    surface_short_max : float
+        Upper bound of the probability that a surface column is cut to 1-3 atoms.
+    adatoms_max : int
+        Largest number of adatom columns.
+
+    With the last four at their defaults the draws are those of earlier
+    versions (the same seed gives the same particle).
     """
     lo, hi = thickness_range
     if not (1 <= lo <= hi <= MAX_ATOMS):
         raise ValueError(f"thickness_range must satisfy 1 <= lo <= hi <= {MAX_ATOMS}, got {thickness_range}")
     for s in surfaces:
-        if s not in SURFACES:
-            raise ValueError(f"surface must be one of {SURFACES}, got {s!r}")
+        if s not in OUTLINES:
+            raise ValueError(f"surface must be one of {OUTLINES}, got {s!r}")
+    w0, w1 = wedge_range
+    if not 0 <= w0 <= w1:
+        raise ValueError(f"wedge_range must be (lo, hi) with 0 <= lo <= hi [A], got {wedge_range}")
     ex, ey = extent
     inner_x = ex - 2 * vacuum
     inner_y = ey - 2 * vacuum
@@ -347,20 +455,59 @@ def random_particle_spec(
     x_start = vacuum + inner_x * rng.uniform(0.0, 0.1)
     y_start = vacuum + inner_y * rng.uniform(0.0, 0.1)
     y_stop = ey - vacuum - inner_y * rng.uniform(0.0, 0.1)
-    rate = float(rng.uniform(0, vacancy_max)) if (vacancy_max > 0 and rng.random() < vacancy_probability) else 0.0
+    has_vacancies = vacancy_max > 0 and rng.random() < vacancy_probability
+    rate = float(rng.uniform(0, vacancy_max)) if has_vacancies else 0.0
+    surface = str(rng.choice(list(surfaces)))
+    thickness = int(rng.integers(lo, hi + 1))
+    wedge = float(rng.uniform(w0, w1))
+    amplitude = float(rng.uniform(2.0, 0.3 * inner_x))
+    period = float(rng.uniform(4.0, max(5.0, 0.6 * inner_y)))
+    phase = float(rng.uniform(0.0, 10.0))
+    roughness = float(rng.choice([0.0, 0.1, 0.25]))
+    extras = {}
+    if surface in ("faceted", "multi"):
+        extras["particles"] = _random_particles(
+            (ex, ey), vacuum, 1 if surface == "faceted" else int(rng.integers(2, 4)), (lo, hi), rng
+        )
+    if surface_vacancy_max > 0 and has_vacancies:
+        extras["surface_vacancy_rate"] = float(rng.uniform(0, surface_vacancy_max))
+    if surface_short_max > 0:
+        extras["surface_short"] = float(rng.uniform(0, surface_short_max))
+    if adatoms_max > 0:
+        extras["adatoms"] = int(rng.integers(0, adatoms_max + 1))
     return ParticleSpec(
         extent=(float(ex), float(ey)),
-        surface=str(rng.choice(list(surfaces))),
-        thickness=int(rng.integers(lo, hi + 1)),
+        surface=surface,
+        thickness=thickness,
         vacuum=float(vacuum),
         surface_position=float(surface_position),
         x_start=float(x_start),
         y_start=float(y_start),
         y_stop=float(y_stop),
-        wedge=float(rng.uniform(0.0, 8.0)),
-        amplitude=float(rng.uniform(2.0, 0.3 * inner_x)),
-        period=float(rng.uniform(4.0, max(5.0, 0.6 * inner_y))),
-        phase=float(rng.uniform(0.0, 10.0)),
-        roughness=float(rng.choice([0.0, 0.1, 0.25])),
+        wedge=wedge,
+        amplitude=amplitude,
+        period=period,
+        phase=phase,
+        roughness=roughness,
         vacancy_rate=rate,
+        **extras,
     )
+
+
+def _random_particles(extent, vacuum: float, n: int, thickness_range, rng: np.random.Generator) -> tuple:
+    """``n`` convex faceted particles: centre, bulk thickness, 8 facet distances [A].
+
+    A particle may reach past the vacuum margin (it is then cut there, like a
+    particle cut by the edge of the field of view).
+    """
+    ex, ey = extent
+    inner = min(ex, ey) - 2 * vacuum
+    out = []
+    for _ in range(n):
+        radius = rng.uniform(0.4, 0.75) * inner / (1.0 if n == 1 else 1.5)
+        x = rng.uniform(vacuum + 0.2 * radius, ex - vacuum - 0.2 * radius)
+        y = rng.uniform(vacuum + 0.2 * radius, ey - vacuum - 0.2 * radius)
+        d = radius * rng.uniform(0.55, 1.15, size=len(FACET_NORMALS))
+        t = int(rng.integers(thickness_range[0], thickness_range[1] + 1))
+        out.append(tuple(float(v) for v in (x, y, t, *d)))
+    return tuple(out)

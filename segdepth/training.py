@@ -215,6 +215,11 @@ class TrainConfig:
         drawn at ``input_binning**2 * lam``, which is the distribution of a
         binned noisy frame. The model card records the binned pixel size and
         the dose per binned pixel.
+    init_weights : str, optional
+        A trained segmentation model (``.safetensors``) of the same
+        architecture whose weights start the run instead of a random
+        initialisation (fine-tuning, e.g. on a new simulation distribution).
+        A checkpoint, when resuming, takes precedence.
     """
 
     base_channels: int = 16
@@ -246,6 +251,7 @@ class TrainConfig:
     denoiser_path: str | None = None
     denoise_weight: float = 1.0
     input_binning: int = 1
+    init_weights: str | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -311,6 +317,8 @@ class TrainConfig:
                 segmenter = UNet(base_channels=self.base_channels, **self.model_kwargs)
             else:
                 segmenter = UNet.from_config(paper_config(self.base_channels))
+            if self.init_weights is not None:
+                _load_same_architecture(segmenter, self.init_weights)
             if self.task == "segment" and self.denoiser_path is None:
                 return segmenter
             trained = load_model(self.denoiser_path)[0] if self.denoiser_path is not None else None
@@ -324,6 +332,18 @@ class TrainConfig:
             if trained is not None:
                 model.denoiser.load_state_dict(trained.state_dict())
             return model
+
+
+def _load_same_architecture(model: torch.nn.Module, path: str) -> None:
+    """Copy the weights of the model stored at ``path`` into ``model`` (same configuration required)."""
+    trained = load_model(path)[0]
+    if type(trained) is not type(model) or getattr(trained, "config", None) != getattr(model, "config", None):
+        raise ValueError(
+            f"init_weights {path} holds a {type(trained).__name__} with configuration "
+            f"{getattr(trained, 'config', None)}, not the {type(model).__name__} {getattr(model, 'config', None)} "
+            "of this run"
+        )
+    model.load_state_dict(trained.state_dict())
 
 
 def class_weights(label, *, power: float, max_weight: float = 10.0, n_classes: int = N_CLASSES) -> np.ndarray:

@@ -59,8 +59,19 @@ def test_03_evaluation_uses_the_test_split_and_writes_figures(nb02):
         root / "03.ipynb",
         {"data": str(root / "sim"), "models": [str(root / "model.safetensors")], "saliency_lams": [1.0, 10.0],
          "results": str(root / "eval.nc"), "examples": str(root / "examples.nc"),
-         "table": str(root / "table1.md"), "figure_prefix": str(root) + "/"},
+         "table": str(root / "table1.md"), "figure_prefix": str(root) + "/",
+         "shift_data": [str(root / "sim")], "dose_lams": [1.0, 10.0],
+         "robustness_results": str(root / "robustness.nc"), "robustness_table": str(root / "robustness.md")},
     )
+    rob = xr.load_dataset(root / "robustness.nc")
+    assert dict(rob.sizes)["lam"] == 2 and list(rob.test_set.values) == ["in-distribution", "sim"]
+    # in-distribution is the test split; the shifted set (here the same data) is used whole
+    n_cols = int((ds.column_count.values > 0).sum())
+    assert int(rob.column_n.sel(group="all", test_set="sim").isel(model=0, lam=0)) == n_cols
+    assert int(rob.column_n.sel(group="all", test_set="in-distribution").isel(model=0, lam=0)) < n_cols
+    assert np.all((rob.column_exact >= 0) & (rob.column_exact <= 1))
+    assert "in-distribution" in (root / "robustness.md").read_text()
+    assert (root / "robustness_dose_curve.png").stat().st_size > 10_000
     r = xr.load_dataset(root / "eval.nc")
     assert r.sizes["model"] == 1 and r.attrs["lam"] == 2.5
     for name in ("pixelwise_accuracy", "center_accuracy", "real_atom_detection_rate", "hallucination_rate"):
@@ -77,6 +88,30 @@ def test_03_evaluation_uses_the_test_split_and_writes_figures(nb02):
     by, bx = ex.attrs["background_pixel"]
     assert ex.attrs["true_count_at_column"] >= 1 and int(ex.depth_true[cy, cx]) >= 1
     assert int(ex.depth_true[by, bx]) == 0 and int(ex.label[by, bx]) == 0
+
+
+@pytest.mark.slow
+def test_07_ablation_one_factor_at_a_time(nb02):
+    root = nb02
+    run_notebook(
+        NB / "07_robustness.py",
+        root / "07.ipynb",
+        {"models": [str(root / "model.safetensors")], "factors": ["nominal", "focal spread"], "preset": "tiny",
+         "n_structures": 1, "n_defocus": 1, "lams": [2.5], "workers": 0, "data_root": str(root / "ablation"),
+         "results": str(root / "ablation.nc"), "table": str(root / "ablation.md"),
+         "figure": str(root / "ablation.png")},
+    )
+    nominal = open_dataset(root / "ablation" / "nominal", load=True)
+    spread = open_dataset(root / "ablation" / "focal_spread", load=True)
+    # the same particle and overfocus, only the focal spread moved to the shift test's range
+    assert np.array_equal(nominal.column_count.values, spread.column_count.values)
+    assert np.allclose(nominal.overfocus.values, spread.overfocus.values)
+    assert float(nominal.defocus_spread[0]) == 15.0 and float(spread.defocus_spread[0]) >= 30.0
+    assert not np.allclose(nominal.image.values, spread.image.values, atol=1e-3)
+    r = xr.load_dataset(root / "ablation.nc")
+    assert list(r.factor.values) == ["nominal", "focal spread"] and r.sizes["model"] == 1
+    assert "focal spread" in (root / "ablation.md").read_text()
+    assert (root / "ablation.png").stat().st_size > 10_000
 
 
 @pytest.mark.slow

@@ -341,3 +341,18 @@ def test_input_binning_validation(data, tmp_path):
         tiny_config(input_binning=2, task="denoise")
     with pytest.raises(ValueError, match="set model_kwargs output_factor=2"):
         train(tiny_config(input_binning=2, epochs=1), *data, tmp_path, progress=False)
+
+
+def test_init_weights_starts_from_a_trained_model_and_refuses_another_architecture(reference, tmp_path):
+    out, _, _ = reference
+    start = tiny_config(init_weights=str(out / "model.safetensors")).build_model()
+    trained, _ = load_model(out / "model.safetensors")
+    fresh = tiny_config().build_model()
+    for name, value in trained.state_dict().items():
+        assert torch.allclose(start.state_dict()[name].float(), value.float(), atol=1e-3), name
+    assert any(not torch.allclose(fresh.state_dict()[n].float(), v.float(), atol=1e-3)
+               for n, v in trained.state_dict().items() if v.is_floating_point())
+    other = tiny_config(model_kwargs={**TINY_MODEL, "channels": [4, 8, 16]},
+                        init_weights=str(out / "model.safetensors"))
+    with pytest.raises(ValueError, match="init_weights"):
+        other.build_model()
