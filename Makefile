@@ -78,7 +78,7 @@ shift-test: $(STAMP)
 train-robust: $(STAMP)
 	$(RUN_NB) notebooks/02_training.py -o notebooks/executed/02_training_robust.ipynb \
 		-p data data/simulated/robust_train -p input_binning 4 -p base_channels 8 -p crop 512 \
-		-p lam_range '[0.2,32]' -p epochs $(ROBUST_EPOCHS) -p max_minutes $(ROBUST_MINUTES) -p lr 5e-4 -p patience 12 \
+		-p lam_range '[0.2,32]' -p steps_per_epoch 150 -p epochs $(ROBUST_EPOCHS) -p max_minutes $(ROBUST_MINUTES) -p lr 5e-4 -p patience 12 \
 		-p init_model data/models/segdepth_fast_base8_bin4_lam2.5.safetensors \
 		-p checkpoint_dir data/checkpoints/robust_base8_bin4 \
 		-p model_out data/models/segdepth_robust_base8_bin4.safetensors \

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from segdepth.model import UNet, build_model
 from segdepth.store import atomic_write
 
-__all__ = ["save_model", "load_model", "card_path"]
+__all__ = ["save_model", "load_model", "card_path", "update_card"]
 
 WEIGHTS_SUFFIX = ".safetensors"
 CARD_SUFFIX = ".json"
@@ -191,3 +191,19 @@ def load_model(
     model.to(map_location)
     model.eval()
     return model, card
+
+
+def update_card(path: str | os.PathLike, fields: dict[str, Any]) -> Path:
+    """Add or replace top-level ``fields`` of the model card of the weights file ``path`` (atomically).
+
+    For results measured after training (for example the shift-test figures of
+    a model card). ``architecture`` cannot be changed this way.
+    """
+    if "architecture" in fields:
+        raise ValueError("update_card cannot change 'architecture' (it must match the weights)")
+    cpath = card_path(path)
+    card = _read_card(cpath)
+    card.update(fields)
+    text = json.dumps(card, indent=2, sort_keys=True, default=_json_default) + "\n"
+    atomic_write(cpath, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), make_parents=False)
+    return cpath

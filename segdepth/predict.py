@@ -43,11 +43,14 @@ import xarray as xr
 from .io import check_pixel_size
 from .preprocess import normalise
 
-__all__ = ["DEFAULT_MODEL", "REFERENCE_MODEL", "load_default_model", "predict", "predict_to_netcdf", "resample"]
+__all__ = ["DEFAULT_MODEL", "PREVIOUS_DEFAULT_MODEL", "REFERENCE_MODEL", "load_default_model", "predict", "predict_to_netcdf", "resample"]
 
 #: The model :func:`load_default_model` reads, relative to the repository root: the fast model
 #: (input binned 4x to the label grid, issue 6; see ``benchmarks/inference_speed.py``).
 DEFAULT_MODEL = Path("data/models/segdepth_fast_base8_bin4_lam2.5.safetensors")
+#: The default before issue 11 (the fast model trained on the nominal microscope at lambda 2.5), kept as a
+#: reference for the shift test (``--model data/models/segdepth_fast_base8_bin4_lam2.5.safetensors``).
+PREVIOUS_DEFAULT_MODEL = Path("data/models/segdepth_fast_base8_bin4_lam2.5.safetensors")
 #: The paper-layout model, run in plain eager float32 as the checked reference (``--reference``).
 REFERENCE_MODEL = Path("data/models/segdepth_base16_lam2.5.safetensors")
 _MAX_PIXELS = 2**28  # largest resampled frame we accept (16384 x 16384)

@@ -155,3 +155,18 @@ def test_bad_cards(trained, tmp_path):
     card_path(path).write_text('{"lambda": 1}')
     with pytest.raises(ValueError, match="'architecture'"):
         load_model(path)
+
+
+def test_update_card_adds_fields_atomically_and_keeps_the_architecture(tmp_path):
+    from segdepth.modelio import update_card
+
+    model = UNet(base_channels=2, n_scales=1, head_channels=[], output_factor=1)
+    path = tmp_path / "m.safetensors"
+    save_model(model, path, {"lam": 2.5})
+    update_card(path, {"shift_test": {"exact": 0.5}})
+    _, card = load_model(path)
+    assert card["shift_test"] == {"exact": 0.5} and card["lam"] == 2.5
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
+    with pytest.raises(ValueError, match="architecture"):
+        update_card(path, {"architecture": {}})
+    assert card_path(path).read_text().endswith("\n")

@@ -1,0 +1,40 @@
+"""The shipped default model against the previous default on a small shifted simulation (issue 11)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segdepth.evaluation import robustness
+from segdepth.generate import HELD_OUT_OUTLINE, PRESETS, TRAIN_OUTLINES, make_shard
+from segdepth.modelio import load_model
+from segdepth.predict import PREVIOUS_DEFAULT_MODEL, load_default_model
+
+
+@pytest.fixture(scope="module")
+def shifted():
+    """Three particles of the shift test's distribution (held-out outline, shifted optics), another seed."""
+    params = PRESETS["shift"].with_(n_defocus=1, structures_per_shard=3, seed=31337)
+    assert HELD_OUT_OUTLINE in params.surfaces and HELD_OUT_OUTLINE not in TRAIN_OUTLINES
+    return make_shard(params, 0)
+
+
+@pytest.mark.slow
+def test_shipped_default_beats_the_previous_default_on_a_shifted_set(shifted):
+    root = Path(__file__).resolve().parents[1]
+    new, new_card = load_default_model()
+    old, old_card = load_model(root / PREVIOUS_DEFAULT_MODEL)
+    assert new_card["data_parameters"]["optics"] is not None  # trained on randomised optics
+    r = robustness({"default": (new, new_card["input_binning"]), "previous": (old, old_card["input_binning"])},
+                   {"shift": shifted}, [2.5, 10.0], seed=7)
+    exact = r.column_exact.sel(group="all", test_set="shift")
+    print(exact.to_pandas())
+    assert int(r.column_n.sel(group="all").isel(model=0, test_set=0, lam=0)) > 50
+    for lam in (2.5, 10.0):
+        assert float(exact.sel(model="default", lam=lam)) > float(exact.sel(model="previous", lam=lam))
+    # and it does not buy that with hallucinated columns in the vacuum
+    hall = r.hallucination_rate.sel(test_set="shift", lam=2.5)
+    assert float(hall.sel(model="default")) <= max(0.01, float(hall.sel(model="previous")))
+    np.testing.assert_array_less(0, r.column_within_one.sel(group="all", model="default").values)
