@@ -9,7 +9,7 @@ TORCH := torch==2.13.0
 RUN_NB := $(PY) -m segdepth.notebook
 
 .PHONY: all venv test test-fast reproduce data train train-fast evaluate evaluate-fast reproduce-evaluate lint sync benchmark clean \
-	study study-train study-denoise study-noise quickstart real-data data-robust shift-test train-robust evaluate-robust ablation
+	study study-train study-denoise study-noise quickstart real-data data-robust robust-test shift-test train-robust evaluate-robust ablation
 
 all: reproduce
 
@@ -70,6 +70,12 @@ data-robust: $(STAMP)
 		-p n_structures 500 -p n_defocus 4 -p vacancy_max 0.2 -p seed 0 -p output data/simulated/robust_train \
 		-p figure figures/fig3_robust_samples.png
 
+# In-distribution test for the robust model: the training configuration, another seed (fresh structures).
+robust-test: $(STAMP)
+	$(RUN_NB) notebooks/01_data_generation.py -o notebooks/executed/01_robust_test.ipynb -p preset robust \
+		-p n_structures 40 -p n_defocus 2 -p vacancy_max 0.2 -p seed 2027 -p output data/simulated/robust_test \
+		-p figure figures/fig3_robust_test_samples.png
+
 shift-test: $(STAMP)
 	$(RUN_NB) notebooks/01_data_generation.py -o notebooks/executed/01_shift_test.ipynb -p preset shift \
 		-p n_structures 40 -p n_defocus 2 -p vacancy_max 0.2 -p seed 911 -p output data/simulated/shift_test \
@@ -87,12 +93,12 @@ train-robust: $(STAMP)
 
 evaluate-robust: $(STAMP)
 	$(RUN_NB) notebooks/03_evaluation.py -o notebooks/executed/03_evaluation_robust.ipynb \
-		-p data data/simulated/robust_train \
+		-p data data/simulated/robust_test \
 		-p models '["data/models/segdepth_robust_base8_bin4.safetensors","data/models/segdepth_fast_base8_bin4_lam2.5.safetensors"]' \
 		-p results data/results/evaluation_robust.nc -p examples data/results/evaluation_examples_robust.nc \
 		-p table data/results/table1_robust.md -p figure_prefix figures/robust/ \
 		-p shift_data '["data/simulated/shift_test"]' -p dose_lams '[0.25,0.5,1,2.5,5,10,25,50]' \
-		-p robustness_results data/results/robustness.nc -p robustness_table data/results/robustness.md
+		-p robustness_results data/results/robustness.nc -p robustness_table data/results/robustness.md -p record_in_card true
 
 ablation: $(STAMP)
 	$(RUN_NB) notebooks/07_robustness.py

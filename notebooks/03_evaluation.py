@@ -39,6 +39,7 @@ shift_data = []  # further test sets (e.g. ["data/simulated/shift_test"]) for th
 dose_lams = [2.5]  # doses of the dose curve of the robustness table [electrons per pixel in vacuum]
 robustness_results = "data/results/robustness.nc"  # every metric per model x test set x dose
 robustness_table = "data/results/robustness.md"
+record_in_card = False  # write the robustness figures of the first model (and its envelope) into its model card
 
 # %%
 import json
@@ -282,3 +283,33 @@ if shift_data:
         a.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     save_figure(fig, figure_prefix + "robustness_dose_curve.png")
+
+# %% [markdown]
+# With `record_in_card`, the first model's card gets the envelope it was trained on (the randomised
+# ranges a user may trust) and these figures.
+
+# %%
+if shift_data and record_in_card:
+    from segdepth.modelio import update_card
+
+    card0, m0 = cards[0], Path(models[0]).stem
+    dp = card0.get("data_parameters", {})
+    envelope = {k: dp.get(k) for k in ("optics", "surfaces", "thickness_range", "wedge_range", "vacancy_max",
+                                       "surface_vacancy_max", "surface_short_max", "adatoms_max", "microscope")}
+    envelope["dose_range"] = card0.get("dataset_lam_range") or [card0.get("dataset_lam")]
+    envelope["pixel_size"] = dp.get("sampling", 0) * dp.get("binning", 0)
+    figures = {}
+    for t in rob.test_set.values:
+        q = rob.sel(model=m0, test_set=t)
+        figures[str(t)] = {
+            f"lambda_{float(v):g}": {
+                "column_exact": float(q.column_exact.sel(group="all", lam=v)),
+                "column_within_one": float(q.column_within_one.sel(group="all", lam=v)),
+                "column_exact_O_vacancies": float(q.column_exact.sel(group="vacancies_O", lam=v)),
+                "ece": float(q.ece.sel(lam=v)),
+                "hallucination_rate": float(q.hallucination_rate.sel(lam=v)),
+            } for v in rob.lam.values}
+    update_card(models[0], {"envelope": envelope, "robustness": {
+        "data": data, "shift_data": list(shift_data), "noise_seed": seed, "figures": figures,
+        "table": robustness_table}})
+    print("recorded in", models[0])

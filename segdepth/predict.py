@@ -43,7 +43,15 @@ import xarray as xr
 from .io import check_pixel_size
 from .preprocess import normalise
 
-__all__ = ["DEFAULT_MODEL", "PREVIOUS_DEFAULT_MODEL", "REFERENCE_MODEL", "load_default_model", "predict", "predict_to_netcdf", "resample"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "PREVIOUS_DEFAULT_MODEL",
+    "REFERENCE_MODEL",
+    "load_default_model",
+    "predict",
+    "predict_to_netcdf",
+    "resample",
+]
 
 #: The model :func:`load_default_model` reads, relative to the repository root: the fast model
 #: (input binned 4x to the label grid, issue 6; see ``benchmarks/inference_speed.py``).

@@ -61,8 +61,12 @@ def test_03_evaluation_uses_the_test_split_and_writes_figures(nb02):
          "results": str(root / "eval.nc"), "examples": str(root / "examples.nc"),
          "table": str(root / "table1.md"), "figure_prefix": str(root) + "/",
          "shift_data": [str(root / "sim")], "dose_lams": [1.0, 10.0],
-         "robustness_results": str(root / "robustness.nc"), "robustness_table": str(root / "robustness.md")},
+         "robustness_results": str(root / "robustness.nc"), "robustness_table": str(root / "robustness.md"),
+         "record_in_card": True},
     )
+    _, card_after = load_model(root / "model.safetensors")
+    fig = card_after["robustness"]["figures"]["sim"]["lambda_10"]
+    assert 0 <= fig["column_exact"] <= 1 and card_after["envelope"]["dose_range"] == [2.5]
     rob = xr.load_dataset(root / "robustness.nc")
     assert dict(rob.sizes)["lam"] == 2 and list(rob.test_set.values) == ["in-distribution", "sim"]
     # in-distribution is the test split; the shifted set (here the same data) is used whole
