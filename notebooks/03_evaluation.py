@@ -52,6 +52,7 @@ import xarray as xr
 
 from segdepth import metrics
 from segdepth.evaluation import PAPER_TABLE_I_METRICS, evaluate_dataset, infer, robustness
+from segdepth.evaluation import confusion_table
 from segdepth.evaluation import robustness_table as format_robustness
 from segdepth.model import count_parameters
 from segdepth.modelio import load_model
@@ -269,9 +270,14 @@ if shift_data:
     rob.attrs["shift_data"] = json.dumps(list(shift_data))
     write_netcdf_atomic(rob, robustness_results)
     rob = xr.load_dataset(robustness_results)
-    text = (f"Per-column exact atom counts, in-distribution ({data}, test split) and shifted "
-            f"({', '.join(shift_data)}); spread: largest drop below the best over lambda 0.5-25\n\n"
-            + format_robustness(rob))
+    text = (f"Per-column exact atom counts, in-distribution ({data}; the test split where a model was trained "
+            f"on it) and shifted ({', '.join(shift_data)}); spread: largest drop below the best over lambda "
+            f"0.5-25\n\n" + format_robustness(rob))
+    lam_c = 2.5 if 2.5 in dose_lams else float(dose_lams[0])
+    for t in rob.test_set.values:
+        for m in rob.model.values:
+            text += (f"\nColumn confusion, {m} on {t}, lambda {lam_c:g} (rows: true atoms, fraction read as "
+                     f"each count)\n\n" + confusion_table(rob, model=str(m), test_set=str(t), lam=lam_c))
     Path(robustness_table).write_text(text)
     print(text)
     fig, axes = plt.subplots(1, rob.sizes["test_set"], figsize=(5 * rob.sizes["test_set"], 4), squeeze=False)

@@ -274,3 +274,20 @@ def robustness_table(result: xr.Dataset, lams=(1.0, 2.5, 10.0)) -> str:
             ]
             rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
+
+
+def confusion_table(result: xr.Dataset, *, model: str, test_set: str, lam: float = 2.5) -> str:
+    """Markdown column confusion matrix of :func:`robustness` for one model, test set and dose.
+
+    Rows: true atoms in the column (1-10; columns of 0 atoms do not exist), each row normalised to 1
+    (the fraction of those columns read as each count at the column centre); ``n`` is the row's count.
+    """
+    c = result.column_confusion.sel(model=model, test_set=test_set, lam=lam).values.astype(float)
+    head = ["true \\ read", "n"] + [str(k) for k in range(c.shape[1])]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for k in range(1, c.shape[0]):
+        n = c[k].sum()
+        if n == 0:
+            continue
+        rows.append("| " + " | ".join([str(k), f"{int(n)}"] + [f"{v / n:.2f}" if v else "" for v in c[k]]) + " |")
+    return "\n".join(rows) + "\n"

@@ -53,9 +53,10 @@ __all__ = [
     "resample",
 ]
 
-#: The model :func:`load_default_model` reads, relative to the repository root: the fast model
-#: (input binned 4x to the label grid, issue 6; see ``benchmarks/inference_speed.py``).
-DEFAULT_MODEL = Path("data/models/segdepth_fast_base8_bin4_lam2.5.safetensors")
+#: The model :func:`load_default_model` reads, relative to the repository root: the robust model
+#: (issue 11): the fast architecture (input binned 4x to the label grid, issue 6) fine-tuned on randomised
+#: optics, particles and doses (its card's ``envelope`` lists the ranges; README "The robust default").
+DEFAULT_MODEL = Path("data/models/segdepth_robust_base8_bin4.safetensors")
 #: The default before issue 11 (the fast model trained on the nominal microscope at lambda 2.5), kept as a
 #: reference for the shift test (``--model data/models/segdepth_fast_base8_bin4_lam2.5.safetensors``).
 PREVIOUS_DEFAULT_MODEL = Path("data/models/segdepth_fast_base8_bin4_lam2.5.safetensors")
@@ -71,7 +72,7 @@ def load_default_model(*, reference: bool = False):
     Parameters
     ----------
     reference : bool
-        ``False``: :data:`DEFAULT_MODEL` (the fast model). ``True``:
+        ``False``: :data:`DEFAULT_MODEL` (the robust fast model). ``True``:
         :data:`REFERENCE_MODEL` (the paper's layout; run it with
         ``predict(..., fast=False)`` for the eager reference path).
 

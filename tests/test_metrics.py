@@ -253,3 +253,31 @@ def test_metrics_module_does_not_import_torch_at_top_level():
         node.module for node in top_level if isinstance(node, ast.ImportFrom)
     ]
     assert not any(name and name.split(".")[0] == "torch" for name in names)
+
+
+def test_robustness_tables_on_a_hand_made_result():
+    """dose_spread is the largest drop below the best over lambda 0.5-25; confusion rows are normalised."""
+    import xarray as xr
+
+    from segdepth.evaluation import confusion_table, dose_spread, robustness_table
+
+    lams = [0.25, 1.0, 2.5, 25.0]
+    exact = np.array([0.1, 0.6, 0.8, 0.7])  # 0.25 lies outside 0.5-25: spread = 0.8 - 0.6
+    conf = np.zeros((1, 1, 4, 11, 11), np.int64)
+    conf[..., 3, 3] = 6
+    conf[..., 3, 2] = 2  # 3-atom columns: 6 read as 3, 2 read as 2
+    groups = ["all", "Ce", "O", "vacancies_O"]
+    r = xr.Dataset(
+        {"column_exact": (("model", "test_set", "lam", "group"), np.tile(exact[None, None, :, None], (1, 1, 1, 4))),
+         "column_within_one": (("model", "test_set", "lam", "group"), np.ones((1, 1, 4, 4))),
+         "ece": (("model", "test_set", "lam"), np.full((1, 1, 4), 0.01)),
+         "hallucination_rate": (("model", "test_set", "lam"), np.full((1, 1, 4), 0.002)),
+         "column_confusion": (("model", "test_set", "lam", "true_count", "predicted_count"), conf)},
+        coords={"model": ["m"], "test_set": ["shift"], "lam": lams, "group": groups,
+                "true_count": np.arange(11), "predicted_count": np.arange(11)})
+    assert float(dose_spread(r).sel(model="m", test_set="shift")) == pytest.approx(0.2)
+    table = robustness_table(r)
+    assert "| m | shift | 0.600 | 0.800 |" in table and "| 20.0 |" in table
+    rows = confusion_table(r, model="m", test_set="shift", lam=2.5).splitlines()
+    assert len(rows) == 3  # header, rule, the only populated row (3 atoms)
+    assert rows[2].startswith("| 3 | 8 |") and "| 0.25 | 0.75 |" in rows[2]

@@ -119,7 +119,7 @@ def test_07_ablation_one_factor_at_a_time(nb02):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("reference", [False, True], ids=["fast default", "paper-layout reference"])
+@pytest.mark.parametrize("reference", [False, True], ids=["robust default", "paper-layout reference"])
 def test_shipped_model_on_a_fresh_simulation(nb01, reference):
     """Both shipped models, through the public predict path, on particles they never saw (tiny preset, seed 5)."""
     from segdepth import metrics
@@ -129,8 +129,9 @@ def test_shipped_model_on_a_fresh_simulation(nb01, reference):
     model, card = load_default_model(reference=reference)
     if reference:
         assert card["lam"] == 2.5 and card["sampling"] == pytest.approx(0.053)
-    else:  # trained on 4x4-binned 0.053 A pixels at lambda 2.5 per original pixel
-        assert card["dataset_lam"] == 2.5 and card["lam"] == 40.0 and card["sampling"] == pytest.approx(0.212)
+    else:  # trained on 4x4-binned 0.053 A pixels, lambda drawn per batch over 0.2-32 per original pixel
+        assert card["dataset_lam_range"] == [0.2, 32.0] and card["sampling"] == pytest.approx(0.212)
+        assert card["lam_range"] == [3.2, 512.0] and card["data_parameters"]["optics"] is not None
     ds = open_dataset(nb01 / "sim", load=True)
     rng = np.random.default_rng(0)
     noisy = np.stack([poisson_noise(im, 2.5, rng=rng) for im in ds.image.values])
