@@ -503,7 +503,7 @@ def _create_variables(nc, ds: xr.Dataset, n_frames: int, compress: bool) -> None
 
 
 def predict_to_netcdf(frames, model, card: dict, path, *, n_frames: int, attrs: dict | None = None,
-                      progress: bool = False, compress: bool = True, **options) -> Path:
+                      progress: bool = False, compress: bool = True, check: dict | None = None, **options) -> Path:
     """Predict a long series frame by frame and write it to one netCDF file, in bounded memory.
 
     Each frame's depth, confidence (and probability, with
@@ -528,6 +528,11 @@ def predict_to_netcdf(frames, model, card: dict, path, *, n_frames: int, attrs: 
         Extra dataset attributes (strings or numbers).
     progress : bool
         A tqdm progress bar over frames on stderr.
+    check : dict, optional
+        Run :func:`segdepth.validity.predict_checked` with these options (``tta``, ``lattice_average``,
+        ``margin``, ``max_disagreement``) instead of :func:`predict`: the output also holds ``crystal``,
+        ``valid``, ``valid_reason`` and their scores, and ``depth`` is 0 in vacuum. The lattice maps average
+        frames only within a chunk.
     **options
         Passed to :func:`predict` (``tile``, ``overlap``, ``lam``, ``return_probabilities``, ``batch_size``,
         ``fast``).
@@ -554,7 +559,12 @@ def predict_to_netcdf(frames, model, card: dict, path, *, n_frames: int, attrs: 
                 n_chunk = chunk.sizes[chunk.dims[0]]
                 if done + n_chunk > n_frames:
                     raise ValueError(f"more frames than announced ({n_frames})")
-                ds = predict(chunk, model, card, **options)  # the whole chunk: frames share forward passes
+                if check is None:
+                    ds = predict(chunk, model, card, **options)  # the whole chunk: frames share forward passes
+                else:
+                    from .validity import predict_checked
+
+                    ds = predict_checked(chunk, model, card, **check, **options)
                 if first is None:
                     first = ds
                     _create_variables(nc, ds.isel(frame=[0]).assign_attrs(attrs or {}), n_frames, compress)

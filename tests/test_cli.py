@@ -48,7 +48,7 @@ def test_predict_subprocess_writes_netcdf(workdir):
     out = workdir / "stack_out.nc"
     result = run_cli(
         "predict", "stack.npy", "--out", out, "--model", "tiny.safetensors", "--pixel-size", MODEL_PIXEL,
-        "--probabilities", "--tile", 32, "--overlap", 16, cwd=workdir,
+        "--probabilities", "--tile", 32, "--overlap", 16, "--no-check", cwd=workdir,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
@@ -64,7 +64,7 @@ def test_predict_subprocess_writes_netcdf(workdir):
 def test_predict_in_process_reads_calibrated_formats(workdir, name, capsys):
     out = workdir / f"{name}.out.nc"
     model = str(workdir / "tiny.safetensors")
-    assert main(["predict", str(workdir / name), "--out", str(out), "--model", model]) == 0
+    assert main(["predict", str(workdir / name), "--out", str(out), "--model", model, "--no-check"]) == 0
     with xr.open_dataset(out) as ds:
         assert ds["depth"].shape == (1, 16, 12)
         assert ds.attrs["pixel_size"] == pytest.approx(MODEL_PIXEL)  # taken from the file
@@ -171,7 +171,8 @@ def test_reference_path_is_the_paper_model_in_eager_float32(workdir, capsys):
     outs = {}
     for name, extra in (("reference", ["--reference"]), ("default", [])):
         outs[name] = workdir / f"{name}.nc"
-        args = ["predict", str(workdir / "stack.npy"), "--pixel-size", "0.1", "--out", str(outs[name]), *extra]
+        args = ["predict", str(workdir / "stack.npy"), "--pixel-size", "0.1", "--out", str(outs[name]), "--no-check",
+                *extra]
         assert main(args) == 0, capsys.readouterr().err
     image = read_image(workdir / "stack.npy", pixel_size=0.1)
     model, card = load_default_model(reference=True)
@@ -194,7 +195,7 @@ def test_predict_real_movie_streams_calibrated_frames(workdir, capsys):
     out = workdir / "movie.nc"
     args = ["predict", str(MOVIE), "--out", str(out), "--model", str(workdir / "tiny.safetensors"),
             "--crop", "0:180,:", "--frames", "0:3", "--chunk", "2", "--calibrate", "CeO2,Pt", "--lambda", "auto",
-            "--probabilities", "--tile", "256", "--no-progress"]  # fmt: skip
+            "--probabilities", "--tile", "256", "--no-progress", "--no-check"]  # fmt: skip
     assert main(args) == 0, capsys.readouterr().err
     err = capsys.readouterr().err
     assert "calibrated pixel size" in err and "estimated dose" in err
@@ -214,3 +215,33 @@ def test_predict_real_movie_streams_calibrated_frames(workdir, capsys):
         np.testing.assert_allclose(ds["probability"].values, ref["probability"].values, atol=1e-6)
         np.testing.assert_allclose(ds["x"].values, ref["x"].values)
     assert not [p for p in workdir.iterdir() if p.name.startswith(".movie.nc")]  # no temporary file left
+
+
+def test_predict_checks_where_the_estimate_applies_by_default(workdir, capsys):
+    """Default --check on the real movie: vacuum at the top reads 0, valid/valid_reason written, one summary line."""
+    out = workdir / "checked.nc"
+    args = ["predict", str(MOVIE), "--out", str(out), "--crop", "0:180,:", "--frames", "0:3", "--pixel-size",
+            "0.2006", "--lambda", "4", "--no-progress", "--no-tta", "--lattice-average", "3"]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    stdout = capsys.readouterr().out
+    assert "could not vouch for" in stdout and stdout.count("\n") == 2
+    with xr.open_dataset(out) as ds:
+        for name in ("valid", "valid_reason", "crystal", "lattice_score", "ceo2_score", "disagreement"):
+            assert ds[name].shape == ds["depth"].shape, name
+        band = ds["y"] < float(ds["y"][0]) + 5  # the vacuum band at the top of the field
+        vacuum = (ds["depth"].sel(y=band) == 0).mean(("y", "x"))
+        assert float(vacuum.min()) >= 0.98, vacuum.values  # issue 12's target, in every frame
+        assert float((ds["valid_reason"].sel(y=band) == 1).mean()) >= 0.9  # most of it: vacuum, beyond the margin
+        assert float(ds["valid"].sel(y=band).mean()) >= 0.98
+        assert int(ds["valid"].min()) == 0 and int(ds["valid"].max()) == 1  # the Pt particle is not valid
+        assert np.isnan(ds["disagreement"]).all()  # --no-tta
+
+
+def test_check_needs_a_field_larger_than_the_lattice_window(workdir, capsys):
+    out = workdir / "small.nc"
+    args = ["predict", str(workdir / "image.npy"), "--pixel-size", "0.1", "--out", str(out),
+            "--model", str(workdir / "tiny.safetensors")]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("segdepth: error:") and "--no-check" in err and err.count("\n") == 1
+    assert not out.exists()
