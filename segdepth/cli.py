@@ -211,12 +211,14 @@ def _predict_command(args: argparse.Namespace) -> int:
         model, card = load_model(model_path)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
 
+    def chunk(start):  # read only when needed: a resumed run skips the chunks it already has
+        if start + args.chunk <= first.sizes["frame"] or first.sizes["frame"] == len(keys):
+            return first.isel(frame=slice(start, start + args.chunk))
+        return read_image(source, pixel_size=pixel_size, frames=keys[start : start + args.chunk], crop=crop)
+
     def chunks():
         for start in range(0, len(keys), args.chunk):
-            if start + args.chunk <= first.sizes["frame"] or first.sizes["frame"] == len(keys):
-                yield first.isel(frame=slice(start, start + args.chunk))
-            else:
-                yield read_image(source, pixel_size=pixel_size, frames=keys[start : start + args.chunk], crop=crop)
+            yield lambda start=start: chunk(start)
 
     attrs["model"] = ("reference" if args.reference else "default") if args.model is None else str(args.model)
     attrs["command"] = json.dumps(["segdepth", *sys.argv[1:]] if args.argv is None else ["segdepth", *args.argv])

@@ -56,6 +56,7 @@ if TYPE_CHECKING:  # xarray is imported where it is used: a failing command line
 __all__ = [
     "SUPPORTED_EXTENSIONS",
     "check_pixel_size",
+    "check_positive",
     "parse_crop",
     "parse_frames",
     "read_image",
@@ -87,17 +88,22 @@ def _one_line(text) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
+def check_positive(value, *, name: str, units: str) -> float:
+    """Return ``value`` as a float, or raise ``ValueError`` naming ``name`` and ``units`` unless finite and > 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real | str | np.number):
+        raise ValueError(f"{name} must be a positive number [{units}], got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive number [{units}], got {value!r}") from None
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"{name} must be finite and > 0 [{units}], got {value!r}")
+    return number
+
+
 def check_pixel_size(pixel_size, *, name: str = "pixel size") -> float:
     """Return ``pixel_size`` as a float, or raise ``ValueError`` unless it is finite and > 0 [A]."""
-    if isinstance(pixel_size, bool) or not isinstance(pixel_size, numbers.Real | str | np.number):
-        raise ValueError(f"{name} must be a positive number of Angstrom, got {pixel_size!r}")
-    try:
-        value = float(pixel_size)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive number of Angstrom, got {pixel_size!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be finite and > 0 [A], got {pixel_size!r}")
-    return value
+    return check_positive(pixel_size, name=name, units="A")
 
 
 def _unit_to_angstrom(units, where: str) -> float | None:

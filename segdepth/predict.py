@@ -40,7 +40,7 @@ import numpy as np
 import scipy.sparse
 import xarray as xr
 
-from .io import check_pixel_size
+from .io import check_pixel_size, check_positive
 from .preprocess import normalise
 
 __all__ = [
@@ -63,6 +63,9 @@ PREVIOUS_DEFAULT_MODEL = Path("data/models/segdepth_fast_base8_bin4_lam2.5.safet
 #: The paper-layout model, run in plain eager float32 as the checked reference (``--reference``).
 REFERENCE_MODEL = Path("data/models/segdepth_base16_lam2.5.safetensors")
 _MAX_PIXELS = 2**28  # largest resampled frame we accept (16384 x 16384)
+#: Smallest field [A] along each axis that :func:`predict` accepts: about two CeO2 [110] column spacings
+#: (1.35 A along [001]); a smaller image cannot hold a column with its surroundings.
+MIN_FIELD = 3.0
 _UNITS_TO_A = {"a": 1.0, "å": 1.0, "angstrom": 1.0, "nm": 10.0, "pm": 0.01}
 
 
@@ -348,6 +351,12 @@ def predict(
             f"both are rounded to multiples of {m} (the model's required_multiple)"
         )
 
+    if min(h_in, w_in) * pixel_size < MIN_FIELD:
+        raise ValueError(
+            f"the {h_in} x {w_in} image of {pixel_size:g} A pixels covers {h_in * pixel_size:.2f} x "
+            f"{w_in * pixel_size:.2f} A, too small to hold an atomic column (at least {MIN_FIELD:g} A along each "
+            "axis); check --pixel-size"
+        )
     # Resampled size: the same physical extent at (close to) the model's pixel size.
     scale = pixel_size / model_pixel_size
     if math.isclose(scale, 1.0, rel_tol=1e-6):
@@ -361,7 +370,7 @@ def predict(
         )
     sampling_y, sampling_x = pixel_size * h_in / h_r, pixel_size * w_in / w_r  # effective, ~ model pixel size
     if lam is not None:
-        lam = check_pixel_size(lam, name="lam (dose, electrons per pixel)")
+        lam = check_positive(lam, name="lam (dose)", units="electrons per pixel")
         _dose_warning(lam, (model_pixel_size / pixel_size) ** 2, card)
 
     pad_h, pad_w = -(-h_r // m) * m, -(-w_r // m) * m
@@ -502,22 +511,63 @@ def _create_variables(nc, ds: xr.Dataset, n_frames: int, compress: bool) -> None
     nc.setncatts({k: v for k, v in ds.attrs.items() if v is not None})
 
 
-def predict_to_netcdf(frames, model, card: dict, path, *, n_frames: int, attrs: dict | None = None,
-                      progress: bool = False, compress: bool = True, check: dict | None = None, **options) -> Path:
-    """Predict a long series frame by frame and write it to one netCDF file, in bounded memory.
+def _parts_key(card: dict, n_frames: int, attrs: dict | None, check: dict | None, options: dict) -> str:
+    """What a finished chunk depends on: a resumed run reuses chunks only when all of it is the same."""
+    import hashlib
 
-    Each frame's depth, confidence (and probability, with
-    ``return_probabilities=True``) is written to a temporary file next to
-    ``path`` as soon as it is computed; the file is renamed to ``path`` when
-    every frame is done (:func:`segdepth.store.atomic_write`). On any error the
-    temporary file is removed and ``path`` is left as it was. The result is the
-    dataset :func:`predict` would return for all frames at once.
+    blob = json.dumps({"card": card, "n_frames": n_frames, "attrs": attrs or {}, "check": check,
+                       "options": options}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _remove_stale_temporaries(path: Path) -> list[Path]:
+    """Temporary files of earlier killed writes of ``path`` (``.<name>.*.nc``, :func:`segdepth.store.atomic_write`)."""
+    stale = [p for p in path.parent.glob(f".{path.name}.*.nc") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def _prepare_parts(parts: Path, key: str) -> None:
+    """Keep the finished chunks of an interrupted run with the same ``key``; start afresh otherwise."""
+    import shutil
+
+    manifest = parts / "manifest.json"
+    if parts.is_dir():
+        try:
+            same = json.loads(manifest.read_text()).get("key") == key
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            shutil.rmtree(parts)
+    if not parts.is_dir():
+        parts.mkdir()
+        from .store import write_json_atomic
+
+        write_json_atomic({"key": key}, manifest)
+    for tmp in parts.glob(".*.nc"):  # temporaries of a chunk being written when the run was killed
+        tmp.unlink(missing_ok=True)
+
+
+def predict_to_netcdf(frames, model, card: dict, path, *, n_frames: int, attrs: dict | None = None,
+                      progress: bool = False, compress: bool = True, check: dict | None = None,
+                      resume: bool = True, **options) -> Path:
+    """Predict a long series chunk by chunk and write it to one netCDF file, resuming after a kill.
+
+    Every chunk's result is written (atomically) to ``.<name>.parts/chunk_NNNNN.nc`` next to ``path`` as
+    soon as it is computed. When all chunks are done they are copied, frame by frame, into a temporary
+    file that is renamed to ``path`` (:func:`segdepth.store.atomic_write`), and the parts are removed. A
+    run that was killed leaves ``path`` as it was and its finished chunks behind: the next run with the
+    same model, options and frames skips them (``resume``), one with anything different starts afresh.
+    Stale temporary files of ``path`` from killed runs are removed first. The result is the dataset
+    :func:`predict` would return for all frames at once.
 
     Parameters
     ----------
-    frames : iterable of xarray.DataArray
-        Chunks ``(frame, y, x)`` of the series in order (e.g. from
-        :func:`segdepth.io.read_image` with ``frames=``), all of one frame size and pixel size.
+    frames : iterable of xarray.DataArray or of callables
+        Chunks ``(frame, y, x)`` of the series in order (e.g. from :func:`segdepth.io.read_image` with
+        ``frames=``), all of one frame size and pixel size; or functions returning them, so that a resumed
+        run does not even read the chunks it skips.
     model, card
         As for :func:`predict`.
     path : path
@@ -533,38 +583,67 @@ def predict_to_netcdf(frames, model, card: dict, path, *, n_frames: int, attrs: 
         ``margin``, ``max_disagreement``) instead of :func:`predict`: the output also holds ``crystal``,
         ``valid``, ``valid_reason`` and their scores, and ``depth`` is 0 in vacuum. The lattice maps average
         frames only within a chunk.
+    resume : bool
+        Reuse the finished chunks of an interrupted run (else start afresh).
     **options
         Passed to :func:`predict` (``tile``, ``overlap``, ``lam``, ``return_probabilities``, ``batch_size``,
         ``fast``).
     """
+    import shutil
+
     import netCDF4
     from tqdm.auto import tqdm
 
-    from .store import atomic_write
+    from .store import atomic_write, write_netcdf_atomic
 
     path = Path(path)
+    _remove_stale_temporaries(path)
+    parts = path.parent / f".{path.name}.parts"
+    if not resume and parts.is_dir():
+        shutil.rmtree(parts)
+    _prepare_parts(parts, _parts_key(card, n_frames, attrs, check, options))
     if options.get("fast", True) and hasattr(model, "config") and not hasattr(model, "inference_layout"):
         from .model import optimise_for_inference
 
         model = optimise_for_inference(model)  # once for the whole series
 
-    def write(tmp):
-        bar = tqdm(total=n_frames, unit="frame", desc="segdepth", disable=not progress, file=sys.stderr)
-        nc = netCDF4.Dataset(tmp, "w", format="NETCDF4")
-        try:
-            done, first, frame_ids = 0, None, []
-            for chunk in frames:
+    bar = tqdm(total=n_frames, unit="frame", desc="segdepth", disable=not progress, file=sys.stderr)
+    files, done = [], 0
+    try:
+        for k, chunk in enumerate(frames):
+            part = parts / f"chunk_{k:05d}.nc"
+            if part.is_file():
+                with xr.open_dataset(part) as ds:
+                    n_chunk = ds.sizes["frame"]
+            else:
+                chunk = chunk() if callable(chunk) else chunk
                 if chunk.ndim == 2:
                     chunk = chunk.expand_dims("frame")
-                n_chunk = chunk.sizes[chunk.dims[0]]
-                if done + n_chunk > n_frames:
-                    raise ValueError(f"more frames than announced ({n_frames})")
                 if check is None:
                     ds = predict(chunk, model, card, **options)  # the whole chunk: frames share forward passes
                 else:
                     from .validity import predict_checked
 
                     ds = predict_checked(chunk, model, card, **check, **options)
+                n_chunk = ds.sizes["frame"]
+                write_netcdf_atomic(ds, part, compress=compress)
+            done += n_chunk
+            if done > n_frames:
+                raise ValueError(f"more frames than announced ({n_frames})")
+            files.append(part)
+            bar.update(n_chunk)
+    finally:
+        bar.close()
+    if done != n_frames:
+        raise ValueError(f"got {done} frames, expected {n_frames}")
+
+    def write(tmp):
+        nc = netCDF4.Dataset(tmp, "w", format="NETCDF4")
+        try:
+            first, frame_ids, at = None, [], 0
+            for part in files:
+                with xr.open_dataset(part) as ds:
+                    ds = ds.load()
                 if first is None:
                     first = ds
                     _create_variables(nc, ds.isel(frame=[0]).assign_attrs(attrs or {}), n_frames, compress)
@@ -572,17 +651,15 @@ def predict_to_netcdf(frames, model, card: dict, path, *, n_frames: int, attrs: 
                     k: v for k, v in first.sizes.items() if k != "frame"
                 } or not np.allclose(ds["x"], first["x"]) or not np.allclose(ds["y"], first["y"]):
                     raise ValueError(f"frame {int(ds['frame'][0])} differs in size or position from the first")
-                for k in range(n_chunk):
+                for f in range(ds.sizes["frame"]):
                     for name in ds.data_vars:
-                        nc[name][done] = ds[name].values[k]
-                    frame_ids.append(int(ds["frame"].values[k]))
-                    done += 1
-                    bar.update(1)
-            if done != n_frames:
-                raise ValueError(f"got {done} frames, expected {n_frames}")
+                        nc[name][at] = ds[name].values[f]
+                    frame_ids.append(int(ds["frame"].values[f]))
+                    at += 1
             nc["frame"][:] = np.asarray(frame_ids, dtype=np.int64)
         finally:
             nc.close()
-            bar.close()
 
-    return atomic_write(path, write, suffix=".nc", make_parents=False)
+    atomic_write(path, write, suffix=".nc", make_parents=False)
+    shutil.rmtree(parts, ignore_errors=True)
+    return path

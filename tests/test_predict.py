@@ -193,3 +193,66 @@ def test_binned_input_model_bins_the_frame_and_keeps_the_label_grid(rng):
     np.testing.assert_allclose(ds["probability"].values[0], expected, atol=1e-5)
     paper_layout = predict(image, UNet(**TINY).eval(), {**card, "sampling": MODEL_PIXEL, "label_factor": 4})
     np.testing.assert_allclose(paper_layout["x"], ds["x"])
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (8, 8), (50, 200)])
+def test_fields_too_small_to_hold_a_column_are_refused_on_every_path(shape, rng):
+    """Issue 13: the default (binned) path accepted a 1 x 1 image; 50 px of 0.053 A is 2.65 A < 3 A."""
+    image = noisy(rng, shape, pixel_size=0.053)
+    for reference in (False, True):
+        model, card = load_default_model(reference=reference)
+        with pytest.raises(ValueError, match=r"too small to hold an atomic column \(at least 3 A"):
+            predict(image, model, card)
+
+
+def test_dose_is_checked_in_electrons_per_pixel(saved, rng):
+    model, card = saved
+    with pytest.raises(ValueError, match=r"lam \(dose\) must be finite and > 0 \[electrons per pixel\], got -1"):
+        predict(noisy(rng, (64, 64)), model, card, lam=-1)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_long_prediction_resumes_from_its_last_finished_chunk(saved, rng, tmp_path):
+    """A killed series leaves OUT untouched and its finished chunks; the rerun reads and predicts only the rest."""
+    from segdepth.predict import predict_to_netcdf
+
+    model, card = saved
+    movie = noisy(rng, (7, 64, 64), frame=np.arange(7))
+    calls = []
+
+    def chunks(kill_at=None):
+        for k, start in enumerate(range(0, 7, 2)):
+            def read(start=start, k=k):
+                calls.append(start)
+                if k == kill_at:
+                    raise _Killed
+                return movie.isel(frame=slice(start, start + 2))
+            yield read
+
+    out = tmp_path / "movie.nc"
+    out.write_bytes(b"old")
+    stale = tmp_path / ".movie.nc.abc123.nc"  # a temporary file of an earlier killed assembly
+    stale.write_bytes(b"x")
+    with pytest.raises(_Killed):
+        predict_to_netcdf(chunks(kill_at=2), model, card, out, n_frames=7, return_probabilities=True)
+    assert out.read_bytes() == b"old" and not stale.exists()
+    parts = tmp_path / ".movie.nc.parts"
+    assert sorted(p.name for p in parts.glob("chunk_*.nc")) == ["chunk_00000.nc", "chunk_00001.nc"]
+    calls.clear()
+    predict_to_netcdf(chunks(), model, card, out, n_frames=7, return_probabilities=True)
+    assert calls == [4, 6]  # chunks 0 and 1 were neither read nor predicted again
+    assert not parts.exists() and [p.name for p in tmp_path.iterdir()] == ["movie.nc"]
+    expected = predict(movie, model, card, return_probabilities=True)
+    with xr.open_dataset(out) as ds:
+        np.testing.assert_array_equal(ds["depth"].values, expected["depth"].values)
+        np.testing.assert_allclose(ds["probability"].values, expected["probability"].values, atol=1e-6)
+        assert list(ds["frame"].values) == list(range(7))
+    # other options: the parts of an interrupted run are not reused
+    with pytest.raises(_Killed):
+        predict_to_netcdf(chunks(kill_at=1), model, card, out, n_frames=7)
+    calls.clear()
+    predict_to_netcdf(chunks(), model, card, out, n_frames=7, tile=32, overlap=16)
+    assert calls == [0, 2, 4, 6]

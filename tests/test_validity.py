@@ -34,9 +34,11 @@ def _prediction(probability: np.ndarray) -> xr.Dataset:
         attrs={"label_pixel_size": PX * F})  # fmt: skip
 
 
-def _columns_everywhere(count: int = 3, p: float = 0.9) -> np.ndarray:
-    prob = np.full((1, 11, M, M), (1 - p) / 10)
+def _columns_everywhere(count: int = 3, p: float = 0.9, p0: float = 0.05) -> np.ndarray:
+    """``count`` atoms with probability ``p``, none with ``p0`` (below the 0.97 kept outside the lattice)."""
+    prob = np.full((1, 11, M, M), (1 - p - p0) / 9)
     prob[:, count] = p
+    prob[:, 0] = p0
     return prob
 
 
@@ -54,7 +56,7 @@ def test_vacuum_far_from_the_lattice_reads_depth_zero(half_crystal):
     far = y < 16.0 - 8.0  # more than the margin plus the window's reach from the crystal
     inside = (y > 20.0) & (y < 28.0)
     assert (out["depth"].values[0, far] == 0).all()
-    np.testing.assert_allclose(out["confidence"].values[0, far], 0.1 / 10, rtol=1e-5)  # p(0 atoms)
+    np.testing.assert_allclose(out["confidence"].values[0, far], 0.05, rtol=1e-5)  # p(0 atoms)
     assert (out["valid_reason"].values[0, far] == 1).all() and (out["valid"].values[0, far] == 1).all()
     inner = out.isel(x=slice(8, -8))  # away from the field edges, which are no lattice
     assert (inner["depth"].values[0, inside] == 3).all()  # the crystal keeps the network's reading
@@ -63,6 +65,11 @@ def test_vacuum_far_from_the_lattice_reads_depth_zero(half_crystal):
     raw = assess(image, pred, margin=None)
     assert (raw["depth"] == 3).all() and (raw["crystal"] == 1).all()
     assert np.isnan(out["disagreement"]).all()  # no rotated pass given
+    # a reading the network is sure of (p(0) = 0.01 < 0.03) is kept outside the lattice too
+    sure = assess(image, _prediction(_columns_everywhere(p0=0.01)))
+    assert (sure["depth"] == 3).all()
+    assert (assess(image, _prediction(_columns_everywhere(p0=0.01)), keep_confident=None)["depth"].values[0, far]
+            == 0).all()
 
 
 def test_other_lattice_is_not_valid():
@@ -88,7 +95,7 @@ def test_disagreement_of_the_rotated_pass_is_not_valid(half_crystal):
     out = assess(image, pred, rotated=other)
     quarter = out.isel(y=slice(M // 2 + 2, -4), x=slice(M // 2 + 2, -4))
     assert (quarter["valid_reason"] == 3).all() and (quarter["valid"] == 0).all()
-    assert float(quarter["disagreement"].min()) == pytest.approx(3 * 0.9 - 0.01 * 3, abs=0.05)
+    assert float(quarter["disagreement"].min()) == pytest.approx(3 * 0.9, abs=0.05)
     assert "model disagreement" in summary(out)
 
 
