@@ -30,7 +30,7 @@ def _delay_text(score, name: str, k: int, never: int) -> str:
     d = int(score[f"delay_{name}"][k])
     if d == never:
         return "never"
-    return str(d) if bool(score[f"seen_{name}"][k]) else f"({d}: read before)"
+    return str(d) if bool(score[f"seen_{name}"][k]) else f"({d}: not seen)"
 
 
 def _seen_summary(score, name: str, never: int) -> str:
@@ -103,18 +103,30 @@ def main(argv=None) -> int:
     for name in names:
         print(f"{name}: {float(score[name]):.3f}")
     lines = ["| true column | change frame | count | smoothed > 0.5 | smoothed > 0.9 | filtered > 0.5 | filtered > 0.9 "
-             "| step of expected count | frame sd | frames each side to see the step (2 sd) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| smoothed step (bias-blind) | step of expected count | frame sd | frames each side to see the step "
+             "(2 sd) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for k in range(score.sizes["change"]):
         row = [str(int(score.true_column[k])), str(int(score.change_frame[k])),
                f"{int(score.old_count[k])} -> {int(score.new_count[k])}"]
         row += [_delay_text(score, name, k, NEVER) for name in _DELAYS]
+        row += ["never" if int(score.step_delay[k]) == NEVER else str(int(score.step_delay[k]))]
         resolve = int(score.frames_to_resolve[k])
         row += [f"{float(score.step[k]):+.2f}", f"{float(score.frame_sd[k]):.2f}",
                 "never (wrong sign)" if resolve == NEVER else str(resolve)]
         print("change:", " | ".join(row))
         lines.append("| " + " | ".join(row) + " |")
+    false = ~np.isin(np.arange(tracked.sizes["column"]), score["match"].values)
+    if false.any():
+        truth_xy = np.column_stack([movie["column_y"].values, movie["column_x"].values])
+        found_xy = np.column_stack([tracked["reference_y"].values, tracked["reference_x"].values])[false]
+        gap = np.linalg.norm(found_xy[:, None] - truth_xy[None], axis=-1).min(axis=1)
+        print(f"{int(false.sum())} found columns match no true column: nearest true column "
+              f"{np.median(gap):.2f} A away (median), mean expected count "
+              f"{np.nanmean(tracked['expected_count'].values[:, false]):.2f}")
     seen = {name: _seen_summary(score, name, NEVER) for name in _DELAYS}
+    steps = [int(v) for v in score.step_delay.values if v != NEVER]
+    seen["step"] = f"{len(steps)} of {score.sizes['change']}" + (f", at {', '.join(map(str, steps))}" if steps else "")
     for name, text in seen.items():
         print(f"changes seen, {name.replace('_', ' > 0.')}: {text}")
 
@@ -125,7 +137,13 @@ def main(argv=None) -> int:
         tracked_expected_count=(("frame", "column"), tracked["expected_count"].values),
         tracked_count_std=(("frame", "column"), tracked["count_std"].values),
         tracked_count=(("frame", "column"), tracked["count"].values),
+        tracked_probability=tracked["probability"].transpose("frame", "column", "depth_class").astype(np.float32)
+        .drop_vars(list(tracked["probability"].coords)),
         smoothed_count=(("frame", "column"), smoothed["count"].values),
+        found_y=("column", tracked["reference_y"].values, {"units": "A"}),
+        found_x=("column", tracked["reference_x"].values, {"units": "A"}),
+        found_element=("column", tracked["element"].values.astype(str)),
+        found_matched=("column", np.isin(np.arange(tracked.sizes["column"]), score["match"].values).astype(np.uint8)),
         drift_true=(("frame", "axis"), movie["drift"].values),
         drift_measured=(("frame", "axis"), result["alignment"]["drift"].values),
     ).assign_attrs(dose=dose, dose_estimated=dose_estimated, seed=args.seed, frames=n, gpts=args.gpts,
@@ -146,13 +164,17 @@ def main(argv=None) -> int:
         f"the changing O columns: per frame {float(score.changing_frame_exact):.3f}, smoothed "
         f"{float(score.changing_smoothed_exact):.3f} (bias {float(score.changing_expected_bias):+.2f}).",
         "",
-        "One-atom changes *seen* (the posterior held the old count above the threshold before and then the new "
-        f"one): smoothed (offline) > 0.5: {seen['smoothed_50']}; > 0.9: {seen['smoothed_90']}; filtered "
-        f"(online, causal) > 0.5: {seen['filtered_50']}; > 0.9: {seen['filtered_90']} frames.",
+        "One-atom changes *seen* (the posterior held the old count above the threshold before, then switched to "
+        "the new one at the change or later, the smoothed one at most 2 frames early), with their delays in "
+        f"frames: smoothed (offline) > 0.5: {seen['smoothed_50']}; > 0.9: {seen['smoothed_90']}; filtered "
+        f"(online, causal) > 0.5: {seen['filtered_50']}; > 0.9: {seen['filtered_90']}. A one-atom step of the "
+        f"smoothed count within the column's segment, whatever its absolute count: {seen['step']} frames from "
+        "the change.",
         "",
         "Delays [frames] from the change until the posterior of the new count exceeds 0.5 / 0.9 "
-        "(`frames_to_detect_change`; smoothed delays are negative when the step comes early). \"(d: read "
-        "before)\": the column was never read at the old count before, so no change was seen. The step of the "
+        "(`frames_to_detect_change`; smoothed delays are negative when the step comes early). \"(d: not "
+        "seen)\": the posterior did not switch from the old count at the change (it was on the new count "
+        "before, or switched more than 2 frames early, or never held the old count). The step of the "
         "per-frame expected count across the change, its frame-to-frame spread and the frames needed on each "
         "side to see that step at 2 standard errors (`2 (2 sd / step)^2`):",
         "",

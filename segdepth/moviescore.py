@@ -11,6 +11,8 @@ correctly, the per-frame and smoothed count accuracy, and for every scheduled on
   (:func:`segdepth.tracking.frames_to_detect_change`, offline smoothed and online filtered), and whether
   that is a change *seen* (the same posterior held the old count above the threshold before) or a column
   that was read at the new count before the change happened;
+- the offset of the nearest one-atom step of the HMM-smoothed count (blind to a constant bias: a column
+  read one atom low throughout still shows its loss as a step);
 - the step of the per-frame expected count across the change, its frame-to-frame spread and the number of
   frames before and after it that a two-sample comparison needs to see that step at ``z`` standard errors.
 
@@ -111,19 +113,30 @@ def _changes(counts: np.ndarray) -> list[tuple[int, int, int]]:
 
 
 def _seen(post_old: np.ndarray, post_new: np.ndarray, change: int, delay: int | None, threshold: float,
-          previous: int) -> bool:
-    """Whether a detection at ``change + delay`` follows frames (after ``previous``) that held the old count.
+          previous: int, early: int) -> bool:
+    """Whether a detection at ``change + delay`` is a switch from the old count at (about) the change.
 
     The run of frames above ``threshold`` on the new count that holds the detection is traced back to its
-    start; the change is seen when the old count was above ``threshold`` at some frame from ``previous``
-    (the column's previous change, or 0) up to that start.
+    start. The change is seen when that start is at most ``early`` frames before ``change`` (a switch before
+    it is a false alarm that happened to persist) and the old count was above ``threshold`` at some frame
+    from ``previous`` (the column's previous change, or 0) up to the start.
     """
     if delay is None:
         return False
     start = change + delay
     while start > 0 and post_new[start - 1] > threshold:
         start -= 1
-    return bool(np.any(post_old[previous:start] > threshold))
+    return start >= change - early and bool(np.any(post_old[previous:start] > threshold))
+
+
+def _step_delay(count: np.ndarray, previous: int, change: int, following: int, step: int) -> int:
+    """Offset from ``change`` of the step by ``step`` in ``count`` nearest to it, within ``previous .. following``.
+
+    Blind to a constant bias: a column read one atom low throughout still shows its loss as a step.
+    """
+    t = np.arange(previous + 1, following)
+    t = t[np.diff(count)[previous:following - 1] == step]
+    return int(t[np.argmin(np.abs(t - change))] - change) if t.size else NEVER
 
 
 def _resolve(expected: np.ndarray, lo: int, change: int, hi: int, sign: int, z: float) -> tuple[float, float, int]:
@@ -145,7 +158,8 @@ def _resolve(expected: np.ndarray, lo: int, change: int, hi: int, sign: int, z: 
 
 
 def score_simulated_movie(movie: xr.Dataset, tracked: xr.Dataset, smoothed: xr.Dataset | None = None, *,
-                          match_radius: float = 0.7, p_change: float = 0.05, z: float = 2.0) -> xr.Dataset:
+                          match_radius: float = 0.7, p_change: float = 0.05, z: float = 2.0,
+                          early: int = 2) -> xr.Dataset:
     """Score tracked columns against the truth of a simulated movie.
 
     Parameters
@@ -165,6 +179,9 @@ def score_simulated_movie(movie: xr.Dataset, tracked: xr.Dataset, smoothed: xr.D
         Passed to the smoothing (when ``smoothed`` is not given) and to the detection delays.
     z : float
         Standard errors at which the step of the expected count counts as seen (``frames_to_resolve``).
+    early : int
+        Frames by which the smoothed (offline) posterior may switch before the change and still see it; the
+        filtered (online) posterior may not switch early at all.
 
     Returns
     -------
@@ -184,8 +201,12 @@ def score_simulated_movie(movie: xr.Dataset, tracked: xr.Dataset, smoothed: xr.D
         threshold 50 / 90: ``delay_<mode>_<threshold>`` [frames] (:func:`frames_to_detect_change`;
         :data:`NEVER` = -999: never detected; smoothed delays are negative when the step comes early) and
         ``seen_<mode>_<threshold>`` (the same posterior held the old count above the threshold before the
-        detection, between the column's previous change and the detection: a change observed, not a column
-        read at the new count all along); ``step`` (mean per-frame expected count after minus before, within
+        detection, between the column's previous change and the detection, and the switch to the new count
+        began at the change or later (smoothed: at most ``early`` frames before it): a change observed, not a
+        column read at the new count all along, nor a false alarm before the change);
+        ``step_delay`` (offset from the change of the nearest one-atom step in the right direction of the
+        HMM-smoothed count within the column's constant segments, blind to a constant bias; NEVER: none);
+        ``step`` (mean per-frame expected count after minus before, within
         the column's constant segments [atoms]), ``frame_sd`` (its pooled frame-to-frame spread) and
         ``frames_to_resolve`` (frames needed on each side to see that step at ``z`` standard errors,
         ``ceil(2 (z frame_sd / step)^2)``; NEVER when the step has the wrong sign).
@@ -255,10 +276,13 @@ def score_simulated_movie(movie: xr.Dataset, tracked: xr.Dataset, smoothed: xr.D
                     d = frames_to_detect_change(p, frame, new_count=new, threshold=threshold, mode=mode,
                                                 p_change=p_change)
                     delays.append(NEVER if d is None else int(d))
-                    seen.append(_seen(post[mode][:, old], post[mode][:, new], frame, d, threshold, previous))
+                    seen.append(_seen(post[mode][:, old], post[mode][:, new], frame, d, threshold, previous,
+                                      early if mode == "smoothed" else 0))
             step, sd, frames = _resolve(expected[:, match[j]], previous, frame, following, np.sign(new - old), z)
-            rows.append(((int(j), int(match[j]), frame, old, new, *delays, frames), (*seen,), (step, sd)))
-    ints = np.asarray([r[0] for r in rows], dtype=int).reshape(-1, 10)
+            shift = _step_delay(smoothed["count"].transpose("frame", "column").values[:, match[j]].astype(int),
+                                previous, frame, following, new - old)
+            rows.append(((int(j), int(match[j]), frame, old, new, *delays, frames, shift), (*seen,), (step, sd)))
+    ints = np.asarray([r[0] for r in rows], dtype=int).reshape(-1, 11)
     flags = np.asarray([r[1] for r in rows], dtype=bool).reshape(-1, 4)
     floats = np.asarray([r[2] for r in rows], dtype=float).reshape(-1, 2)
 
@@ -284,6 +308,7 @@ def score_simulated_movie(movie: xr.Dataset, tracked: xr.Dataset, smoothed: xr.D
         step=("change", floats[:, 0], {"units": "atoms", "long_name": "expected count after minus before"}),
         frame_sd=("change", floats[:, 1], {"units": "atoms", "long_name": "frame-to-frame spread of expected count"}),
         frames_to_resolve=("change", ints[:, 9], dict(never, long_name=f"frames each side to see step at {z:g} sd")),
+        step_delay=("change", ints[:, 10], dict(never, long_name="offset of the nearest smoothed one-atom step")),
     )
     bias = expected[:, cols] - t
     return xr.Dataset(
@@ -306,5 +331,5 @@ def score_simulated_movie(movie: xr.Dataset, tracked: xr.Dataset, smoothed: xr.D
             "match": ("true_col", match, {"long_name": "found column of each true column (-1: none)"}),
             **change_vars,
         },
-        attrs={"match_radius": match_radius, "p_change": p_change, "z": z},
+        attrs={"match_radius": match_radius, "p_change": p_change, "z": z, "early": early},
     )

@@ -66,7 +66,7 @@ def test_a_perfect_tracking_scores_one_and_sees_the_change_at_once(truth):
     assert all(bool(score[f"seen_{m}_{t}"][0]) for m in ("smoothed", "filtered") for t in (50, 90))
     # expected counts 0.9 * k + 0.01 * (sum of the others): a step of -0.89 atoms without frame-to-frame spread
     assert float(score.step[0]) == pytest.approx(-0.89) and float(score.frame_sd[0]) == pytest.approx(0, abs=1e-9)
-    assert int(score.frames_to_resolve[0]) == 1
+    assert int(score.frames_to_resolve[0]) == 1 and int(score.step_delay[0]) == 0
 
 
 def test_a_biased_tracking_never_sees_the_new_count(truth):
@@ -79,7 +79,7 @@ def test_a_biased_tracking_never_sees_the_new_count(truth):
     assert float(score.expected_bias) == pytest.approx(np.mean(expected - truth["column_count"].values))
     assert int(score.delay_filtered_50[0]) == NEVER and int(score.delay_smoothed_90[0]) == NEVER
     assert not score.seen_filtered_50[0] and not score.seen_smoothed_50[0]
-    assert int(score.frames_to_resolve[0]) == 1  # the step itself is there, one atom too high
+    assert int(score.frames_to_resolve[0]) == 1 and int(score.step_delay[0]) == 0  # the step is there, too high
 
 
 def test_a_column_read_low_all_along_is_not_a_change_seen(truth):
@@ -91,8 +91,24 @@ def test_a_column_read_low_all_along_is_not_a_change_seen(truth):
     for mode in ("smoothed", "filtered"):
         for t in (50, 90):
             assert not score[f"seen_{mode}_{t}"][0], (mode, t)
-    assert int(score.frames_to_resolve[0]) == NEVER  # no step at all
+    assert int(score.frames_to_resolve[0]) == NEVER and int(score.step_delay[0]) == NEVER  # no step at all
     assert float(score.changing_frame_exact) == 0.5
+
+
+def test_a_switch_before_the_change_is_a_false_alarm(truth):
+    """Read at the new count from frame 3 on (the change is at 6): early, not seen, whatever the threshold."""
+    read = truth["column_count"].values.copy()
+    read[3:, 1] = 2
+    score = score_simulated_movie(truth, _tracked(truth, read))
+    assert int(score.delay_filtered_50[0]) == 0 and int(score.delay_smoothed_50[0]) == -3
+    assert not score.seen_filtered_50[0] and not score.seen_smoothed_50[0]
+    assert int(score.step_delay[0]) == -3
+    # one frame early: the smoothed posterior may do that (early=2), the online one may not
+    read[3:6, 1] = 3
+    read[5, 1] = 2
+    score = score_simulated_movie(truth, _tracked(truth, read))
+    assert bool(score.seen_smoothed_50[0]) and not score.seen_filtered_50[0]
+    assert not score_simulated_movie(truth, _tracked(truth, read), early=0).seen_smoothed_50[0]
 
 
 def test_a_noisy_step_needs_more_frames_to_resolve(truth):
