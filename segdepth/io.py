@@ -668,7 +668,7 @@ def write_netcdf_atomic(ds: xr.Dataset, path) -> Path:
         raise FileNotFoundError(f"{directory}: output directory does not exist")
     if path.is_dir():
         raise ValueError(f"{path}: is a directory, expected an output file name")
-    from .store import atomic_write  # imports xarray: kept out of the command line's start-up
+    from .store import write_netcdf_atomic as write  # imports xarray: kept out of the command line's start-up
 
-    atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4"), make_parents=False)
+    write(ds, path, compress=False, make_parents=False)
     return path

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 
 __all__ = ["run_notebook", "main"]
@@ -41,19 +39,15 @@ def run_notebook(source, output=None, parameters: dict | None = None, *, cwd=Non
         raise FileNotFoundError(f"notebook {source} does not exist")
     nb = jupytext.read(source)
     output = Path(output) if output else REPO / "notebooks" / "executed" / (source.stem + ".ipynb")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".ipynb", dir=output.parent)
-    os.close(fd)
-    try:
+    from .store import atomic_write
+
+    def execute(tmp):
         papermill.execute_notebook(
             nb, tmp, parameters=parameters or {}, cwd=str(cwd or REPO), kernel_name=kernel_name, progress_bar=False,
             language="python",
         )
-        os.replace(tmp, output)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return output
+
+    return atomic_write(output, execute, suffix=".ipynb")
 
 
 def main(argv=None) -> int:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,18 +10,11 @@ __all__ = ["save_figure", "depth_cmap", "plot_samples"]
 
 
 def save_figure(fig, path, *, dpi: int = 150) -> Path:
-    """Save ``fig`` atomically (temporary file + rename)."""
+    """Save ``fig`` atomically (:func:`segdepth.store.atomic_write`: temporary file + rename)."""
+    from .store import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight"), suffix=path.suffix)
 
 
 def depth_cmap():

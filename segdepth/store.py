@@ -16,7 +16,6 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import xarray as xr
 
 from . import __version__
@@ -101,14 +100,15 @@ def atomic_write(path, write, *, suffix: str = ".tmp", make_parents: bool = True
     return path
 
 
-def write_netcdf_atomic(ds: xr.Dataset, path, *, compress: bool = True) -> Path:
-    """Write ``ds`` to ``path`` (netCDF4) via a temporary file and a rename."""
+def write_netcdf_atomic(ds: xr.Dataset, path, *, compress: bool = True, make_parents: bool = True) -> Path:
+    """Write ``ds`` to ``path`` (netCDF4) via a temporary file and a rename (:func:`atomic_write`)."""
     encoding = {}
     if compress:
         for name, var in ds.data_vars.items():
             if var.dtype.kind in "fiub":
                 encoding[name] = {"zlib": True, "complevel": 1}
-    return atomic_write(Path(path), lambda tmp: ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding))
+    return atomic_write(Path(path), lambda tmp: ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding),
+                        make_parents=make_parents)
 
 
 def write_json_atomic(obj, path) -> Path:
@@ -204,6 +204,3 @@ def open_dataset(directory, *, load: bool = False) -> xr.Dataset:
     ds.attrs["n_shards"] = len(paths)
     return ds
 
-
-def as_str_coord(values) -> np.ndarray:
-    return np.asarray([str(v) for v in values], dtype=object)
