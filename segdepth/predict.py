@@ -40,7 +40,7 @@ import numpy as np
 import scipy.sparse
 import xarray as xr
 
-from .io import check_pixel_size, check_positive
+from .io import LENGTH_UNITS, check_pixel_size, check_positive
 from .preprocess import normalise
 
 __all__ = [
@@ -66,7 +66,6 @@ _MAX_PIXELS = 2**28  # largest resampled frame we accept (16384 x 16384)
 #: Smallest field [A] along each axis that :func:`predict` accepts: about two CeO2 [110] column spacings
 #: (1.35 A along [001]); a smaller image cannot hold a column with its surroundings.
 MIN_FIELD = 3.0
-_UNITS_TO_A = {"a": 1.0, "å": 1.0, "angstrom": 1.0, "nm": 10.0, "pm": 0.01}
 
 
 def load_default_model(*, reference: bool = False):
@@ -185,9 +184,9 @@ def _model_pixel_size(card: dict) -> float:
     if value is None:
         raise ValueError("the model card gives no pixel size ('sampling' [A]); cannot resample the input")
     units = str(_card_value(card, "sampling_units", "pixel_size_units", default="A")).strip().lower()
-    if units not in _UNITS_TO_A:
+    if units not in LENGTH_UNITS:
         raise ValueError(f"the model card's pixel size has unknown units {units!r}")
-    return check_pixel_size(value, name="model pixel size") * _UNITS_TO_A[units]
+    return check_pixel_size(value, name="model pixel size") * LENGTH_UNITS[units]
 
 
 def _image_pixel_size(image: xr.DataArray) -> float:
