@@ -75,8 +75,9 @@ from segdepth.plotting import depth_cmap, save_figure
 from segdepth.predict import load_default_model, resample
 from segdepth.preprocess import normalise
 from segdepth.store import provenance_attrs, write_netcdf_atomic
-from segdepth.tracking import align_frames, find_columns, mean_estimate, shift_frames, smooth_counts, track_columns
-from segdepth.validity import REASONS, predict_checked, summary, validity_fractions
+from segdepth.moviescore import run_movie_path
+from segdepth.tracking import shift_frames
+from segdepth.validity import REASONS, summary, validity_fractions
 
 torch.set_num_threads(threads)
 start = time.perf_counter()
@@ -107,21 +108,15 @@ if model:
     net, card = load_model(model)
 else:
     net, card = load_default_model()
-check = {"tta": tta, "lattice_average": lattice_average}
-with np.errstate(all="ignore"):
-    single = predict_checked(movie, net, card, lam=dose, return_probabilities=True, **check)
+# the whole path in one call (the one the simulated movie is scored with): validity-checked single frames, drift,
+# aligned running averages, columns in the valid CeO2 region, tracking and hidden-Markov smoothing
+path = run_movie_path(movie, net, card, lam=dose, average=average, lattice_average=lattice_average, tta=tta)
+single, alignment = path["prediction"], path["alignment"]
+avg = path["average_prediction"] if path["average_prediction"] is not None else single
 print("single frames:", summary(single))
-alignment = align_frames(movie, on_failure="warn") if n_frames > 1 else None  # unaligned frames: warned, flagged
-if alignment is not None:
+if alignment is not None:  # frames that could not be aligned are warned about and flagged
     print(f"drift: {int(alignment.attrs['n_aligned'])} of {n_frames} frames aligned, largest "
           f"{float(np.abs(alignment.drift).max()):.2f} A")
-    aligned_movie = shift_frames(movie, alignment)
-else:
-    aligned_movie = movie
-running = np.stack([aligned_movie.values[max(0, f - average + 1) : f + 1].mean(axis=0) for f in range(n_frames)])
-with np.errstate(all="ignore"):
-    avg = predict_checked(aligned_movie.copy(data=running.astype(np.float32)), net, card, lam=dose * average,
-                          **check)
 print(f"running averages of {average} aligned frames:", summary(avg))
 print(f"predicted {n_frames} frames (single and averaged) in {time.perf_counter() - start:.0f} s")
 
@@ -178,11 +173,7 @@ print("validity of the single frames:", {k_: round(v, 3) for k_, v in fractions.
 # per-frame count distributions smoothed in time.
 
 # %%
-estimate = mean_estimate(single, alignment)
-ceo2_region = ((avg["valid_reason"].values == 0).mean(0) >= 0.5)
-columns = find_columns(estimate, mask=ceo2_region)
-tracked = track_columns(single, alignment, columns)
-hmm = smooth_counts(tracked["probability"].fillna(1.0 / tracked.sizes["depth_class"]))
+columns, tracked, hmm = path["columns"], path["tracked"], path["smoothed"]
 valid_at = []
 for f in range(n_frames):
     v = single["valid"].isel(frame=f).astype(np.float32)
