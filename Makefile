@@ -9,7 +9,8 @@ TORCH := torch==2.13.0
 RUN_NB := $(PY) -m segdepth.notebook
 
 .PHONY: all venv test test-fast reproduce data train train-fast evaluate evaluate-fast reproduce-evaluate lint sync benchmark clean \
-	study study-train study-denoise study-noise quickstart real-data data-robust robust-test shift-test train-robust evaluate-robust ablation
+	study study-train study-denoise study-noise quickstart real-data data-robust robust-test shift-test train-robust evaluate-robust ablation \
+	data-robust-phonons train-robust-phonons
 
 all: reproduce
 
@@ -90,6 +91,25 @@ train-robust: $(STAMP)
 		-p model_out data/models/segdepth_robust_base8_bin4.safetensors \
 		-p history_out data/results/training_history_robust_base8_bin4.nc \
 		-p figure figures/training_history_robust_base8_bin4.png
+
+# Issue 11, next step: the robust distribution with thermal vibrations (preset robust_phonons: 3 structures
+# in 4 with 2 frozen-phonon configurations), 240 fresh structures (seed 1) x 4 images, and a fine-tune of the
+# robust model on it (same recipe, lower learning rate).
+PHONON_MINUTES ?= 55
+data-robust-phonons: $(STAMP)
+	$(RUN_NB) notebooks/01_data_generation.py -o notebooks/executed/01_robust_phonons_train.ipynb \
+		-p preset robust_phonons -p n_structures 240 -p n_defocus 4 -p vacancy_max 0.2 -p seed 1 \
+		-p output data/simulated/robust_phonons_train -p figure figures/fig3_robust_phonons_samples.png
+
+train-robust-phonons: $(STAMP)
+	$(RUN_NB) notebooks/02_training.py -o notebooks/executed/02_training_robust_phonons.ipynb \
+		-p data data/simulated/robust_phonons_train -p input_binning 4 -p base_channels 8 -p crop 512 \
+		-p lam_range '[0.2,32]' -p steps_per_epoch 150 -p epochs 200 -p max_minutes $(PHONON_MINUTES) -p lr 3e-4 -p patience 12 \
+		-p init_model data/models/segdepth_robust_base8_bin4.safetensors \
+		-p checkpoint_dir data/checkpoints/robust_phonons_base8_bin4 \
+		-p model_out data/models/segdepth_robust_phonons_base8_bin4.safetensors \
+		-p history_out data/results/training_history_robust_phonons_base8_bin4.nc \
+		-p figure figures/training_history_robust_phonons_base8_bin4.png
 
 evaluate-robust: $(STAMP)
 	$(RUN_NB) notebooks/03_evaluation.py -o notebooks/executed/03_evaluation_robust.ipynb \

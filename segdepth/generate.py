@@ -82,6 +82,10 @@ class GenerationParameters:
         mistilt (recorded per sample). ``overfocus_range`` is then unused.
     phonons : int
         Frozen-phonon configurations per exit wave (0: static atoms).
+    phonon_probability : float
+        Fraction of structures simulated with ``phonons`` configurations (the
+        rest static), drawn per structure from ``[seed, i, 3]`` and recorded per
+        sample as ``phonons``.
     wedge_range, surface_vacancy_max, surface_short_max, adatoms_max
         Particle variety (:func:`segdepth.structures.random_particle_spec`).
     """
@@ -104,6 +108,7 @@ class GenerationParameters:
     labels: LabelSettings = field(default_factory=LabelSettings)
     optics: OpticsRanges | None = None
     phonons: int = 0
+    phonon_probability: float = 1.0
     wedge_range: tuple[float, float] = (0.0, 8.0)
     surface_vacancy_max: float = 0.0
     surface_short_max: float = 0.0
@@ -121,6 +126,8 @@ class GenerationParameters:
                 raise ValueError(f"unknown surface type {s!r}; expected one of {OUTLINES}")
         if isinstance(self.phonons, bool) or not isinstance(self.phonons, (int, np.integer)) or self.phonons < 0:
             raise ValueError(f"phonons must be a non-negative integer, got {self.phonons!r}")
+        if not 0 <= self.phonon_probability <= 1:
+            raise ValueError(f"phonon_probability must be within 0-1, got {self.phonon_probability!r}")
         a, b = self.overfocus_range
         if not (0 < a <= b):
             raise ValueError(f"overfocus_range must be positive [A] with lo <= hi, got {self.overfocus_range}")
@@ -167,7 +174,7 @@ class GenerationParameters:
         d["microscope"] = self.microscope.to_dict()
         d["wedge_range"] = list(self.wedge_range)
         d["optics"] = None if self.optics is None else self.optics.to_dict()
-        for k in ("optics", "phonons", "wedge_range", "surface_vacancy_max", "surface_short_max", "adatoms_max"):
+        for k in _NEW_FIELD_DEFAULTS:
             if d[k] == _NEW_FIELD_DEFAULTS[k]:
                 del d[k]  # keep the parameters (and so the directory check) of datasets made before these existed
         return d
@@ -190,8 +197,8 @@ class GenerationParameters:
 
 #: Fields added with randomised optics (issue 11): left out of ``to_dict`` at these values.
 _NEW_FIELD_DEFAULTS = {
-    "optics": None, "phonons": 0, "wedge_range": [0.0, 8.0], "surface_vacancy_max": 0.0, "surface_short_max": 0.0,
-    "adatoms_max": 0,
+    "optics": None, "phonons": 0, "phonon_probability": 1.0, "wedge_range": [0.0, 8.0], "surface_vacancy_max": 0.0,
+    "surface_short_max": 0.0, "adatoms_max": 0,
 }
 
 #: Named presets. ``paper``: the paper's 2048 -> 1024 px at 5.3 pm, tuned for throughput
@@ -219,6 +226,10 @@ _VARIETY = dict(
 PRESETS["robust"] = GenerationParameters(
     gpts=1536, n_defocus=4, surfaces=TRAIN_OUTLINES, optics=OPTICS["train"], **_VARIETY,
 )
+#: ``robust_phonons``: the robust distribution with thermal vibrations (issue 11's ablation: frozen
+#: phonons cost the robust model 14-22 points): three structures in four get 2 frozen-phonon
+#: configurations (rms :data:`segdepth.simulation.PHONON_SIGMAS`), one in four stays static.
+PRESETS["robust_phonons"] = PRESETS["robust"].with_(phonons=2, phonon_probability=0.75)
 PRESETS["shift"] = GenerationParameters(
     gpts=1536, n_defocus=2, surfaces=(HELD_OUT_OUTLINE, "faceted", "multi"), optics=OPTICS["shift"], seed=911,
     structures_per_shard=2, **_VARIETY,
@@ -252,10 +263,13 @@ def make_structure_samples(params: GenerationParameters, index: int) -> xr.Datas
         draws = sorted((params.optics.draw(optics_rng, params.microscope) for _ in range(params.n_defocus)),
                        key=lambda d: d[0])
         overfocus = np.array([d[0] for d in draws])
+    phonons = params.phonons
+    if phonons and params.phonon_probability < 1:
+        phonons = phonons if np.random.default_rng([params.seed, index, 3]).random() < params.phonon_probability else 0
     wave = simulate_exit_wave(
         tilt_structure(structure, mistilt), gpts=params.gpts, sampling=params.sampling,
         energy=params.microscope.energy, slice_thickness=params.slice_thickness,
-        phonons=params.phonons, phonon_seed=int(np.random.default_rng([params.seed, index, 2]).integers(2**31)),
+        phonons=phonons, phonon_seed=int(np.random.default_rng([params.seed, index, 2]).integers(2**31)),
     )
     if params.optics is None:
         images = image_exit_wave(wave, overfocus, microscope=params.microscope, binning=params.binning)
@@ -293,6 +307,8 @@ def make_structure_samples(params: GenerationParameters, index: int) -> xr.Datas
                       {"units": "atoms", "long_name": "bulk thickness"}),
         "mean_thickness": ("sample", np.full(k, float(structure.column_count.mean()), np.float32), {"units": "atoms"}),
         "vacancy_rate": ("sample", np.full(k, spec.vacancy_rate, np.float32)),
+        **({"phonons": ("sample", np.full(k, phonons, np.int16),
+                        {"long_name": "frozen-phonon configurations (0: static atoms)"})} if params.phonons else {}),
         **optics_coords,
     }
     ds = xr.Dataset(
