@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.segdepth-installed
 TORCH := torch==2.13.0
-RUN_NB := $(PY) -m segdepth.notebook
+RUN_NB := $(PY) -m segdepth.apps.notebook
 
 .PHONY: all venv test test-fast reproduce data train train-fast evaluate evaluate-fast reproduce-evaluate lint sync benchmark clean \
 	study study-train study-denoise study-noise quickstart real-data data-robust robust-test shift-test train-robust evaluate-robust ablation \
@@ -56,7 +56,7 @@ train-fast: $(STAMP)
 	$(RUN_NB) notebooks/02_training.py -o notebooks/executed/02_training_fast_base$(FAST_BASE).ipynb \
 		-p input_binning 4 -p base_channels $(FAST_BASE) -p epochs $(FAST_EPOCHS) -p max_minutes $(FAST_MINUTES) \
 		-p checkpoint_dir data/checkpoints/fast_base$(FAST_BASE)_bin4_lam2.5 \
-		-p model_out data/models/segdepth_fast_base$(FAST_BASE)_bin4_lam2.5.safetensors \
+		-p model_out segdepth/models/segdepth_fast_base$(FAST_BASE)_bin4_lam2.5.safetensors \
 		-p history_out data/results/training_history_fast_base$(FAST_BASE)_bin4_lam2.5.nc \
 		-p figure figures/training_history_fast_base$(FAST_BASE)_bin4_lam2.5.png
 
@@ -86,9 +86,9 @@ train-robust: $(STAMP)
 	$(RUN_NB) notebooks/02_training.py -o notebooks/executed/02_training_robust.ipynb \
 		-p data data/simulated/robust_train -p input_binning 4 -p base_channels 8 -p crop 512 \
 		-p lam_range '[0.2,32]' -p steps_per_epoch 150 -p epochs $(ROBUST_EPOCHS) -p max_minutes $(ROBUST_MINUTES) -p lr 5e-4 -p patience 12 \
-		-p init_model data/models/segdepth_fast_base8_bin4_lam2.5.safetensors \
+		-p init_model segdepth/models/segdepth_fast_base8_bin4_lam2.5.safetensors \
 		-p checkpoint_dir data/checkpoints/robust_base8_bin4 \
-		-p model_out data/models/segdepth_robust_base8_bin4.safetensors \
+		-p model_out segdepth/models/segdepth_robust_base8_bin4.safetensors \
 		-p history_out data/results/training_history_robust_base8_bin4.nc \
 		-p figure figures/training_history_robust_base8_bin4.png
 
@@ -105,16 +105,16 @@ train-robust-phonons: $(STAMP)
 	$(RUN_NB) notebooks/02_training.py -o notebooks/executed/02_training_robust_phonons.ipynb \
 		-p data data/simulated/robust_phonons_train -p input_binning 4 -p base_channels 8 -p crop 512 \
 		-p lam_range '[0.2,32]' -p steps_per_epoch 150 -p epochs 200 -p max_minutes $(PHONON_MINUTES) -p lr 3e-4 -p patience 12 \
-		-p init_model data/models/segdepth_robust_base8_bin4.safetensors \
+		-p init_model segdepth/models/segdepth_robust_base8_bin4.safetensors \
 		-p checkpoint_dir data/checkpoints/robust_phonons_base8_bin4 \
-		-p model_out data/models/segdepth_robust_phonons_base8_bin4.safetensors \
+		-p model_out segdepth/models/segdepth_robust_phonons_base8_bin4.safetensors \
 		-p history_out data/results/training_history_robust_phonons_base8_bin4.nc \
 		-p figure figures/training_history_robust_phonons_base8_bin4.png
 
 evaluate-robust: $(STAMP)
 	$(RUN_NB) notebooks/03_evaluation.py -o notebooks/executed/03_evaluation_robust.ipynb \
 		-p data data/simulated/robust_test \
-		-p models '["data/models/segdepth_robust_base8_bin4.safetensors","data/models/segdepth_fast_base8_bin4_lam2.5.safetensors"]' \
+		-p models '["segdepth/models/segdepth_robust_base8_bin4.safetensors","segdepth/models/segdepth_fast_base8_bin4_lam2.5.safetensors"]' \
 		-p results data/results/evaluation_robust.nc -p examples data/results/evaluation_examples_robust.nc \
 		-p table data/results/table1_robust.md -p figure_prefix figures/robust/ \
 		-p shift_data '["data/simulated/shift_test"]' -p dose_lams '[0.25,0.5,1,2.5,5,10,25,50]' \
@@ -130,7 +130,7 @@ evaluate: $(STAMP)
 # Step 03 for the fast model (issue 6): Table I row, Figs. 1, 6-8 under figures/fast/.
 evaluate-fast: $(STAMP)
 	$(RUN_NB) notebooks/03_evaluation.py -o notebooks/executed/03_evaluation_fast.ipynb \
-		-p models '["data/models/segdepth_fast_base$(FAST_BASE)_bin4_lam2.5.safetensors"]' \
+		-p models '["segdepth/models/segdepth_fast_base$(FAST_BASE)_bin4_lam2.5.safetensors"]' \
 		-p results data/results/evaluation_fast_lam2.5.nc -p examples data/results/evaluation_examples_fast_lam2.5.nc \
 		-p table data/results/table1_fast_lam2.5.md -p figure_prefix figures/fast/
 
@@ -152,7 +152,7 @@ real-data: $(STAMP)
 	$(RUN_NB) notebooks/06_real_data.py
 
 # Issue 4 studies at the reduced (CPU) size; paper size: see README "Studies". Each step resumes.
-BATCH := $(PY) -m segdepth.batch
+BATCH := $(PY) -m segdepth.apps.batch
 STUDY_TRAIN := -p epochs 10 -p max_minutes 0 -p num_threads 1 --result-param history_out --workers 2 \
 	-p checkpoint_dir 'data/checkpoints/study/base{base_channels}_lam{lam}' \
 	-p model_out 'data/models/study/base{base_channels}_lam{lam}.safetensors' \

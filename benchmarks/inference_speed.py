@@ -14,7 +14,7 @@ Variants, each adding to the one above it:
 - the paper-layout model (``--reference``, the base-16 UNet of issue 3) in plain eager PyTorch,
   float32, its median filter sorting unfolded windows (the baseline, as shipped before issue 6);
 - ``network median``: the same model with the pruned sorting-network median (identical output);
-- ``folded BN + channels-last``: :func:`segdepth.model.optimise_for_inference`;
+- ``folded BN + channels-last``: :func:`segdepth.learn.model.optimise_for_inference`;
 - ``torch.compile`` (inductor) of that;
 - a model trained on input binned 4x to the label grid (``--fast``; ``TrainConfig.input_binning``):
   16x fewer operations; eager, then folded BN in the layout ``segdepth predict`` chooses
@@ -22,7 +22,7 @@ Variants, each adding to the one above it:
   per forward pass (``predict`` batches frames that way when ``batch_size`` exceeds the tiles per
   frame; the CLI's default is 4).
 
-The last line times ``segdepth.predict.predict`` end to end with its defaults (default model,
+The last line times ``segdepth.learn.inference.predict`` end to end with its defaults (default model,
 resampling, normalisation, softmax) on a 1024 x 1024 frame. A markdown table goes to ``--out``.
 """
 
@@ -51,7 +51,7 @@ def _timed(fn, repeats: int) -> float:
 
 def _sorting_median(model):
     """A copy of ``model`` whose median filters sort unfolded windows (the pre-issue-6 code path)."""
-    from segdepth.model import MedianFilter2d
+    from segdepth.learn.model import MedianFilter2d
 
     old = copy.deepcopy(model)
     for module in old.modules():
@@ -62,7 +62,7 @@ def _sorting_median(model):
 
 def _runner(net, *, binning: int, channels_last: bool, bf16: bool = False):
     """forward(x) -> float32 logits for normalised frames x (B, 1, H, W) at the dataset's pixel size."""
-    from segdepth.preprocess import bin_image
+    from segdepth.data.preprocess import bin_image
 
     layout = torch.channels_last if channels_last else torch.contiguous_format
 
@@ -75,7 +75,7 @@ def _runner(net, *, binning: int, channels_last: bool, bf16: bool = False):
 
 def variants(reference, fast_models, *, compile_: bool, baseline_only: bool = False):
     """[(name, forward, batch)]: ``forward(x)`` takes a (batch, 1, H, W) frame stack."""
-    from segdepth.model import optimise_for_inference
+    from segdepth.learn.model import optimise_for_inference
 
     fused = optimise_for_inference(reference)
     out = [
@@ -112,9 +112,9 @@ def variants(reference, fast_models, *, compile_: bool, baseline_only: bool = Fa
 
 def column_scores(fn, ds, indices, *, lam: float, seed: int):
     """Per-column exact count accuracy and the depth maps of ``fn`` on test samples (paired noise)."""
-    from segdepth import metrics
-    from segdepth.noise import poisson_noise
-    from segdepth.preprocess import normalise
+    from segdepth.data.preprocess import normalise
+    from segdepth.learn import metrics
+    from segdepth.physics.noise import poisson_noise
 
     preds, pred_counts, true_counts, Z = [], [], [], []
     for i in indices:
@@ -131,13 +131,13 @@ def column_scores(fn, ds, indices, *, lam: float, seed: int):
 
 
 def end_to_end(frames, pixel, repeats, base_seconds):
-    """``segdepth.predict.predict`` with its defaults (resampling, normalisation, softmax, depth and
+    """``segdepth.learn.inference.predict`` with its defaults (resampling, normalisation, softmax, depth and
     confidence), the default model optimised once as for a movie: one frame per call, and an
     8-frame movie in one call."""
     import xarray as xr
 
-    from segdepth.model import optimise_for_inference
-    from segdepth.predict import DEFAULT_MODEL, load_default_model, predict
+    from segdepth.learn.inference import DEFAULT_MODEL, load_default_model, predict
+    from segdepth.learn.model import optimise_for_inference
 
     model, card = load_default_model()
     net = optimise_for_inference(model)
@@ -145,7 +145,7 @@ def end_to_end(frames, pixel, repeats, base_seconds):
     rows = []
     for name, image, n in (("one frame per call", movie[0], 1), ("8-frame movie per call", movie, 8)):
         seconds = _timed(lambda image=image: predict(image, net, card), repeats) / n
-        rows.append((f"segdepth.predict end to end, {name} ({DEFAULT_MODEL.name})", seconds, float("nan"),
+        rows.append((f"segdepth.learn.inference end to end, {name} ({DEFAULT_MODEL.name})", seconds, float("nan"),
                      float("nan")))
         ratio = "" if base_seconds is None else f" {base_seconds / seconds:6.2f}x"
         print(f"{rows[-1][0]:52s} {seconds:7.3f} s/frame {1 / seconds:6.2f} fps{ratio}", flush=True)
@@ -157,24 +157,24 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--size", type=int, default=1024, help="frame edge [pixels of 5.3 pm]")
-    ap.add_argument("--reference", default="data/models/segdepth_base16_lam2.5.safetensors",
+    ap.add_argument("--reference", default="segdepth/models/segdepth_base16_lam2.5.safetensors",
                     help="the paper-layout model (the baseline)")
-    ap.add_argument("--fast", nargs="*", default=["data/models/segdepth_robust_base8_bin4.safetensors",
-                                                  "data/models/segdepth_fast_base8_bin4_lam2.5.safetensors"],
+    ap.add_argument("--fast", nargs="*", default=["segdepth/models/segdepth_robust_base8_bin4.safetensors",
+                                                  "segdepth/models/segdepth_fast_base8_bin4_lam2.5.safetensors"],
                     help="binned-input models (missing files are skipped)")
     ap.add_argument("--data", default="data/simulated/cpu_train", help="dataset with the models' test split")
     ap.add_argument("--n-test", type=int, default=40, help="test images for the accuracy check (0: skip)")
     ap.add_argument("--lam", type=float, default=2.5, help="test dose [e/pixel at 5.3 pm]")
     ap.add_argument("--seed", type=int, default=1, help="seed of the test noise")
     ap.add_argument("--no-compile", action="store_true", help="leave out the torch.compile variants")
-    ap.add_argument("--end-to-end-only", action="store_true", help="time only segdepth.predict end to end")
+    ap.add_argument("--end-to-end-only", action="store_true", help="time only segdepth.learn.inference end to end")
     ap.add_argument("--baseline-only", action="store_true",
                     help="of the paper model, time only the baseline (the other variants take ~10 min)")
     ap.add_argument("--out", default="data/results/inference_speed.md", help="markdown table ('' for none)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from segdepth.modelio import load_model
+    from segdepth.learn.modelio import load_model
     reference, ref_card = load_model(args.reference)
     reference.eval()
     fast = {}
@@ -193,7 +193,7 @@ def main(argv=None) -> int:
 
     ds, idx = None, []
     if args.n_test and Path(args.data).exists():
-        from segdepth.store import open_dataset
+        from segdepth.data.store import open_dataset
 
         ds = open_dataset(args.data, load=True)
         test = ref_card.get("split", {}).get("test_structures", [])
@@ -222,7 +222,7 @@ def main(argv=None) -> int:
     rows += end_to_end(frames * args.lam, pixel, args.repeats, base[0])
 
     if args.out:
-        from segdepth.store import atomic_write
+        from segdepth.data.store import atomic_write
 
         lines = [
             f"Inference on {args.size} x {args.size} frames at {pixel * 100:.2f} pm, {args.threads} threads "

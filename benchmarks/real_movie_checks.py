@@ -36,7 +36,7 @@ def check(model: str, band: float, validity: bool = True) -> dict:
     vac = (ds.depth.where(top, drop=True) == 0).mean(("y", "x"))
     result = {"summary": ""}
     if "valid" in ds:
-        from segdepth.validity import summary
+        from segdepth.learn.validity import summary
 
         result["summary"] = summary(ds)
     return result | {
@@ -48,8 +48,8 @@ def check(model: str, band: float, validity: bool = True) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--model", nargs="+", default=["data/models/segdepth_robust_base8_bin4.safetensors",
-                                                   "data/models/segdepth_fast_base8_bin4_lam2.5.safetensors"])
+    ap.add_argument("--model", nargs="+", default=["segdepth/models/segdepth_robust_base8_bin4.safetensors",
+                                                   "segdepth/models/segdepth_fast_base8_bin4_lam2.5.safetensors"])
     ap.add_argument("--band", type=float, default=5.0, help="height of the vacuum band [A]")
     ap.add_argument("--no-check", action="store_true", help="the network's raw output (segdepth predict --no-check)")
     args = ap.parse_args(argv)

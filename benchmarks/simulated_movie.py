@@ -5,10 +5,10 @@ One CeO2 [110] particle (``stepped`` outline, 4-8 atoms thick, 40.7 A field) los
 surface O columns under the beam: column A at frame F/3, column B at 2F/3, column C at both. The frames are
 imaged with the nominal lens at 5 nm overfocus, drift 0.15 / 0.1 A per frame with 0.1 A jitter, resampled
 to the real movie's 0.2006 A pixels and given Poisson noise at its dose (4.1 electrons per pixel by
-default, what notebook 06 estimates for the real movie; ``segdepth.simmovie``). Then exactly the real
-movie's path (``segdepth.moviescore.run_movie_path``: validity-checked prediction of every frame with the
+default, what notebook 06 estimates for the real movie; ``segdepth.physics.simmovie``). Then exactly the real
+movie's path (``segdepth.apps.moviescore.run_movie_path``: validity-checked prediction of every frame with the
 default model, alignment, the 5-frame running averages for the CeO2 region, columns, tracking, HMM
-smoothing) and the score (``segdepth.moviescore.score_simulated_movie``). Writes ``--out`` (netCDF: the
+smoothing) and the score (``segdepth.apps.moviescore.score_simulated_movie``). Writes ``--out`` (netCDF: the
 score, the truth, the tracked and smoothed counts, the drift), a markdown table beside it and a figure
 (the changing columns and one unchanged O column); prints the figures and the wall time.
 """
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=24)
     ap.add_argument("--dose", type=float, default=None,
-                    help="electrons per 0.2006 A pixel (default: the real movie's, segdepth.simmovie.REAL_MOVIE_DOSE)")
+                    help="electrons per 0.2006 A pixel (default: the real movie's, simmovie.REAL_MOVIE_DOSE)")
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--gpts", type=int, default=1536, help="multislice grid (field gpts * 0.0265 A)")
     ap.add_argument("--average", type=int, default=5, help="aligned frames in the running averages (region)")
@@ -59,14 +59,14 @@ def main(argv=None) -> int:
     import matplotlib.pyplot as plt
     import torch
 
-    from segdepth.calibration import estimate_dose
-    from segdepth.moviescore import NEVER, run_simulated_movie
-    from segdepth.plotting import save_figure
-    from segdepth.predict import load_default_model
-    from segdepth.simmovie import REAL_MOVIE_DOSE, simulate_movie, surface_columns
-    from segdepth.simulation import PAPER_SAMPLING
-    from segdepth.store import write_netcdf_atomic
-    from segdepth.structures import Z_O, build_particle, random_particle_spec
+    from segdepth.apps.moviescore import NEVER, run_simulated_movie
+    from segdepth.apps.plotting import save_figure
+    from segdepth.data.calibration import estimate_dose
+    from segdepth.data.store import write_netcdf_atomic
+    from segdepth.learn.inference import load_default_model
+    from segdepth.physics.simmovie import REAL_MOVIE_DOSE, simulate_movie, surface_columns
+    from segdepth.physics.simulation import PAPER_SAMPLING
+    from segdepth.physics.structures import Z_O, build_particle, random_particle_spec
 
     torch.set_num_threads(args.threads)
     dose = REAL_MOVIE_DOSE if args.dose is None else args.dose

@@ -10,11 +10,11 @@ Steps, each timed on the same structures (the machine is shared: compare the pri
 2. ``reuse exit wave``: one exit wave per structure, imaged at every overfocus value.
 3. ``+ band-limited imaging``: the lens on the smallest grid that holds the aperture's band (450^2
    for the paper's field), then exact Fourier interpolation and block-average transfer to the
-   binned grid (``segdepth.simulation.image_exit_wave`` default; same images to ~1e-6).
+   binned grid (``segdepth.physics.simulation.image_exit_wave`` default; same images to ~1e-6).
 4. ``+ 7 focal-spread samples``: the incoherent defocus average over 7 instead of 11 equally
    spaced samples within +-3 sigma (the paper preset; 0.4-0.5 % RMS of the image contrast from a
    converged average, printed here for the first structure).
-5. ``+ N dask workers``: ``segdepth.generate.generate_dataset`` on a LocalCluster with one
+5. ``+ N dask workers``: ``segdepth.physics.generate.generate_dataset`` on a LocalCluster with one
    thread per worker, warmed up once (FFTW plans and imports), labels and netCDF shards included.
 
 Steps 2-5 use ``--images`` overfocus values per exit wave (the paper preset: 10). Prints
@@ -30,9 +30,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from segdepth.generate import PRESETS
-from segdepth.simulation import image_exit_wave, simulate_exit_wave
-from segdepth.structures import build_particle, random_particle_spec
+from segdepth.physics.generate import PRESETS
+from segdepth.physics.simulation import image_exit_wave, simulate_exit_wave
+from segdepth.physics.structures import build_particle, random_particle_spec
 
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
@@ -77,7 +77,7 @@ def _quadrature_error(params, structure, samples: int) -> float:
 def _cluster(params, n_structures: int, workers: int) -> float:
     from distributed import Client, LocalCluster
 
-    from segdepth.generate import generate_dataset
+    from segdepth.physics.generate import generate_dataset
 
     with LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=":0", env=ENV) as cluster, \
             Client(cluster) as client, tempfile.TemporaryDirectory() as tmp:

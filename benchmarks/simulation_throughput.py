@@ -20,7 +20,7 @@ import time
 
 from distributed import Client, LocalCluster
 
-from segdepth.generate import PRESETS, generate_dataset
+from segdepth.physics.generate import PRESETS, generate_dataset
 
 
 def randomised(params):

@@ -2,7 +2,7 @@
 
 Run: ``python benchmarks/validity_checks.py [--preset robust] [--structures 4] [--lam 0.3 1 2.5 10]``.
 Simulates ``--structures`` particles of a generator preset (one image each, seed ``--seed``), adds Poisson
-noise at each dose (electrons per 0.053 A pixel), runs :func:`segdepth.validity.predict_checked` with the
+noise at each dose (electrons per 0.053 A pixel), runs :func:`segdepth.learn.validity.predict_checked` with the
 default model and prints per image and dose: the fraction of labelled column pixels (true depth > 0) that
 are valid as CeO2 [110] counts (reason 0; masked vacuum does not count), their ``valid_reason`` counts,
 and the columns *lost to the mask* (the network reads a non-zero count at the column centre, the vacuum
@@ -26,10 +26,10 @@ def main(argv=None) -> int:
     ap.add_argument("--lam", type=float, nargs="+", default=[0.3, 1.0, 2.5, 10.0])
     args = ap.parse_args(argv)
 
-    from segdepth.generate import PRESETS, make_shard
-    from segdepth.noise import poisson_noise
-    from segdepth.predict import load_default_model
-    from segdepth.validity import REASONS, predict_checked
+    from segdepth.learn.inference import load_default_model
+    from segdepth.learn.validity import REASONS, predict_checked
+    from segdepth.physics.generate import PRESETS, make_shard
+    from segdepth.physics.noise import poisson_noise
 
     start = time.perf_counter()
     params = PRESETS[args.preset].with_(n_defocus=1, structures_per_shard=args.structures, seed=args.seed)

@@ -17,16 +17,16 @@
 # # 00 Quickstart: one simulated particle, noise at your dose, depth and confidence
 #
 # **In:** nothing but parameters and the shipped default model of `segdepth predict`
-# (`data/models/segdepth_fast_base8_bin4_lam2.5.safetensors`; no data generation, no training). **Out:** `output` (netCDF: clean and noisy image, true depth,
+# (`segdepth/models/segdepth_fast_base8_bin4_lam2.5.safetensors`; no data generation, no training). **Out:** `output` (netCDF: clean and noisy image, true depth,
 # estimated depth, confidence) and `figure` (estimate and confidence beside the truth).
 #
-# 1. Build one small CeO2 particle seen along [110] (`segdepth.structures`), a 27 A field.
-# 2. Simulate its HRTEM image by multislice at the paper's settings (`segdepth.simulation`, abTEM),
+# 1. Build one small CeO2 particle seen along [110] (`segdepth.physics.structures`), a 27 A field.
+# 2. Simulate its HRTEM image by multislice at the paper's settings (`segdepth.physics.simulation`, abTEM),
 #    binned to the paper's 0.053 A pixels; vacuum = 1. (`predict` bins it 4x further for the fast
 #    model, which was trained on 0.212 A pixels, the label grid.)
 # 3. Add Poisson noise `Poisson(lambda c) / lambda`: `lam` is the dose in electrons per pixel of vacuum.
 #    Try 0.5, 2.5 (the model's training dose) and 20.
-# 4. Estimate the number of atoms in every column (`segdepth.predict.predict`) and the confidence
+# 4. Estimate the number of atoms in every column (`segdepth.learn.inference.predict`) and the confidence
 #    (probability of the estimate, eq. 5 of the paper).
 #
 # Then: notebook 01 simulates a training set, 02 trains, 03 evaluates, 06 applies the model to a real movie.
@@ -50,14 +50,14 @@ import numpy as np
 import torch
 import xarray as xr
 
-from segdepth.calibration import CalibrationError, calibrate_pixel_size
-from segdepth.labels import make_label_maps
-from segdepth.noise import poisson_noise
-from segdepth.plotting import depth_cmap, save_figure
-from segdepth.predict import load_default_model, predict
-from segdepth.simulation import PAPER_SAMPLING, simulate_images
-from segdepth.store import write_netcdf_atomic
-from segdepth.structures import ParticleSpec, build_particle
+from segdepth.data.calibration import CalibrationError, calibrate_pixel_size
+from segdepth.physics.labels import make_label_maps
+from segdepth.physics.noise import poisson_noise
+from segdepth.apps.plotting import depth_cmap, save_figure
+from segdepth.learn.inference import load_default_model, predict
+from segdepth.physics.simulation import PAPER_SAMPLING, simulate_images
+from segdepth.data.store import write_netcdf_atomic
+from segdepth.physics.structures import ParticleSpec, build_particle
 
 torch.set_num_threads(threads)
 start = time.perf_counter()
@@ -86,7 +86,7 @@ print(f"atom pixels estimated as atoms: {np.mean(depth[atoms] > 0):.3f}; exact d
       f"vacuum pixels estimated as vacuum: {np.mean(depth[vacuum] == 0):.3f}")
 
 # %% [markdown]
-# The pixel size of a real image is often unknown; `segdepth.calibration` measures it from the lattice
+# The pixel size of a real image is often unknown; `segdepth.data.calibration` measures it from the lattice
 # reflections. On this simulated image it should find the 0.053 A it was simulated at.
 
 # %%

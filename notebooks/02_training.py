@@ -51,7 +51,7 @@ num_threads = 2  # torch threads (per process)
 nproc = 1  # data-parallel processes on this machine (torchrun + DDP; gloo on CPU, NCCL with one GPU each)
 device = "cpu"  # single-process device ("cpu" or "cuda"); with nproc > 1 GPUs are used when present
 checkpoint_dir = "data/checkpoints/base16_lam2.5"  # per-epoch checkpoints (resume)
-model_out = "data/models/segdepth_base16_lam2.5.safetensors"  # exported best model
+model_out = "segdepth/models/segdepth_base16_lam2.5.safetensors"  # exported best model
 history_out = "data/results/training_history_base16_lam2.5.nc"  # training history
 figure = "figures/training_history_base16_lam2.5.png"
 
@@ -63,11 +63,11 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import xarray as xr
 
-from segdepth.modelio import load_model, save_model
-from segdepth.plotting import save_figure
-from segdepth.store import open_dataset, write_netcdf_atomic
-from segdepth.torchdata import split_indices
-from segdepth.training import TrainConfig, train
+from segdepth.learn.modelio import load_model, save_model
+from segdepth.apps.plotting import save_figure
+from segdepth.data.store import open_dataset, write_netcdf_atomic
+from segdepth.learn.torchdata import split_indices
+from segdepth.learn.training import TrainConfig, train
 
 ds = open_dataset(data, load=True)
 train_idx, val_idx, test_idx = split_indices(ds, split, seed=split_seed)
@@ -99,7 +99,7 @@ cfg = TrainConfig(
 
 # %%
 if nproc > 1:
-    from segdepth.distributed import launch
+    from segdepth.learn.distributed import launch
 
     history = launch(data, cfg, checkpoint_dir, nproc=nproc, split=split, split_seed=split_seed)
 else:

@@ -25,7 +25,7 @@
 
 # %% tags=["parameters"]
 data = "data/simulated/cpu_train"  # simulated dataset
-models = ["data/models/segdepth_base16_lam2.5.safetensors"]  # one per row of Table I
+models = ["segdepth/models/segdepth_base16_lam2.5.safetensors"]  # one per row of Table I
 lam = 2.5  # test dose [electrons per pixel in vacuum]
 n_test = 0  # evaluate at most this many samples (0: all)
 seed = 1  # seed of the test noise
@@ -50,15 +50,15 @@ import numpy as np
 import seaborn as sns
 import xarray as xr
 
-from segdepth import metrics
-from segdepth.evaluation import PAPER_TABLE_I_METRICS, evaluate_dataset, infer, robustness
-from segdepth.evaluation import confusion_table
-from segdepth.evaluation import robustness_table as format_robustness
-from segdepth.model import count_parameters
-from segdepth.modelio import load_model
-from segdepth.plotting import depth_cmap, save_figure
-from segdepth.preprocess import bin_image, normalise
-from segdepth.store import open_dataset, write_netcdf_atomic
+from segdepth.learn import metrics
+from segdepth.learn.evaluation import PAPER_TABLE_I_METRICS, evaluate_dataset, infer, robustness
+from segdepth.learn.evaluation import confusion_table
+from segdepth.learn.evaluation import robustness_table as format_robustness
+from segdepth.learn.model import count_parameters
+from segdepth.learn.modelio import load_model
+from segdepth.apps.plotting import depth_cmap, save_figure
+from segdepth.data.preprocess import bin_image, normalise
+from segdepth.data.store import open_dataset, write_netcdf_atomic
 
 ds = open_dataset(data, load=True)
 data_params = json.loads(ds.attrs["parameters"])
@@ -296,7 +296,7 @@ if shift_data:
 
 # %%
 if shift_data and record_in_card:
-    from segdepth.modelio import update_card
+    from segdepth.learn.modelio import update_card
 
     card0, m0 = cards[0], Path(models[0]).stem
     dp = card0.get("data_parameters", {})

@@ -36,7 +36,7 @@ data = "data/simulated/cpu_train"  # simulated dataset the models were trained o
 models = [
     "data/models/study/base4_lam2.5.safetensors",
     "data/models/study/base8_lam2.5.safetensors",
-    "data/models/segdepth_base16_lam2.5.safetensors",
+    "segdepth/models/segdepth_base16_lam2.5.safetensors",
     "data/models/study/base4_lam0.1.safetensors",
     "data/models/study/base4_lam10.safetensors",
     "data/models/study/base8_lam0.25-25.safetensors",
@@ -58,11 +58,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
 
-from segdepth.evaluation import evaluate_dataset
-from segdepth.model import count_parameters
-from segdepth.modelio import load_model
-from segdepth.plotting import save_figure
-from segdepth.store import open_dataset, write_netcdf_atomic
+from segdepth.learn.evaluation import evaluate_dataset
+from segdepth.learn.model import count_parameters
+from segdepth.learn.modelio import load_model
+from segdepth.apps.plotting import save_figure
+from segdepth.data.store import open_dataset, write_netcdf_atomic
 
 ds = open_dataset(data, load=True)
 data_params = json.loads(ds.attrs["parameters"])

@@ -68,15 +68,15 @@ import numpy as np
 import torch
 import xarray as xr
 
-from segdepth.evaluation import evaluate_dataset, infer
-from segdepth.model import count_parameters
-from segdepth.modelio import load_model, save_model
-from segdepth.noise import poisson_noise
-from segdepth.plotting import depth_cmap, save_figure
-from segdepth.preprocess import normalise
-from segdepth.store import open_dataset, write_netcdf_atomic
-from segdepth.torchdata import split_indices
-from segdepth.training import TrainConfig, train
+from segdepth.learn.evaluation import evaluate_dataset, infer
+from segdepth.learn.model import count_parameters
+from segdepth.learn.modelio import load_model, save_model
+from segdepth.physics.noise import poisson_noise
+from segdepth.apps.plotting import depth_cmap, save_figure
+from segdepth.data.preprocess import normalise
+from segdepth.data.store import open_dataset, write_netcdf_atomic
+from segdepth.learn.torchdata import split_indices
+from segdepth.learn.training import TrainConfig, train
 
 ds = open_dataset(data, load=True)
 train_idx, val_idx, test_idx = split_indices(ds, split, seed=split_seed)

@@ -24,12 +24,12 @@
 #
 # The path, as for any movie a user brings:
 # 1. **Calibration and dose.** The pixel size is not stored in the GIF: with `pixel_size` 0 it is
-#    calibrated from the CeO2 and Pt lattice reflections (`segdepth.calibration`); the grey values are
+#    calibrated from the CeO2 and Pt lattice reflections (`segdepth.data.calibration`); the grey values are
 #    rescaled 8-bit, so the dose is estimated under a Poisson model with unknown gain (`lam` 0).
-# 2. **Depth with a validity map** (`segdepth.validity.predict_checked`, what `segdepth predict` runs):
+# 2. **Depth with a validity map** (`segdepth.learn.validity.predict_checked`, what `segdepth predict` runs):
 #    vacuum beyond 4 A of any lattice reads depth 0; lattices that are not CeO2 [110] (the Pt particle)
 #    and pixels where a 180-degree-rotated pass disagrees by more than one atom are not valid.
-# 3. **Drift** (`segdepth.tracking.align_frames`, scikit-image phase correlation) and **running
+# 3. **Drift** (`segdepth.data.tracking.align_frames`, scikit-image phase correlation) and **running
 #    averages of `average` aligned frames** (the dose of `average` frames, no blur from the drift).
 # 4. **Columns** found in the time-averaged estimate inside the valid CeO2 region, named Ce or O from the
 #    CeO2 [110] motif, tracked through the movie, their counts smoothed in time by a hidden Markov model
@@ -68,16 +68,16 @@ import torch
 import xarray as xr
 from scipy import ndimage
 
-from segdepth import metrics
-from segdepth.calibration import calibrate_pixel_size, cubic_spacings, estimate_dose
-from segdepth.io import read_image
-from segdepth.plotting import depth_cmap, save_figure
-from segdepth.predict import load_default_model, resample
-from segdepth.preprocess import normalise
-from segdepth.store import provenance_attrs, write_netcdf_atomic
-from segdepth.moviescore import run_movie_path
-from segdepth.tracking import shift_frames
-from segdepth.validity import REASONS, summary, validity_fractions
+from segdepth.learn import metrics
+from segdepth.data.calibration import calibrate_pixel_size, cubic_spacings, estimate_dose
+from segdepth.data.io import read_image
+from segdepth.apps.plotting import depth_cmap, save_figure
+from segdepth.learn.inference import load_default_model, resample
+from segdepth.data.preprocess import normalise
+from segdepth.data.store import provenance_attrs, write_netcdf_atomic
+from segdepth.apps.moviescore import run_movie_path
+from segdepth.data.tracking import shift_frames
+from segdepth.learn.validity import REASONS, summary, validity_fractions
 
 torch.set_num_threads(threads)
 start = time.perf_counter()
@@ -103,7 +103,7 @@ n_frames = movie.sizes["frame"]
 
 # %%
 if model:
-    from segdepth.modelio import load_model
+    from segdepth.learn.modelio import load_model
 
     net, card = load_model(model)
 else:

@@ -23,7 +23,7 @@
 # The same particles (seed `seed`, the training outline families) are imaged with the paper's nominal
 # lens (overfocus 1-9 nm, focal spread 15 A, Cs -9 um, C5 5 mm, no residual aberrations, no mistilt,
 # an ideal detector) and then with **one factor at a time** moved to its range in the shift test
-# (`segdepth.generate.ABLATION_FACTORS`): overfocus beyond 9 nm, a large focal spread, Cs and C5 at the
+# (`segdepth.physics.generate.ABLATION_FACTORS`): overfocus beyond 9 nm, a large focal spread, Cs and C5 at the
 # ends of their ranges, two-fold astigmatism, axial coma and three-fold astigmatism, specimen mistilt,
 # detector blur and vacuum-level errors, frozen phonons, and all of the shift envelope at once. The drop
 # of a model's per-column accuracy from `nominal` says how much that factor matters to it; a model
@@ -34,10 +34,10 @@
 
 # %% tags=["parameters"]
 models = [
-    "data/models/segdepth_fast_base8_bin4_lam2.5.safetensors",
-    "data/models/segdepth_robust_base8_bin4.safetensors",
+    "segdepth/models/segdepth_fast_base8_bin4_lam2.5.safetensors",
+    "segdepth/models/segdepth_robust_base8_bin4.safetensors",
 ]  # models to compare
-factors = []  # factors of segdepth.generate.ABLATION_FACTORS to run ([]: all)
+factors = []  # factors of segdepth.physics.generate.ABLATION_FACTORS to run ([]: all)
 preset = "cpu"  # field of the ablation sets ("cpu": 1536 -> 768 px; "tiny" for tests)
 n_structures = 8  # particles per factor (rounded up to whole shards of 4)
 n_defocus = 2  # images per particle
@@ -58,11 +58,11 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import xarray as xr
 
-from segdepth.evaluation import robustness
-from segdepth.generate import ABLATION_FACTORS, PRESETS, TRAIN_OUTLINES, ablation_parameters, generate_dataset
-from segdepth.modelio import load_model
-from segdepth.plotting import save_figure
-from segdepth.store import open_dataset, write_netcdf_atomic
+from segdepth.learn.evaluation import robustness
+from segdepth.physics.generate import ABLATION_FACTORS, PRESETS, TRAIN_OUTLINES, ablation_parameters, generate_dataset
+from segdepth.learn.modelio import load_model
+from segdepth.apps.plotting import save_figure
+from segdepth.data.store import open_dataset, write_netcdf_atomic
 
 names = list(factors) or list(ABLATION_FACTORS)
 base = PRESETS[preset].with_(n_defocus=n_defocus, seed=seed, surfaces=TRAIN_OUTLINES, vacancy_max=0.2)

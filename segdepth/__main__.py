@@ -1,7 +1,7 @@
-"""``python -m segdepth``: see :mod:`segdepth.cli`."""
+"""``python -m segdepth``: see :mod:`segdepth.apps.cli`."""
 
 from __future__ import annotations
 
-from .cli import main
+from segdepth.apps.cli import main
 
 raise SystemExit(main())

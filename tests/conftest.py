@@ -62,6 +62,6 @@ def nb02(nb01):
 
 
 def _run_notebook(*args, **kwargs):
-    from segdepth.notebook import run_notebook
+    from segdepth.apps.notebook import run_notebook
 
     return run_notebook(*args, **kwargs)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from segdepth.batch import expand_grid, main, merge_results, point_key, run_grid
+from segdepth.apps.batch import expand_grid, main, merge_results, point_key, run_grid
 
 TOY = '''# %% tags=["parameters"]
 x = 1
@@ -19,7 +19,7 @@ label = ""
 # %%
 import os
 import xarray as xr
-from segdepth.store import write_netcdf_atomic
+from segdepth.data.store import write_netcdf_atomic
 
 if x == 3:
     raise RuntimeError("x must not be 3")

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segdepth.calibration import (
+from segdepth.data.calibration import (
     CEO2_SPACINGS,
     CalibrationError,
     calibrate_pixel_size,
@@ -136,7 +136,7 @@ def test_estimate_dose(rng):
 
 @pytest.mark.skipif(not MOVIE.exists(), reason="real movie not shipped")
 def test_real_movie_left_half():
-    from segdepth.io import read_image
+    from segdepth.data.io import read_image
 
     movie = read_image(MOVIE, crop="0:180,0:180")
     spacings = {**cubic_spacings("CeO2"), **cubic_spacings("Pt")}

@@ -12,9 +12,9 @@ import tifffile
 import torch
 import xarray as xr
 
-from segdepth.cli import main
-from segdepth.model import UNet
-from segdepth.modelio import save_model
+from segdepth.apps.cli import main
+from segdepth.learn.model import UNet
+from segdepth.learn.modelio import save_model
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_PIXEL = 0.1  # [A]
@@ -151,9 +151,9 @@ def test_bad_inputs_exit_with_one_line(workdir):
 
 
 def test_default_model_missing_is_a_clean_error(workdir, monkeypatch, capsys):
-    import segdepth.predict
+    import segdepth.learn.inference
 
-    monkeypatch.setattr(segdepth.predict, "DEFAULT_MODEL", Path("data/models/absent.safetensors"))
+    monkeypatch.setattr(segdepth.learn.inference, "DEFAULT_MODEL", Path("data/models/absent.safetensors"))
     out = workdir / "default.nc"
     assert main(["predict", str(workdir / "image.npy"), "--pixel-size", "0.1", "--out", str(out)]) == 2
     err = capsys.readouterr().err
@@ -165,8 +165,8 @@ def test_reference_path_is_the_paper_model_in_eager_float32(workdir, capsys):
     """--reference: the shipped paper-layout model, unoptimised; the default: the fast (binned-input) model."""
     import json
 
-    from segdepth.io import read_image
-    from segdepth.predict import load_default_model, predict
+    from segdepth.data.io import read_image
+    from segdepth.learn.inference import load_default_model, predict
 
     outs = {}
     for name, extra in (("reference", ["--reference"]), ("default", [])):
@@ -199,9 +199,9 @@ def test_predict_real_movie_streams_calibrated_frames(workdir, capsys):
     assert main(args) == 0, capsys.readouterr().err
     err = capsys.readouterr().err
     assert "calibrated pixel size" in err and "estimated dose" in err
-    from segdepth.io import read_image
-    from segdepth.modelio import load_model
-    from segdepth.predict import predict
+    from segdepth.data.io import read_image
+    from segdepth.learn.inference import predict
+    from segdepth.learn.modelio import load_model
 
     with xr.open_dataset(out) as ds:
         assert ds["depth"].shape[0] == 3 and list(ds["frame"].values) == [0, 1, 2]

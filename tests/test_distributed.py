@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from test_training import tiny_config, toy_dataset
 
-from segdepth.distributed import launch, main
-from segdepth.modelio import load_model
+from segdepth.learn.distributed import launch, main
+from segdepth.learn.modelio import load_model
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import pytest
 import tifffile
 import xarray as xr
 
-from segdepth.io import check_pixel_size, read_image, write_netcdf_atomic
+from segdepth.data.io import check_pixel_size, read_image, write_netcdf_atomic
 
 
 def write_mrc(path, data, pixel_size):

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segdepth.labels import LabelSettings, make_label_maps
+from segdepth.physics.labels import LabelSettings, make_label_maps
 
 
 def _single(count=8, Z=58, n=41, p=0.05):

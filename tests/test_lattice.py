@@ -1,4 +1,4 @@
-"""Local lattice maps (segdepth.lattice): vacuum, CeO2 [110], Pt, wrong angles, boundaries and bad input."""
+"""Local lattice maps (segdepth.data.lattice): vacuum, CeO2 [110], Pt, wrong angles, boundaries and bad input."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from segdepth.lattice import LATTICE_THRESHOLD, local_lattice, on_grid, zone_angles
-from segdepth.structures import LATTICE_CONSTANT, projected_columns
+from segdepth.data.lattice import LATTICE_THRESHOLD, local_lattice, on_grid, zone_angles
+from segdepth.physics.structures import LATTICE_CONSTANT, projected_columns
 
 PX = 0.2  # [A], like the real movie
 N = 160  # 32 A field

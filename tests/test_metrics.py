@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segdepth import metrics
-from segdepth.metrics import (
+from segdepth.learn import metrics
+from segdepth.learn.metrics import (
     center_accuracy,
     column_count_accuracy,
     column_counts,
@@ -216,7 +216,7 @@ def test_confidence_and_depth_maps():
 
 def test_saliency_is_local():
     torch = pytest.importorskip("torch")
-    from segdepth.model import UNet
+    from segdepth.learn.model import UNet
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: avoid thread contention
@@ -259,7 +259,7 @@ def test_robustness_tables_on_a_hand_made_result():
     """dose_spread is the largest drop below the best over lambda 0.5-25; confusion rows are normalised."""
     import xarray as xr
 
-    from segdepth.evaluation import confusion_table, dose_spread, robustness_table
+    from segdepth.learn.evaluation import confusion_table, dose_spread, robustness_table
 
     lams = [0.25, 1.0, 2.5, 25.0]
     exact = np.array([0.1, 0.6, 0.8, 0.7])  # 0.25 lies outside 0.5-25: spread = 0.8 - 0.6

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from fileformats import write_dm3, write_dm4, write_emi, write_ser
 
-from segdepth.io import read_image
+from segdepth.data.io import read_image
 
 NY, NX = 48, 64  # not square: a transposed read changes the shape
 PIXEL_NM = 0.5  # -> 5 A

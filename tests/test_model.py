@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from segdepth.model import (
+from segdepth.learn.model import (
     PAPER_TABLE_I,
     MedianFilter2d,
     UNet,
@@ -190,7 +190,7 @@ def test_predict_proba_is_a_distribution():
 
 
 def test_format_parameter_table_has_one_row_per_width():
-    from segdepth.model import format_parameter_table
+    from segdepth.learn.model import format_parameter_table
 
     lines = format_parameter_table((16, 64)).splitlines()
     assert len(lines) == 4 and lines[2].startswith("| 16 | 12.04 | 11.75 |") and lines[3].startswith("| 64 |")
@@ -211,7 +211,7 @@ def test_network_median_equals_sorting_with_ties(size):
 
 def test_median_network_sorts_every_binary_input():
     """0-1 principle: the unpruned 4 x 4 network (column sort + merges) sorts all 2**16 binary inputs."""
-    from segdepth.model import _oddeven_merge, _oddeven_sort
+    from segdepth.learn.model import _oddeven_merge, _oddeven_sort
 
     column = list(_oddeven_sort(0, 3))
     merges = [*_oddeven_merge(0, 7, 1), *_oddeven_merge(8, 15, 1), *_oddeven_merge(0, 15, 1)]

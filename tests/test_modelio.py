@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from segdepth.model import UNet
-from segdepth.modelio import card_path, load_model, save_model
+from segdepth.learn.model import UNet
+from segdepth.learn.modelio import card_path, load_model, save_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -158,7 +158,7 @@ def test_bad_cards(trained, tmp_path):
 
 
 def test_update_card_adds_fields_atomically_and_keeps_the_architecture(tmp_path):
-    from segdepth.modelio import update_card
+    from segdepth.learn.modelio import update_card
 
     model = UNet(base_channels=2, n_scales=1, head_channels=[], output_factor=1)
     path = tmp_path / "m.safetensors"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from segdepth.noise import poisson_noise, poisson_noise_torch
+from segdepth.physics.noise import poisson_noise, poisson_noise_torch
 
 
 @pytest.mark.parametrize("lam", [0.1, 2.5, 40.0])

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from segdepth.modelio import load_model
-from segdepth.notebook import run_notebook
-from segdepth.store import open_dataset
+from segdepth.apps.notebook import run_notebook
+from segdepth.data.store import open_dataset
+from segdepth.learn.modelio import load_model
 
 NB = Path(__file__).resolve().parents[1] / "notebooks"
 # The shipped model on its test split at lambda = 2.5 (README): detection 0.941, hallucinated 0.0023,
@@ -122,9 +122,9 @@ def test_07_ablation_one_factor_at_a_time(nb02):
 @pytest.mark.parametrize("reference", [False, True], ids=["robust default", "paper-layout reference"])
 def test_shipped_model_on_a_fresh_simulation(nb01, reference):
     """Both shipped models, through the public predict path, on particles they never saw (tiny preset, seed 5)."""
-    from segdepth import metrics
-    from segdepth.noise import poisson_noise
-    from segdepth.predict import load_default_model, predict
+    from segdepth.learn import metrics
+    from segdepth.learn.inference import load_default_model, predict
+    from segdepth.physics.noise import poisson_noise
 
     model, card = load_default_model(reference=reference)
     if reference:

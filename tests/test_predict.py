@@ -7,10 +7,10 @@ import pytest
 import torch
 import xarray as xr
 
-from segdepth import predict as predict_module
-from segdepth.model import UNet
-from segdepth.modelio import load_model, save_model
-from segdepth.predict import _tile_layout, load_default_model, predict, resample
+from segdepth.learn import inference as predict_module
+from segdepth.learn.inference import _tile_layout, load_default_model, predict, resample
+from segdepth.learn.model import UNet
+from segdepth.learn.modelio import load_model, save_model
 
 MODEL_PIXEL = 0.1  # [A]
 # One downsampling and no median filter: the receptive field's half-width is
@@ -145,7 +145,7 @@ def test_missing_default_model(monkeypatch):
 
 def test_fast_path_matches_the_eager_reference(rng):
     """The default (folded batch norms, channels-last) equals the plain eager model to float rounding."""
-    from segdepth.model import optimise_for_inference
+    from segdepth.learn.model import optimise_for_inference
 
     model, card = load_default_model()
     image = noisy(rng, (1, 128, 128), pixel_size=card["sampling"])
@@ -178,7 +178,7 @@ def test_frames_share_forward_passes_without_changing_results(saved, rng):
 
 def test_binned_input_model_bins_the_frame_and_keeps_the_label_grid(rng):
     """A fast model (input binned 4x, output factor 1) sees the block means and overlays like the paper's."""
-    from segdepth.preprocess import bin_image, normalise
+    from segdepth.data.preprocess import bin_image, normalise
 
     torch.manual_seed(1)
     fast_model = UNet(n_scales=1, channels=(2, 4), output_factor=1, median_size=1).eval()
@@ -217,7 +217,7 @@ class _Killed(Exception):
 
 def test_long_prediction_resumes_from_its_last_finished_chunk(saved, rng, tmp_path):
     """A killed series leaves OUT untouched and its finished chunks; the rerun reads and predicts only the rest."""
-    from segdepth.predict import predict_to_netcdf
+    from segdepth.learn.inference import predict_to_netcdf
 
     model, card = saved
     movie = noisy(rng, (7, 64, 64), frame=np.arange(7))

@@ -5,9 +5,9 @@ import pytest
 import torch
 import xarray as xr
 
-from segdepth.evaluation import infer
-from segdepth.noise import poisson_noise
-from segdepth.preprocess import bin_dataset, bin_image, normalise
+from segdepth.data.preprocess import bin_dataset, bin_image, normalise
+from segdepth.learn.evaluation import infer
+from segdepth.physics.noise import poisson_noise
 
 
 def test_bin_image_block_means_numpy_and_torch():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 
-from segdepth.generate import (
+from segdepth.physics.generate import (
     HELD_OUT_OUTLINE,
     OPTICS_COORDS,
     PRESETS,
@@ -17,7 +17,7 @@ from segdepth.generate import (
     GenerationParameters,
     make_structure_samples,
 )
-from segdepth.simulation import (
+from segdepth.physics.simulation import (
     OPTICS,
     PAPER_SAMPLING,
     Detector,
@@ -28,7 +28,7 @@ from segdepth.simulation import (
     simulate_exit_wave,
     tilt_structure,
 )
-from segdepth.structures import (
+from segdepth.physics.structures import (
     FACET_NORMALS,
     MAX_ATOMS,
     OUTLINES,
@@ -333,7 +333,7 @@ def test_optics_round_trip(name):
 @pytest.fixture(scope="module")
 def randomised():
     """One randomised structure simulated twice; the exit wave and the structure it was simulated from are kept."""
-    import segdepth.generate as generate
+    import segdepth.physics.generate as generate
 
     params = PRESETS["tiny"].with_(optics=OPTICS["train"], surfaces=("faceted",), thickness_range=(3, 5), seed=3)
     assert params.gpts == 1024 and params.n_defocus == 2

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from segdepth.notebook import run_notebook
+from segdepth.apps.notebook import run_notebook
 
 NB = Path(__file__).resolve().parents[1] / "notebooks"
 

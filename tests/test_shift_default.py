@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segdepth.evaluation import robustness
-from segdepth.generate import HELD_OUT_OUTLINE, PRESETS, TRAIN_OUTLINES, make_shard
-from segdepth.modelio import load_model
-from segdepth.predict import PREVIOUS_DEFAULT_MODEL, load_default_model
+from segdepth.learn.evaluation import robustness
+from segdepth.learn.inference import PREVIOUS_DEFAULT_MODEL, load_default_model
+from segdepth.learn.modelio import load_model
+from segdepth.physics.generate import HELD_OUT_OUTLINE, PRESETS, TRAIN_OUTLINES, make_shard
 
 
 @pytest.fixture(scope="module")

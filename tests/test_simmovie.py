@@ -1,4 +1,4 @@
-"""The simulated movie with a known answer (segdepth.simmovie) and its score (segdepth.moviescore)."""
+"""The simulated movie with a known answer (segdepth.physics.simmovie) and its score (segdepth.apps.moviescore)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import pytest
 import xarray as xr
 from ase import Atoms
 
-from segdepth import moviescore, simmovie
-from segdepth.moviescore import NEVER, score_simulated_movie
-from segdepth.simmovie import remove_atoms, simulate_movie, surface_columns
-from segdepth.simulation import PAPER_SAMPLING
-from segdepth.structures import Structure, build_particle, random_particle_spec
-from segdepth.tracking import align_frames
+from segdepth.apps import moviescore
+from segdepth.apps.moviescore import NEVER, score_simulated_movie
+from segdepth.data.tracking import align_frames
+from segdepth.physics import simmovie
+from segdepth.physics.simmovie import remove_atoms, simulate_movie, surface_columns
+from segdepth.physics.simulation import PAPER_SAMPLING
+from segdepth.physics.structures import Structure, build_particle, random_particle_spec
 
 N_FRAMES, K = 12, 11
 
@@ -205,7 +206,7 @@ def test_movie_schedule_is_validated(fake_optics):
 
 
 def test_movie_truth_and_drift_follow_the_tracking_convention(fake_optics):
-    """A column at r in frame 0 is at r + drift in frame f (segdepth.tracking), in the image's y/x coordinates."""
+    """A column at r in frame 0 is at r + drift in frame f (segdepth.data.tracking), in the image's y/x coordinates."""
     s = _grid_structure(800 * PAPER_SAMPLING)
     rng = np.random.default_rng(1)
     movie = simulate_movie(s, {4: np.array([4, 4, 3, 3, 2]), 7: np.array([4, 4, 4, 0, 0])}, gpts=800, dose=500.0,

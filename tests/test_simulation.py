@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from ase import Atoms
 
-from segdepth.simulation import PAPER_SAMPLING, check_grid, simulate_images
-from segdepth.structures import ParticleSpec, Structure
+from segdepth.physics.simulation import PAPER_SAMPLING, check_grid, simulate_images
+from segdepth.physics.structures import ParticleSpec, Structure
 
 GPTS = 512  # the smallest grid used in tests; sampling stays at the paper's 0.0265 A
 EXT = GPTS * PAPER_SAMPLING
@@ -56,7 +56,7 @@ def test_bad_grid(gpts, sampling, binning, word):
 @pytest.mark.slow
 def test_bandlimited_imaging_equals_simulate_then_bin():
     """The fast path (lens on the binned grid + exact block-average transfer) gives the paper's numbers."""
-    from segdepth.simulation import image_exit_wave, simulate_exit_wave
+    from segdepth.physics.simulation import image_exit_wave, simulate_exit_wave
 
     rng = np.random.default_rng(3)
     xy = rng.uniform(4.0, EXT - 4.0, (6, 2))
@@ -71,7 +71,7 @@ def test_bandlimited_imaging_equals_simulate_then_bin():
     print("max |fast - full|", np.abs(fast - full).max(), "contrast", contrast)
     assert np.abs(fast - full).max() < 1e-4 * contrast  # float32 output
     # the lens ran on a grid smaller than the binned one: 120 (5-smooth) > 2 x 2 k_a x extent = 110
-    from segdepth.simulation import _lens_gpts
+    from segdepth.physics.simulation import _lens_gpts
 
     k_a = 40e-3 / wave.wavelength
     assert _lens_gpts(2 * k_a, EXT, GPTS // 2) == 120
@@ -85,8 +85,8 @@ def test_paper_preset_focal_spread_average_is_within_a_percent_of_a_converged_on
     """The paper preset's 7-sample incoherent defocus average vs 81 samples (same +-3 sigma): < 1 % RMS."""
     from dataclasses import replace
 
-    from segdepth.generate import PRESETS
-    from segdepth.simulation import image_exit_wave, simulate_exit_wave
+    from segdepth.physics.generate import PRESETS
+    from segdepth.physics.simulation import image_exit_wave, simulate_exit_wave
 
     microscope = PRESETS["paper"].microscope
     assert microscope.defocus_samples == 7 and PRESETS["paper"].n_defocus == 10

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from segdepth import generate as gen
-from segdepth.generate import PRESETS, GenerationParameters, generate_dataset, make_shard
-from segdepth.store import finished_shards, open_dataset, shard_path, write_netcdf_atomic
+from segdepth.data.store import finished_shards, open_dataset, shard_path, write_netcdf_atomic
+from segdepth.physics import generate as gen
+from segdepth.physics.generate import PRESETS, GenerationParameters, generate_dataset, make_shard
 
 TINY = PRESETS["tiny"]
 

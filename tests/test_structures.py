@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segdepth.structures import (
+from segdepth.physics.structures import (
     SURFACES,
     ParticleSpec,
     build_particle,

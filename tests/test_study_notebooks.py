@@ -12,9 +12,9 @@ import pytest
 import xarray as xr
 from conftest import NB
 
-from segdepth.batch import run_grid
-from segdepth.modelio import load_model
-from segdepth.notebook import run_notebook
+from segdepth.apps.batch import run_grid
+from segdepth.apps.notebook import run_notebook
+from segdepth.learn.modelio import load_model
 
 TINY_TRAIN = {"base_channels": 4, "head_channels": [8, 8], "denoiser_base": 4, "denoiser_scales": 2, "epochs": 1,
               "crop": 128, "batch_size": 2, "steps_per_epoch": 2, "split": [0.5, 0.25, 0.25], "max_minutes": 0,

@@ -7,7 +7,7 @@ import pytest
 import torch
 import xarray as xr
 
-from segdepth.torchdata import FLIPS, CropDataset, collate, split_indices
+from segdepth.learn.torchdata import FLIPS, CropDataset, collate, split_indices
 
 SAMPLING = 0.053  # [A]
 FACTOR = 4

@@ -7,8 +7,7 @@ import pytest
 import xarray as xr
 from scipy.spatial import cKDTree
 
-from segdepth.structures import LATTICE_CONSTANT, projected_columns
-from segdepth.tracking import (
+from segdepth.data.tracking import (
     AlignmentError,
     align_frames,
     find_columns,
@@ -19,6 +18,7 @@ from segdepth.tracking import (
     track_columns,
     transition_matrix,
 )
+from segdepth.physics.structures import LATTICE_CONSTANT, projected_columns
 
 CELL = np.array([LATTICE_CONSTANT / np.sqrt(2), LATTICE_CONSTANT])  # [1-10], [001] repeats [A]
 IMAGE_PIXEL = 0.2  # [A]

@@ -9,9 +9,9 @@ import torch
 import xarray as xr
 from safetensors import safe_open
 
-from segdepth import training
-from segdepth.modelio import load_model
-from segdepth.training import TrainConfig, class_weights, load_checkpoint, train, weighted_cross_entropy
+from segdepth.learn import training
+from segdepth.learn.modelio import load_model
+from segdepth.learn.training import TrainConfig, class_weights, load_checkpoint, train, weighted_cross_entropy
 
 SAMPLING = 0.053  # [A]
 
@@ -245,8 +245,8 @@ TINY_DENOISER = {"n_scales": 2, "channels": [4, 8, 8]}
 
 def _noisy_mse(ds, lam, seed=0):
     """MSE of the normalised noisy image against the normalised clean one (the identity 'denoiser')."""
-    from segdepth.noise import poisson_noise
-    from segdepth.preprocess import normalise
+    from segdepth.data.preprocess import normalise
+    from segdepth.physics.noise import poisson_noise
 
     clean = ds["image"].values
     noisy = poisson_noise(clean, lam, rng=np.random.default_rng(seed))
@@ -274,7 +274,7 @@ def test_denoiser_learns_to_beat_the_noisy_input(denoiser, data):
 
 
 def test_sequential_trains_segmenter_on_frozen_denoiser(denoiser, data, tmp_path):
-    from segdepth.evaluation import infer
+    from segdepth.learn.evaluation import infer
 
     path, _ = denoiser
     frozen, _ = load_model(path)

@@ -1,4 +1,4 @@
-"""Where the estimate applies (segdepth.validity): vacuum mask, other lattice, test-time disagreement, no crystal."""
+"""Where the estimate applies (learn.validity): vacuum mask, other lattice, test-time disagreement, no crystal."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import torch
 import xarray as xr
 from test_lattice import PX, N, _columns_image
 
-from segdepth.model import UNet
-from segdepth.structures import LATTICE_CONSTANT
-from segdepth.validity import REASONS, assess, predict_checked, summary, validity_fractions
+from segdepth.learn.model import UNet
+from segdepth.learn.validity import REASONS, assess, predict_checked, summary, validity_fractions
+from segdepth.physics.structures import LATTICE_CONSTANT
 
 F = 4  # label pixels of 0.8 A
 M = N // F

@@ -10,8 +10,8 @@ __all__ = ["save_figure", "depth_cmap", "plot_samples"]
 
 
 def save_figure(fig, path, *, dpi: int = 150) -> Path:
-    """Save ``fig`` atomically (:func:`segdepth.store.atomic_write`: temporary file + rename)."""
-    from .store import atomic_write
+    """Save ``fig`` atomically (:func:`segdepth.data.store.atomic_write`: temporary file + rename)."""
+    from segdepth.data.store import atomic_write
 
     path = Path(path)
     return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight"), suffix=path.suffix)

@@ -29,7 +29,7 @@ relative to the first, so a column at ``r`` in the first frame is at
 The CeO2 [110] motif
 --------------------
 With x = [1-10] (3.826 A) and y = [001] (5.411 A), the fluorite structure
-(:func:`segdepth.structures.projected_columns`) projects to Ce columns at
+(:func:`segdepth.physics.structures.projected_columns`) projects to Ce columns at
 (0, 0) and (1/2, 1/2) of the cell (a centred rectangular lattice) and O columns
 at (0, 1/4), (0, 3/4), (1/2, 1/4) and (1/2, 3/4). All columns sit on a fine
 rectangular grid of a/(2 sqrt 2) = 1.913 A along x by a/4 = 1.353 A along y:
@@ -66,8 +66,8 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 from scipy.special import logsumexp
 
-from .io import check_pixel_size
-from .structures import LATTICE_CONSTANT, projected_columns
+from segdepth.data.io import check_pixel_size
+from segdepth.physics.structures import LATTICE_CONSTANT, projected_columns
 
 __all__ = [
     "AlignmentError",
@@ -453,7 +453,7 @@ def mean_estimate(prediction, alignment: xr.Dataset | None = None, *, quantity: 
     Parameters
     ----------
     prediction : xarray.Dataset or xarray.DataArray
-        From :func:`segdepth.predict.predict` with ``return_probabilities=True``
+        From :func:`segdepth.learn.inference.predict` with ``return_probabilities=True``
         (or its ``probability``, dims ``(frame, depth_class, y, x)``).
     alignment : xarray.Dataset, optional
         From :func:`align_frames` for the same frames; without it the frames
@@ -522,7 +522,7 @@ def _site_table(a: float = LATTICE_CONSTANT) -> np.ndarray:
     """Occupant of the fine-grid sites of one [110] cell: ``table[i % 2, j % 4]`` is 0 Ce, 1 O or -1 empty.
 
     ``i`` counts a/(2 sqrt 2) steps along [1-10] and ``j`` a/4 steps along [001],
-    derived from the projected fluorite cell (:func:`segdepth.structures.projected_columns`).
+    derived from the projected fluorite cell (:func:`segdepth.physics.structures.projected_columns`).
     """
     xy, _, numbers = projected_columns(a)
     table = np.full((2, 4), -1, dtype=np.int8)
@@ -796,7 +796,7 @@ def track_columns(prediction, alignment: xr.Dataset | None, columns: xr.Dataset,
     Parameters
     ----------
     prediction : xarray.Dataset or xarray.DataArray
-        From :func:`segdepth.predict.predict` with ``return_probabilities=True``.
+        From :func:`segdepth.learn.inference.predict` with ``return_probabilities=True``.
     alignment : xarray.Dataset or None
         From :func:`align_frames` for the same frames; ``None`` for no drift.
     columns : xarray.Dataset

@@ -24,8 +24,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from segdepth.model import UNet, build_model
-from segdepth.store import atomic_write
+from segdepth.data.store import atomic_write
+from segdepth.learn.model import UNet, build_model
 
 __all__ = ["save_model", "load_model", "card_path", "update_card"]
 
@@ -82,7 +82,7 @@ def save_model(
     """
     path = _check_weights_path(path)
     if not isinstance(getattr(model, "config", None), dict):
-        raise ValueError("model must have a config dict (a segdepth.model network)")
+        raise ValueError("model must have a config dict (a segdepth.learn.model network)")
     card = {} if card is None else dict(card)
     if "architecture" in card and card["architecture"] != model.config:
         raise ValueError("card['architecture'] differs from model.config; leave it out and save_model fills it in")

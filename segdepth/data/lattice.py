@@ -50,7 +50,7 @@ Method
 Seen along [110], Pt (fcc, a = 3.924 A) makes the same pattern as CeO2 with
 all spacings 27 % smaller: the angles cannot tell them apart, only the
 spacings, and the pixel size must be known to about 5 %
-(:func:`segdepth.calibration.calibrate_pixel_size`).
+(:func:`segdepth.data.calibration.calibrate_pixel_size`).
 
 Limits
 ------
@@ -70,8 +70,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from segdepth.calibration import _parse_hkl, cubic_spacings
-from segdepth.io import check_pixel_size
+from segdepth.data.calibration import _parse_hkl, cubic_spacings
+from segdepth.data.io import check_pixel_size
 
 __all__ = [
     "ANGLE_TOLERANCE",
@@ -450,7 +450,7 @@ def local_lattice(
     ----------
     image : array_like or xarray.DataArray, shape (y, x) or (frame, y, x)
         Intensities (any scale: only ratios within a window's spectrum are used). A DataArray from
-        :func:`segdepth.io.read_image` brings its ``pixel_size`` attribute and ``y``, ``x`` [A] and
+        :func:`segdepth.data.io.read_image` brings its ``pixel_size`` attribute and ``y``, ``x`` [A] and
         ``frame`` coordinates.
     pixel_size : float, optional
         Pixel size [A]; required unless ``image`` has a ``pixel_size`` attribute.

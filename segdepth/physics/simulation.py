@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .preprocess import bin_image  # re-exported: block means of the last two axes
-from .structures import Structure
+from segdepth.data.preprocess import bin_image  # re-exported: block means of the last two axes
+from segdepth.physics.structures import Structure
 
 __all__ = [
     "Microscope", "Detector", "OpticsRanges", "OPTICS", "PAPER_SAMPLING", "check_grid", "simulate_exit_wave",

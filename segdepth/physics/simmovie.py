@@ -2,13 +2,13 @@
 
 The real Pt/CeO2 movie has no ground truth. This module makes a short series that looks like it to the
 analysis path (the same pixel size, dose and drift) while every column's atom count is known in every
-frame: one particle (:func:`segdepth.structures.build_particle`), an occupancy schedule that removes
+frame: one particle (:func:`segdepth.physics.structures.build_particle`), an occupancy schedule that removes
 atoms from chosen surface O columns at given frames (an O vacancy forming under the beam), one
 multislice exit wave per distinct occupancy state, the nominal lens, a drift of the specimen, an
 area-averaging resampling to the movie's pixels and Poisson noise at its dose (eq. 1).
 
 Physics only (abTEM, ASE, numpy; never torch): the scoring lives with the analysis
-(:func:`segdepth.moviescore.score_simulated_movie`; ``benchmarks/simulated_movie.py`` runs both).
+(:func:`segdepth.apps.moviescore.score_simulated_movie`; ``benchmarks/simulated_movie.py`` runs both).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import numpy as np
 import xarray as xr
 from scipy import ndimage
 
-from .noise import poisson_noise
-from .simulation import PAPER_SAMPLING, Microscope, image_exit_wave, simulate_exit_wave
-from .structures import Z_O, Structure
+from segdepth.physics.noise import poisson_noise
+from segdepth.physics.simulation import PAPER_SAMPLING, Microscope, image_exit_wave, simulate_exit_wave
+from segdepth.physics.structures import Z_O, Structure
 
 __all__ = ["surface_columns", "remove_atoms", "simulate_movie"]
 

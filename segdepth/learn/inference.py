@@ -1,12 +1,12 @@
 """Depth maps for images of any size: resample, normalise, tile, stitch.
 
-For every frame of an image (see :func:`segdepth.io.read_image`),
+For every frame of an image (see :func:`segdepth.data.io.read_image`),
 :func:`predict`
 
 1. resamples the frame to the pixel size the model was trained at (area
    averaging when shrinking, which is what binning does; linear interpolation
    when enlarging),
-2. divides it by its mean (:func:`segdepth.preprocess.normalise`, as in training),
+2. divides it by its mean (:func:`segdepth.data.preprocess.normalise`, as in training),
 3. reflect-pads it at the bottom and right to a multiple of
    ``model.required_multiple``,
 4. runs the model on overlapping tiles whose corners lie on multiples of
@@ -40,10 +40,12 @@ import numpy as np
 import scipy.sparse
 import xarray as xr
 
-from .io import LENGTH_UNITS, check_pixel_size, check_positive
-from .preprocess import normalise
+from segdepth.data.io import LENGTH_UNITS, check_pixel_size, check_positive
+from segdepth.data.preprocess import normalise
 
 __all__ = [
+    "MODELS_DIR",
+    "image_pixel_size",
     "DEFAULT_MODEL",
     "PREVIOUS_DEFAULT_MODEL",
     "REFERENCE_MODEL",
@@ -53,15 +55,18 @@ __all__ = [
     "resample",
 ]
 
-#: The model :func:`load_default_model` reads, relative to the repository root: the robust model
+#: Shipped models: package data (``segdepth/models/``), found the same way from a clone and from an
+#: installed wheel.
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+#: The model :func:`load_default_model` reads (absolute, inside :data:`MODELS_DIR`): the robust model
 #: (issue 11): the fast architecture (input binned 4x to the label grid, issue 6) fine-tuned on randomised
 #: optics, particles and doses (its card's ``envelope`` lists the ranges; README "The robust default").
-DEFAULT_MODEL = Path("data/models/segdepth_robust_base8_bin4.safetensors")
+DEFAULT_MODEL = MODELS_DIR / "segdepth_robust_base8_bin4.safetensors"
 #: The default before issue 11 (the fast model trained on the nominal microscope at lambda 2.5), kept as a
-#: reference for the shift test (``--model data/models/segdepth_fast_base8_bin4_lam2.5.safetensors``).
-PREVIOUS_DEFAULT_MODEL = Path("data/models/segdepth_fast_base8_bin4_lam2.5.safetensors")
+#: reference for the shift test (``--model segdepth/models/segdepth_fast_base8_bin4_lam2.5.safetensors``).
+PREVIOUS_DEFAULT_MODEL = MODELS_DIR / "segdepth_fast_base8_bin4_lam2.5.safetensors"
 #: The paper-layout model, run in plain eager float32 as the checked reference (``--reference``).
-REFERENCE_MODEL = Path("data/models/segdepth_base16_lam2.5.safetensors")
+REFERENCE_MODEL = MODELS_DIR / "segdepth_base16_lam2.5.safetensors"
 _MAX_PIXELS = 2**28  # largest resampled frame we accept (16384 x 16384)
 #: Smallest field [A] along each axis that :func:`predict` accepts: about two CeO2 [110] column spacings
 #: (1.35 A along [001]); a smaller image cannot hold a column with its surroundings.
@@ -81,19 +86,19 @@ def load_default_model(*, reference: bool = False):
     Returns
     -------
     (torch.nn.Module, dict)
-        The model (in eval mode) and its card, as :func:`segdepth.modelio.load_model`.
+        The model (in eval mode) and its card, as :func:`segdepth.learn.modelio.load_model`.
 
     Raises
     ------
     FileNotFoundError
         When the model file is absent.
     """
-    path = Path(__file__).resolve().parents[1] / (REFERENCE_MODEL if reference else DEFAULT_MODEL)
+    path = REFERENCE_MODEL if reference else DEFAULT_MODEL
     if not path.is_file():
         raise FileNotFoundError(
             f"default model {path} not found; train it first (see README) or pass a model file with --model"
         )
-    from .modelio import load_model
+    from segdepth.learn.modelio import load_model
 
     model, card = load_model(path)
     model.eval()
@@ -189,7 +194,7 @@ def _model_pixel_size(card: dict) -> float:
     return check_pixel_size(value, name="model pixel size") * LENGTH_UNITS[units]
 
 
-def _image_pixel_size(image: xr.DataArray) -> float:
+def image_pixel_size(image: xr.DataArray) -> float:
     value = image.attrs.get("pixel_size")
     if value is None and "x" in image.coords and image.sizes["x"] > 1:
         value = float(image["x"][1] - image["x"][0])
@@ -269,7 +274,7 @@ def predict(
     image : xarray.DataArray
         Intensities with dims ``(frame, y, x)`` or ``(y, x)`` and attribute
         ``pixel_size`` [A] (or ``x`` coordinates in A), as from
-        :func:`segdepth.io.read_image`.
+        :func:`segdepth.data.io.read_image`.
     model : torch.nn.Module
         Network mapping ``(B, 1, H, W)`` to logits ``(B, n_classes, H/4, W/4)``
         with attribute ``required_multiple``; run in eval mode on the device of
@@ -298,7 +303,7 @@ def predict(
         consecutive frames share a pass (frame batching).
     fast : bool
         Run an inference-optimised copy of the network
-        (:func:`segdepth.model.optimise_for_inference`: batch norms folded
+        (:func:`segdepth.learn.model.optimise_for_inference`: batch norms folded
         into the convolutions, channels-last layout; same output to float
         rounding). ``False`` runs ``model`` as it is (the eager reference).
         A model that is already such a copy is used as it is.
@@ -331,7 +336,7 @@ def predict(
         raise ValueError(f"image must have dims (frame, y, x) or (y, x), got {image.dims}")
     frame_dim, y_dim, x_dim = image.dims
     n_frames, h_in, w_in = image.shape
-    pixel_size = _image_pixel_size(image)
+    pixel_size = image_pixel_size(image)
     model_pixel_size = _model_pixel_size(card)
     label_factor = int(_card_value(card, "label_factor", default=getattr(model, "output_factor", 4)))
     m = int(getattr(model, "required_multiple", label_factor))
@@ -386,7 +391,7 @@ def predict(
     model.eval()
     net = model
     if fast and hasattr(model, "config"):
-        from .model import optimise_for_inference
+        from segdepth.learn.model import optimise_for_inference
 
         net = model if hasattr(model, "inference_layout") else optimise_for_inference(model)
     layout = torch.channels_last if getattr(net, "inference_layout", "") == "channels_last" else torch.contiguous_format
@@ -475,7 +480,7 @@ def predict(
         "pixel_size": pixel_size,
         "resampled_shape": [h_r, w_r],
     }
-    from . import __version__
+    from segdepth import __version__
 
     attrs = {
         "model_card": json.dumps(card, default=str),
@@ -520,7 +525,7 @@ def _parts_key(card: dict, n_frames: int, attrs: dict | None, check: dict | None
 
 
 def _remove_stale_temporaries(path: Path) -> list[Path]:
-    """Temporary files of earlier killed writes of ``path`` (``.<name>.*.nc``, :func:`segdepth.store.atomic_write`)."""
+    """Temporary files of earlier killed writes of ``path`` (``.<name>.*.nc``, store.atomic_write)."""
     stale = [p for p in path.parent.glob(f".{path.name}.*.nc") if p.is_file()]
     for p in stale:
         p.unlink(missing_ok=True)
@@ -541,7 +546,7 @@ def _prepare_parts(parts: Path, key: str) -> None:
             shutil.rmtree(parts)
     if not parts.is_dir():
         parts.mkdir()
-        from .store import write_json_atomic
+        from segdepth.data.store import write_json_atomic
 
         write_json_atomic({"key": key}, manifest)
     for tmp in parts.glob(".*.nc"):  # temporaries of a chunk being written when the run was killed
@@ -555,7 +560,7 @@ def predict_to_netcdf(frames, model, card: dict, path, *, n_frames: int, attrs: 
 
     Every chunk's result is written (atomically) to ``.<name>.parts/chunk_NNNNN.nc`` next to ``path`` as
     soon as it is computed. When all chunks are done they are copied, frame by frame, into a temporary
-    file that is renamed to ``path`` (:func:`segdepth.store.atomic_write`), and the parts are removed. A
+    file that is renamed to ``path`` (:func:`segdepth.data.store.atomic_write`), and the parts are removed. A
     run that was killed leaves ``path`` as it was and its finished chunks behind: the next run with the
     same model, options and frames skips them (``resume``), one with anything different starts afresh.
     Stale temporary files of ``path`` from killed runs are removed first. The result is the dataset
@@ -564,7 +569,7 @@ def predict_to_netcdf(frames, model, card: dict, path, *, n_frames: int, attrs: 
     Parameters
     ----------
     frames : iterable of xarray.DataArray or of callables
-        Chunks ``(frame, y, x)`` of the series in order (e.g. from :func:`segdepth.io.read_image` with
+        Chunks ``(frame, y, x)`` of the series in order (e.g. from :func:`segdepth.data.io.read_image` with
         ``frames=``), all of one frame size and pixel size; or functions returning them, so that a resumed
         run does not even read the chunks it skips.
     model, card
@@ -578,7 +583,7 @@ def predict_to_netcdf(frames, model, card: dict, path, *, n_frames: int, attrs: 
     progress : bool
         A tqdm progress bar over frames on stderr.
     check : dict, optional
-        Run :func:`segdepth.validity.predict_checked` with these options (``tta``, ``lattice_average``,
+        Run :func:`segdepth.learn.validity.predict_checked` with these options (``tta``, ``lattice_average``,
         ``margin``, ``max_disagreement``) instead of :func:`predict`: the output also holds ``crystal``,
         ``valid``, ``valid_reason`` and their scores, and ``depth`` is 0 in vacuum. The lattice maps average
         frames only within a chunk.
@@ -593,7 +598,7 @@ def predict_to_netcdf(frames, model, card: dict, path, *, n_frames: int, attrs: 
     import netCDF4
     from tqdm.auto import tqdm
 
-    from .store import atomic_write, write_netcdf_atomic
+    from segdepth.data.store import atomic_write, write_netcdf_atomic
 
     path = Path(path)
     _remove_stale_temporaries(path)
@@ -602,7 +607,7 @@ def predict_to_netcdf(frames, model, card: dict, path, *, n_frames: int, attrs: 
         shutil.rmtree(parts)
     _prepare_parts(parts, _parts_key(card, n_frames, attrs, check, options))
     if options.get("fast", True) and hasattr(model, "config") and not hasattr(model, "inference_layout"):
-        from .model import optimise_for_inference
+        from segdepth.learn.model import optimise_for_inference
 
         model = optimise_for_inference(model)  # once for the whole series
 
@@ -621,7 +626,7 @@ def predict_to_netcdf(frames, model, card: dict, path, *, n_frames: int, attrs: 
                 if check is None:
                     ds = predict(chunk, model, card, **options)  # the whole chunk: frames share forward passes
                 else:
-                    from .validity import predict_checked
+                    from segdepth.learn.validity import predict_checked
 
                     ds = predict_checked(chunk, model, card, **check, **options)
                 n_chunk = ds.sizes["frame"]

@@ -1,18 +1,18 @@
 """Data-parallel training over several processes, GPUs or machines (``torchrun`` + DDP).
 
-:func:`segdepth.training.train` runs data-parallel when it is called inside an
+:func:`segdepth.learn.training.train` runs data-parallel when it is called inside an
 initialised :mod:`torch.distributed` process group. This module is the entry
 point that ``torchrun`` starts once per process::
 
     # one machine, 2 processes (CPU: gloo; GPUs: NCCL, one GPU per process)
-    torchrun --standalone --nproc-per-node 2 -m segdepth.distributed \\
+    torchrun --standalone --nproc-per-node 2 -m segdepth.learn.distributed \\
         --data data/simulated/cpu_train --out data/checkpoints/ddp --config config.json
 
     # several machines: the same command on each, with a rendezvous
     torchrun --nnodes 4 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29400 \\
-        -m segdepth.distributed --data ... --out ... --config ...
+        -m segdepth.learn.distributed --data ... --out ... --config ...
 
-``--config`` is a :class:`segdepth.training.TrainConfig` as JSON (a file or
+``--config`` is a :class:`segdepth.learn.training.TrainConfig` as JSON (a file or
 the text). Every process reads the dataset, splits it by structure with the
 same seed, and trains; rank 0 writes the checkpoints, the best model and the
 history to ``--out`` (resumable, as for one process). :func:`launch` runs the
@@ -43,7 +43,7 @@ def _backend(name: str) -> str:
 
 def main(argv=None) -> int:
     """Worker entry point (one per process, started by ``torchrun``)."""
-    ap = argparse.ArgumentParser(prog="torchrun ... -m segdepth.distributed",
+    ap = argparse.ArgumentParser(prog="torchrun ... -m segdepth.learn.distributed",
                                  description="Data-parallel SegDepth training (run under torchrun)")
     ap.add_argument("--data", required=True, help="dataset directory or .nc file (notebook 01)")
     ap.add_argument("--out", required=True, help="checkpoint directory (resumable)")
@@ -56,12 +56,12 @@ def main(argv=None) -> int:
     import torch
     import torch.distributed as dist
 
-    from .store import open_dataset
-    from .torchdata import split_indices
-    from .training import TrainConfig, train
+    from segdepth.data.store import open_dataset
+    from segdepth.learn.torchdata import split_indices
+    from segdepth.learn.training import TrainConfig, train
 
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        ap.error("run me under torchrun (RANK / WORLD_SIZE are not set); or call segdepth.distributed.launch")
+        ap.error("run me under torchrun (RANK / WORLD_SIZE are not set); or call segdepth.learn.distributed.launch")
     text = args.config if args.config.lstrip().startswith("{") else Path(args.config).read_text()
     cfg = TrainConfig.from_dict(json.loads(text))
     backend = _backend(args.backend)
@@ -88,10 +88,10 @@ def launch(data, cfg, out_dir, *, nproc: int = 2, split=(0.8, 0.1, 0.1), split_s
     ----------
     data : path
         Dataset directory or ``.nc`` file.
-    cfg : segdepth.training.TrainConfig
+    cfg : segdepth.learn.training.TrainConfig
         Settings; ``num_threads`` is per process.
     out_dir : path
-        Checkpoint directory (as :func:`segdepth.training.train`; resumes).
+        Checkpoint directory (as :func:`segdepth.learn.training.train`; resumes).
     nproc : int
         Processes (one per GPU with NCCL).
     split, split_seed
@@ -109,7 +109,7 @@ def launch(data, cfg, out_dir, *, nproc: int = 2, split=(0.8, 0.1, 0.1), split_s
     """
     import xarray as xr
 
-    from .training import HISTORY_NAME
+    from segdepth.learn.training import HISTORY_NAME
 
     if int(nproc) < 1:
         raise ValueError(f"nproc must be >= 1, got {nproc}")
@@ -117,11 +117,11 @@ def launch(data, cfg, out_dir, *, nproc: int = 2, split=(0.8, 0.1, 0.1), split_s
     out_dir.mkdir(parents=True, exist_ok=True)
     log = Path(log) if log is not None else out_dir / "torchrun.log"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={int(nproc)}",
-           "-m", "segdepth.distributed", "--data", str(data), "--out", str(out_dir),
+           "-m", "segdepth.learn.distributed", "--data", str(data), "--out", str(out_dir),
            "--config", json.dumps(cfg.to_dict()), "--split", *map(str, split), "--split-seed", str(split_seed),
            "--backend", backend]
     full_env = {**os.environ, "OMP_NUM_THREADS": str(cfg.num_threads), **(env or {})}
-    repo = str(Path(__file__).resolve().parents[1])
+    repo = str(Path(__file__).resolve().parents[2])
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, full_env.get("PYTHONPATH")]))
     with open(log, "w") as f:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=full_env)

@@ -1,9 +1,9 @@
 """Where the depth estimate applies: a crystal map, a validity map with its reason, and a one-line summary.
 
 The network answers for every pixel, also where its assumptions do not hold. :func:`predict_checked`
-runs :func:`segdepth.predict.predict` and then asks three questions of every label pixel:
+runs :func:`segdepth.learn.inference.predict` and then asks three questions of every label pixel:
 
-1. **Is there crystal nearby?** :func:`segdepth.lattice.local_lattice` finds the lattice in 12 A
+1. **Is there crystal nearby?** :func:`segdepth.data.lattice.local_lattice` finds the lattice in 12 A
    windows of the image (averaged over ``lattice_average`` neighbouring frames of a movie). Pixels
    farther than ``margin`` (4 A) from any window that holds a lattice are *vacuum*: their depth is
    reported as 0 and their confidence as the network's probability of 0 atoms. The margin keeps the
@@ -91,12 +91,12 @@ def assess(
     image : xarray.DataArray
         The frames that were predicted, dims ``(frame, y, x)`` or ``(y, x)``, with ``pixel_size``.
     prediction : xarray.Dataset
-        :func:`segdepth.predict.predict` of ``image`` with ``return_probabilities=True``.
+        :func:`segdepth.learn.inference.predict` of ``image`` with ``return_probabilities=True``.
     rotated : xarray.Dataset, optional
         The same for ``image`` rotated by 180 degrees (:func:`predict_checked` makes it); without it
         there is no disagreement test and ``disagreement`` is NaN.
     lattice : xarray.Dataset, optional
-        :func:`segdepth.lattice.local_lattice` of ``image`` (computed when not given).
+        :func:`segdepth.data.lattice.local_lattice` of ``image`` (computed when not given).
     lattice_average : int
         Odd number of neighbouring frames averaged for the lattice maps.
     margin : float or None
@@ -115,7 +115,7 @@ def assess(
         ``crystal`` (uint8 0/1), ``valid`` (uint8), ``valid_reason`` (uint8), ``lattice_score``, ``ceo2_score``
         and ``disagreement`` (float32) added.
     """
-    from .lattice import local_lattice, on_grid
+    from segdepth.data.lattice import local_lattice, on_grid
 
     if "probability" not in prediction:
         raise ValueError("prediction must hold 'probability' (predict(..., return_probabilities=True))")
@@ -217,13 +217,13 @@ def predict_checked(
     return_probabilities: bool = False,
     **options,
 ) -> xr.Dataset:
-    """:func:`segdepth.predict.predict` followed by :func:`assess` (and a 180-degree pass when ``tta``).
+    """:func:`segdepth.learn.inference.predict` followed by :func:`assess` (and a 180-degree pass when ``tta``).
 
-    ``options`` go to :func:`~segdepth.predict.predict`. Costs: the lattice maps take about 1.4 s per frame
+    ``options`` go to :func:`~segdepth.learn.inference.predict`. Costs: the lattice maps take about 1.4 s per frame
     on 2 cores (a 180 x 180 frame at 0.2 A, or any frame resampled to 0.3 A); ``tta`` doubles the network's
     time.
     """
-    from .predict import predict
+    from segdepth.learn.inference import predict
 
     if image.ndim == 2:
         image = image.expand_dims("frame")

@@ -13,7 +13,7 @@ of a global random state:
   (the caller's global generator is left untouched);
 - order of the training samples in epoch ``e``: ``(seed, e, "shuffle")``;
 - crop and flip of sample ``i`` in epoch ``e``: ``(seed, e, i)``
-  (:class:`segdepth.torchdata.CropDataset`);
+  (:class:`segdepth.learn.torchdata.CropDataset`);
 - noise (and dose, for a ``lam_range``) of step ``s`` in epoch ``e``:
   ``(seed, e, s, "noise")``;
 - validation noise of sample ``i``: ``(seed, i, "validation")``, the same
@@ -30,7 +30,7 @@ Files written to ``out_dir``
     Everything but tensors (JSON; the commit point, replaced last).
 ``checkpoint-NNNN.safetensors``
     Model and optimiser tensors of the checkpoint (no pickle).
-``model.safetensors`` (+ its card, :mod:`segdepth.modelio`)
+``model.safetensors`` (+ its card, :mod:`segdepth.learn.modelio`)
     The model with the lowest validation loss so far.
 ``history.nc``
     Per-epoch losses, learning rate, metrics and time (dim ``epoch``).
@@ -58,14 +58,14 @@ from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from . import __version__
-from .metrics import summarise
-from .model import DenoiseSegment, DenoisingUNet, UNet, paper_config
-from .modelio import load_model, save_model
-from .noise import poisson_noise_torch
-from .preprocess import bin_dataset, normalise
-from .store import atomic_write
-from .torchdata import CropDataset, collate
+from segdepth import __version__
+from segdepth.data.preprocess import bin_dataset, normalise
+from segdepth.data.store import atomic_write
+from segdepth.learn.metrics import summarise
+from segdepth.learn.model import DenoiseSegment, DenoisingUNet, UNet, paper_config
+from segdepth.learn.modelio import load_model, save_model
+from segdepth.learn.torchdata import CropDataset, collate
+from segdepth.physics.noise import poisson_noise_torch
 
 __all__ = [
     "TrainConfig",
@@ -132,9 +132,9 @@ class TrainConfig:
     base_channels : int
         Width of the UNet's full-resolution scale.
     model_kwargs : dict
-        Extra :class:`segdepth.model.UNet` arguments (e.g. ``n_scales``,
+        Extra :class:`segdepth.learn.model.UNet` arguments (e.g. ``n_scales``,
         ``channels``). Empty: the paper's architecture,
-        :func:`segdepth.model.paper_config` ``(base_channels)``.
+        :func:`segdepth.learn.model.paper_config` ``(base_channels)``.
     lam : float, optional
         Dose of the training noise [e/pixel in vacuum]. Default 2.5 (the
         paper's main value) unless ``lam_range`` is given.
@@ -207,7 +207,7 @@ class TrainConfig:
         Weight of the MSE term of the ``"joint"`` loss.
     input_binning : int
         Bin the clean images ``input_binning x input_binning`` before the
-        noise is drawn (:func:`segdepth.preprocess.bin_dataset`): the network
+        noise is drawn (:func:`segdepth.data.preprocess.bin_dataset`): the network
         sees fewer, larger pixels (the fast model of ``segdepth predict``,
         with ``model_kwargs={"output_factor": label_factor // input_binning}``).
         ``lam``, ``lam_range``, ``crop``, ``val_crop`` and ``label_factor``
@@ -442,7 +442,7 @@ def evaluate(
         ``loss`` (the training objective of ``task``: eq. 6 over the whole
         set with class weights, the MSE of the denoised image, or their
         weighted sum), ``mse`` (tasks ``"denoise"``/``"joint"``; NaN
-        otherwise) and the entries of :func:`segdepth.metrics.summarise` on
+        otherwise) and the entries of :func:`segdepth.learn.metrics.summarise` on
         the argmax prediction against ``label`` (NaN for ``"denoise"``).
     """
     if (lam is None) == (lam_range is None):
@@ -673,7 +673,7 @@ def train(
     train_ds, val_ds : xarray.Dataset
         Simulated datasets in the format of ``docs/conventions.md`` (clean
         images; the noise is drawn here). Split them by structure
-        (:func:`segdepth.torchdata.split_indices`).
+        (:func:`segdepth.learn.torchdata.split_indices`).
     out_dir : str or path-like
         Folder for checkpoints, the best model and the history (created).
     resume : bool
@@ -693,7 +693,7 @@ def train(
     Data parallelism
     ----------------
     Called in every process of an initialised :mod:`torch.distributed`
-    process group (``torchrun``, see :mod:`segdepth.distributed`), the
+    process group (``torchrun``, see :mod:`segdepth.learn.distributed`), the
     network is wrapped in ``DistributedDataParallel``: every rank takes its
     own ``batch_size`` crops per step (the global batch is ``world_size x
     batch_size``; an epoch is still one pass over the training split), the
@@ -707,14 +707,14 @@ def train(
     xarray.Dataset
         The history (also in ``out_dir / "history.nc"``), with dim ``epoch``:
         ``train_loss``, ``val_loss``, ``lr``, the four metrics of
-        :func:`segdepth.metrics.summarise` (``pixelwise_accuracy``,
+        :func:`segdepth.learn.metrics.summarise` (``pixelwise_accuracy``,
         ``center_accuracy``, ``real_atom_detection_rate``,
         ``hallucination_rate``) and ``seconds``. Its attribute ``stopped``
         says why training ended ("early stopping", "time budget", "epochs").
 
     Notes
     -----
-    The best model is saved with :func:`segdepth.modelio.save_model` as
+    The best model is saved with :func:`segdepth.learn.modelio.save_model` as
     ``out_dir / "model.safetensors"``; its card records the architecture,
     ``sampling`` [A], ``label_factor``, ``lam`` / ``lam_range``, the
     normalisation, the data parameters, ``val_metrics`` of the best epoch,

@@ -3,7 +3,7 @@
 Commands
 --------
 ``predict INPUT --out OUT.nc``
-    Depth map of every frame of an image file (see :mod:`segdepth.io` for the
+    Depth map of every frame of an image file (see :mod:`segdepth.data.io` for the
     formats) with the default or a given model; writes a netCDF file with
     ``depth``, ``confidence`` and optionally ``probability`` on the label grid,
     in Angstrom coordinates that overlay the input.
@@ -57,7 +57,7 @@ def _positive_float(text: str, option: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     """The ``segdepth`` argument parser, one sub-parser per command."""
     parser = _Parser(prog=PROG, description="Atomic column depth from noisy HRTEM images (Leibovich et al.).")
-    from . import __version__
+    from segdepth import __version__
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -135,7 +135,7 @@ def _check_output(out: Path) -> None:
 
 
 def _predict_command(args: argparse.Namespace) -> int:
-    from .io import check_pixel_size, parse_crop, parse_frames, read_image
+    from segdepth.data.io import check_pixel_size, parse_crop, parse_frames, read_image
 
     out = Path(args.out)
     _check_output(out)
@@ -159,7 +159,7 @@ def _predict_command(args: argparse.Namespace) -> int:
     source = Path(args.input)
     streamable = source.suffix.lower() in (".npy", ".tif", ".tiff", ".gif", ".png")
     if streamable:
-        from .io import _frame_indices
+        from segdepth.data.io import _frame_indices
 
         probe = read_image(source, pixel_size=pixel_size, frames=[0], crop=crop)
         keys = _frame_indices(frames, probe.attrs["frames_in_file"], source)
@@ -171,7 +171,7 @@ def _predict_command(args: argparse.Namespace) -> int:
         n_first = len(keys)
     attrs = {"input": str(args.input)}
     if args.calibrate is not None:
-        from .calibration import calibrate_pixel_size, cubic_spacings
+        from segdepth.data.calibration import calibrate_pixel_size, cubic_spacings
 
         spacings = {}
         for phase in args.calibrate.split(","):
@@ -186,7 +186,7 @@ def _predict_command(args: argparse.Namespace) -> int:
                      calibration_peaks=json.dumps(cal.peaks), calibration_phases=args.calibrate)
         print(f"{PROG}: calibrated pixel size {cal}", file=sys.stderr)
     if args.lam == "auto":
-        from .calibration import estimate_dose
+        from segdepth.data.calibration import estimate_dose
 
         try:
             lam = estimate_dose(first.values[:50])
@@ -194,9 +194,9 @@ def _predict_command(args: argparse.Namespace) -> int:
             raise CommandError(f"{source}: cannot estimate --lambda: {err}") from None
         attrs["lambda_estimated"] = lam
         print(f"{PROG}: estimated dose {lam:.3g} e/pixel (Poisson model, unknown gain)", file=sys.stderr)
-    from .predict import _image_pixel_size, load_default_model, predict_to_netcdf
+    from segdepth.learn.inference import image_pixel_size, load_default_model, predict_to_netcdf
 
-    _image_pixel_size(first)  # fail fast (before torch is imported) when the pixel size is unknown
+    image_pixel_size(first)  # fail fast (before torch is imported) when the pixel size is unknown
 
     if args.reference and args.model is not None:
         raise CommandError("--reference and --model exclude each other")
@@ -206,7 +206,7 @@ def _predict_command(args: argparse.Namespace) -> int:
         model_path = Path(args.model)
         if not model_path.is_file():
             raise FileNotFoundError(f"{model_path}: model file not found")
-        from .modelio import load_model
+        from segdepth.learn.modelio import load_model
 
         model, card = load_model(model_path)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
@@ -244,7 +244,7 @@ def _predict_command(args: argparse.Namespace) -> int:
         n_frames, n_y, n_x = ds["depth"].shape
         label = ds.attrs["label_pixel_size"]
         if "valid" in ds:
-            from .validity import summary
+            from segdepth.learn.validity import summary
 
             checked = summary(ds)
     plural = "s" if n_frames != 1 else ""

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 import xarray as xr
 
-from . import metrics
-from .noise import poisson_noise
-from .preprocess import bin_image, normalise
+from segdepth.data.preprocess import bin_image, normalise
+from segdepth.learn import metrics
+from segdepth.physics.noise import poisson_noise
 
 __all__ = ["infer", "evaluate_dataset", "PAPER_TABLE_I_METRICS"]
 

@@ -3,12 +3,12 @@
 :func:`run_movie_path` is what notebook 06 does to the real movie: predict every frame with the validity
 check, align the frames, predict the running averages of aligned frames (for the valid CeO2 region), average
 the aligned single-frame estimates, find the columns in that region, track them and smooth their counts in
-time. :func:`score_simulated_movie` compares that with the truth of :func:`segdepth.simmovie.simulate_movie`:
+time. :func:`score_simulated_movie` compares that with the truth of :func:`segdepth.physics.simmovie.simulate_movie`:
 which true columns were found (and how many found columns are real), whether they were named Ce or O
 correctly, the per-frame and smoothed count accuracy, and for every scheduled one-atom change
 
 - the delay until the posterior puts more than 0.5 (0.9) on the new count
-  (:func:`segdepth.tracking.frames_to_detect_change`, offline smoothed and online filtered), and whether
+  (:func:`segdepth.data.tracking.frames_to_detect_change`, offline smoothed and online filtered), and whether
   that is a change *seen* (the same posterior held the old count above the threshold before) or a column
   that was read at the new count before the change happened;
 - the offset of the nearest one-atom step of the HMM-smoothed count (blind to a constant bias: a column
@@ -27,7 +27,7 @@ import numpy as np
 import xarray as xr
 from scipy.spatial import cKDTree
 
-from .tracking import (
+from segdepth.data.tracking import (
     align_frames,
     find_columns,
     frames_to_detect_change,
@@ -50,21 +50,21 @@ def run_movie_path(image: xr.DataArray, model, card: dict, *, lam: float | None 
                    lattice_average: int = 5, tta: bool = True, p_change: float = 0.05) -> dict:
     """Notebook 06's path on a movie ``(frame, y, x)`` (coordinates or ``attrs["pixel_size"]`` in A).
 
-    1. :func:`segdepth.validity.predict_checked` of every frame (probabilities kept), dose ``lam``;
-    2. :func:`segdepth.tracking.align_frames` on the images (``on_failure="warn"``);
+    1. :func:`segdepth.learn.validity.predict_checked` of every frame (probabilities kept), dose ``lam``;
+    2. :func:`segdepth.data.tracking.align_frames` on the images (``on_failure="warn"``);
     3. the running means of ``average`` aligned frames (frame ``f``: frames ``f - average + 1 .. f`` moved
        onto frame 0), checked the same way at dose ``lam * average``; the CeO2 region is where they are
        valid CeO2 [110] (``valid_reason == 0``) in at least half the frames (``average <= 1``: where the
        single frames are);
-    4. :func:`~segdepth.tracking.mean_estimate` of the aligned single frames,
-       :func:`~segdepth.tracking.find_columns` in the region (everywhere when the region is empty),
-       :func:`~segdepth.tracking.track_columns` and :func:`~segdepth.tracking.smooth_counts` (NaN frames
+    4. :func:`~segdepth.data.tracking.mean_estimate` of the aligned single frames,
+       :func:`~segdepth.data.tracking.find_columns` in the region (everywhere when the region is empty),
+       :func:`~segdepth.data.tracking.track_columns` and :func:`~segdepth.data.tracking.smooth_counts` (NaN frames
        uninformative).
 
     Returns a dict with ``prediction`` (single frames), ``alignment``, ``average_prediction`` (None when
     ``average <= 1``), ``region`` (bool, label grid), ``estimate``, ``columns``, ``tracked`` and ``smoothed``.
     """
-    from .validity import predict_checked
+    from segdepth.learn.validity import predict_checked
 
     check = {"tta": tta, "lattice_average": lattice_average}
     n_frames = image.sizes["frame"]
@@ -90,7 +90,7 @@ def run_movie_path(image: xr.DataArray, model, card: dict, *, lam: float | None 
 
 def run_simulated_movie(movie: xr.Dataset, model, card: dict, *, match_radius: float = 0.7,
                         **options) -> tuple[xr.Dataset, dict]:
-    """:func:`run_movie_path` on ``movie["image"]`` (a :func:`segdepth.simmovie.simulate_movie` result), scored.
+    """:func:`run_movie_path` on ``movie["image"]`` (a :func:`segdepth.physics.simmovie.simulate_movie` result), scored.
 
     ``options`` go to :func:`run_movie_path` (``lam`` defaults to the movie's dose). Returns the score
     (:func:`score_simulated_movie`, with ``drift_error``: the largest difference between measured and true
@@ -165,13 +165,13 @@ def score_simulated_movie(movie: xr.Dataset, tracked: xr.Dataset, smoothed: xr.D
     Parameters
     ----------
     movie : xarray.Dataset
-        From :func:`segdepth.simmovie.simulate_movie` (``column_x``, ``column_y``, ``column_Z``,
+        From :func:`segdepth.physics.simmovie.simulate_movie` (``column_x``, ``column_y``, ``column_Z``,
         ``column_count`` (frame, column), ``changing``).
     tracked : xarray.Dataset
-        :func:`segdepth.tracking.track_columns` of its frames (``reference_y``, ``reference_x`` in frame 0's
+        :func:`segdepth.data.tracking.track_columns` of its frames (``reference_y``, ``reference_x`` in frame 0's
         coordinates, ``probability``, ``count``; ``expected_count`` and ``element`` when there).
     smoothed : xarray.Dataset, optional
-        :func:`segdepth.tracking.smooth_counts` of ``tracked["probability"]`` (computed when not given).
+        :func:`segdepth.data.tracking.smooth_counts` of ``tracked["probability"]`` (computed when not given).
     match_radius : float
         Largest distance [A] between a found and a true column for them to be the same. Each true column
         (with atoms in frame 0) takes the nearest found column, closest pairs first, one found column each.
@@ -213,10 +213,10 @@ def score_simulated_movie(movie: xr.Dataset, tracked: xr.Dataset, smoothed: xr.D
     """
     for name in ("column_x", "column_y", "column_Z", "column_count", "changing"):
         if name not in movie:
-            raise ValueError(f"movie must hold {name!r} (segdepth.simmovie.simulate_movie)")
+            raise ValueError(f"movie must hold {name!r} (segdepth.physics.simmovie.simulate_movie)")
     for name in ("reference_y", "reference_x", "probability", "count"):
         if name not in tracked.variables:
-            raise ValueError(f"tracked must hold {name!r} (segdepth.tracking.track_columns)")
+            raise ValueError(f"tracked must hold {name!r} (segdepth.data.tracking.track_columns)")
     if not match_radius > 0:
         raise ValueError(f"match_radius must be > 0 [A], got {match_radius!r}")
     truth = movie["column_count"].values.astype(int)  # (frame, true column)

@@ -471,7 +471,7 @@ class DenoisingUNet(nn.Module):
     convolution to one channel that is added to the input (residual
     learning): ``out = x + conv(decoder(encoder(x)))``. Trained with the mean
     squared error against the clean image (both normalised by the noisy
-    frame's mean, :func:`segdepth.preprocess.normalise`).
+    frame's mean, :func:`segdepth.data.preprocess.normalise`).
 
     Parameters
     ----------
@@ -641,7 +641,7 @@ def optimise_for_inference(model: nn.Module, *, channels_last: bool = True) -> n
     ``x.contiguous(memory_format=torch.channels_last)``; for the small
     binned-input model the two layouts measured within run-to-run noise of
     each other, ``benchmarks/inference_speed.py``). The original model is not
-    changed. ``segdepth.predict`` uses this by default; its ``fast=False``
+    changed. ``segdepth.learn.inference`` uses this by default; its ``fast=False``
     keeps the plain eager path as the reference.
     """
     import copy
@@ -703,5 +703,5 @@ def format_parameter_table(base_channels: Sequence[int] = (16, 32, 64, 96, 130))
     return "\n".join(rows)
 
 
-if __name__ == "__main__":  # python -m segdepth.model
+if __name__ == "__main__":  # python -m segdepth.learn.model
     print(format_parameter_table())

@@ -1,7 +1,7 @@
 """Intensity normalisation shared by training and prediction.
 
 The network is trained on noisy images divided by their own mean, and every
-image given to :mod:`segdepth.predict` is normalised the same way, so the model
+image given to :mod:`segdepth.learn.inference` is normalised the same way, so the model
 never depends on the absolute dose scale (electron counts, gain, 8-bit
 rescaling). For a weak-phase object the mean intensity of a frame is close to
 the vacuum intensity, so this is close to "vacuum = 1".
@@ -12,9 +12,9 @@ A gain cancels in the division by the mean; an offset (dark level, or a
 display stretch that maps the minimum to 0) does not, and should be subtracted
 first. The dose lambda does not enter the normalisation: it only decides how
 noisy the normalised frame is. It can be given, or estimated under a Poisson
-model with unknown gain by :func:`segdepth.calibration.estimate_dose`
+model with unknown gain by :func:`segdepth.data.calibration.estimate_dose`
 (``mean**2 / variance``), and is recorded and compared with the model's
-training dose by :func:`segdepth.predict.predict`.
+training dose by :func:`segdepth.learn.inference.predict`.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import xarray as xr
 
-from . import __version__
+from segdepth import __version__
 
 __all__ = [
     "git_commit",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 __all__ = ["run_notebook", "main"]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_notebook(source, output=None, parameters: dict | None = None, *, cwd=None, kernel_name: str = "python3"):
@@ -39,7 +39,7 @@ def run_notebook(source, output=None, parameters: dict | None = None, *, cwd=Non
         raise FileNotFoundError(f"notebook {source} does not exist")
     nb = jupytext.read(source)
     output = Path(output) if output else REPO / "notebooks" / "executed" / (source.stem + ".ipynb")
-    from .store import atomic_write
+    from segdepth.data.store import atomic_write
 
     def execute(tmp):
         papermill.execute_notebook(

@@ -22,7 +22,7 @@ extension                 reader                          pixel size taken from
 ``.ser``, ``.emi``        ``rsciio.tia``                  axes scale and units
 ``.mrc``                  ``rsciio.mrc``                  axes scale and units
 ``.gif``, ``.png``        ``PIL`` (Pillow)                nowhere (pass ``pixel_size`` or calibrate
-                                                          from the lattice, :mod:`segdepth.calibration`)
+                                                          from the lattice, :mod:`segdepth.data.calibration`)
 ========================  ==============================  ===========================================
 
 A movie (GIF or animated PNG, a TIFF or ``.npy`` stack, a stack in a microscope
@@ -668,7 +668,9 @@ def write_netcdf_atomic(ds: xr.Dataset, path) -> Path:
         raise FileNotFoundError(f"{directory}: output directory does not exist")
     if path.is_dir():
         raise ValueError(f"{path}: is a directory, expected an output file name")
-    from .store import write_netcdf_atomic as write  # imports xarray: kept out of the command line's start-up
+    from segdepth.data.store import (
+        write_netcdf_atomic as write,  # imports xarray: kept out of the command line's start-up
+    )
 
     write(ds, path, compress=False, make_parents=False)
     return path

@@ -5,7 +5,7 @@ another value of a parameter (a test dose, a training dose, a model size).
 :func:`run_grid` does that for a whole grid:
 
 - every grid point runs the notebook through papermill in its own process
-  (``python -m segdepth.notebook``), up to ``workers`` at a time;
+  (``python -m segdepth.apps.notebook``), up to ``workers`` at a time;
 - the executed notebook goes to ``notebooks/executed/<notebook>/<point>.ipynb``
   and its log beside it (``.log``);
 - the notebook writes its result as netCDF to the path given by its
@@ -24,7 +24,7 @@ String parameters may refer to the grid point's values with ``{name}``
 
 Command line::
 
-    python -m segdepth.batch notebooks/04_noise_generalization.py \\
+    python -m segdepth.apps.batch notebooks/04_noise_generalization.py \\
         --grid test_lams 0.05 0.1 0.25 --dim test_lams=test_lambda \\
         --out-dir data/results/noise_sweep --merged data/results/noise_generalization.nc --workers 2
 """
@@ -47,7 +47,7 @@ from typing import Any
 
 __all__ = ["RunResult", "expand_grid", "point_key", "run_grid", "merge_results", "main"]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -138,7 +138,7 @@ def _run_one(notebook: Path, run: RunResult, *, cwd: Path, threads: int) -> RunR
     run.executed.parent.mkdir(parents=True, exist_ok=True)
     run.result.parent.mkdir(parents=True, exist_ok=True)
     run.log = run.executed.with_suffix(".log")
-    cmd = [sys.executable, "-m", "segdepth.notebook", str(notebook), "-o", str(run.executed), "--cwd", str(cwd)]
+    cmd = [sys.executable, "-m", "segdepth.apps.notebook", str(notebook), "-o", str(run.executed), "--cwd", str(cwd)]
     for name, value in run.parameters.items():
         cmd += ["-p", name, json.dumps(value)]
     env = dict(os.environ)
@@ -300,7 +300,7 @@ def run_grid(
 
     finished = [run for run in runs if run.status in ("done", "skipped")]
     if merged is not None and finished:
-        from .store import write_netcdf_atomic
+        from segdepth.data.store import write_netcdf_atomic
 
         ds = merge_results([run.result for run in finished], [run.point for run in finished], dims)
         ds.attrs["batch"] = json.dumps(
@@ -327,7 +327,7 @@ def _json_or_text(text: str) -> Any:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m segdepth.batch",
+        prog="python -m segdepth.apps.batch",
         description="Run a notebook over a grid of parameters with papermill and merge the netCDF results.",
     )
     ap.add_argument("notebook")
@@ -367,7 +367,7 @@ def main(argv=None) -> int:
             workers=args.workers,
         )
     except (ValueError, FileNotFoundError) as err:
-        print(f"segdepth.batch: error: {err}", file=sys.stderr)
+        print(f"segdepth.apps.batch: error: {err}", file=sys.stderr)
         return 2
     failed = [run for run in runs if run.status == "failed"]
     counts = {s: sum(run.status == s for run in runs) for s in ("done", "skipped", "failed")}

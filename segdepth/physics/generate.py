@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from .labels import LabelSettings, label_coordinates, make_label_maps
-from .simulation import (
+from segdepth.data.store import finished_shards, prepare_directory, provenance_attrs, shard_path, write_netcdf_atomic
+from segdepth.physics.labels import LabelSettings, label_coordinates, make_label_maps
+from segdepth.physics.simulation import (
     OPTICS,
     PAPER_SAMPLING,
     Microscope,
@@ -31,8 +32,7 @@ from .simulation import (
     simulate_exit_wave,
     tilt_structure,
 )
-from .store import finished_shards, prepare_directory, provenance_attrs, shard_path, write_netcdf_atomic
-from .structures import MAX_ATOMS, OUTLINES, SURFACES, build_particle, random_particle_spec
+from segdepth.physics.structures import MAX_ATOMS, OUTLINES, SURFACES, build_particle, random_particle_spec
 
 __all__ = [
     "GenerationParameters", "PRESETS", "OPTICS_COORDS", "TRAIN_OUTLINES", "HELD_OUT_OUTLINE",
@@ -87,7 +87,7 @@ class GenerationParameters:
         rest static), drawn per structure from ``[seed, i, 3]`` and recorded per
         sample as ``phonons``.
     wedge_range, surface_vacancy_max, surface_short_max, adatoms_max
-        Particle variety (:func:`segdepth.structures.random_particle_spec`).
+        Particle variety (:func:`segdepth.physics.structures.random_particle_spec`).
     """
 
     gpts: int = 1536
@@ -228,7 +228,7 @@ PRESETS["robust"] = GenerationParameters(
 )
 #: ``robust_phonons``: the robust distribution with thermal vibrations (issue 11's ablation: frozen
 #: phonons cost the robust model 14-22 points): three structures in four get 2 frozen-phonon
-#: configurations (rms :data:`segdepth.simulation.PHONON_SIGMAS`), one in four stays static.
+#: configurations (rms :data:`segdepth.physics.simulation.PHONON_SIGMAS`), one in four stays static.
 PRESETS["robust_phonons"] = PRESETS["robust"].with_(phonons=2, phonon_probability=0.75)
 PRESETS["shift"] = GenerationParameters(
     gpts=1536, n_defocus=2, surfaces=(HELD_OUT_OUTLINE, "faceted", "multi"), optics=OPTICS["shift"], seed=911,

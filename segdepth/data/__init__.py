@@ -1,0 +1,16 @@
+"""Stage 2, data: the simulated-dataset store (netCDF shards, atomic writes), microscope file readers,
+pixel-size calibration from the lattice, preprocessing shared by training and inference, local
+lattice maps and movie tracking. Never imports torch."""
+
+from __future__ import annotations
+
+from segdepth._lazy import attach
+
+__getattr__, __dir__, __all__ = attach(__name__, {
+    ".store": ["atomic_write", "write_netcdf_atomic", "write_json_atomic", "open_dataset", "finished_shards"],
+    ".io": ["SUPPORTED_EXTENSIONS", "read_image", "check_pixel_size", "check_positive"],
+    ".calibration": ["PixelSizeCalibration", "CalibrationError", "calibrate_pixel_size", "estimate_dose"],
+    ".preprocess": ["normalise", "bin_image", "bin_dataset"],
+    ".lattice": ["local_lattice"],
+    ".tracking": ["AlignmentError", "align_frames", "find_columns", "track_columns", "smooth_counts"],
+})
