@@ -121,10 +121,16 @@ bg = np.argwhere(d2 > 3.0**2)  # vacuum: more than 3 A from every column
 bg_px = tuple(int(v) for v in bg[np.linalg.norm(bg - np.array(col_px), axis=1).argmin()])
 
 
+# Fig. 8 shows +-6 A around the column pixel: the maps are kept on a +-8 A window (the whole frame
+# would be ~15 MB of gradients that no figure shows)
+window = {d: np.abs(s[d].values - float(s[f"label_{d}"][col_px[k]])) <= 8.0 for k, d in enumerate(("y", "x"))}
+
+
 def saliency_map(noisy_image, pixel, depth):
-    """eq. 7 w.r.t. the frame's pixels (a binned model's gradient is shared by the pixels of a bin)."""
+    """eq. 7 w.r.t. the frame's pixels (a binned model's gradient is shared by the pixels of a bin), on the window."""
     g = metrics.saliency(model, normalise(bin_image(noisy_image, binning)), pixel, depth)
-    return np.kron(g, np.ones((binning, binning), np.float32)) / binning**2
+    full = np.kron(g, np.ones((binning, binning), np.float32)) / binning**2
+    return full[np.ix_(window["y"], window["x"])]
 
 
 sal_col = saliency_map(noisy, col_px, int(pred[col_px]))
@@ -139,10 +145,13 @@ ex = xr.Dataset(
         "label": (("label_y", "label_x"), label), "depth_true": (("label_y", "label_x"), s.depth.values),
         "estimate": (("label_y", "label_x"), pred.astype(np.uint8)),
         "confidence": (("label_y", "label_x"), proba.max(0)),
-        "saliency_column": (("y", "x"), sal_col), "saliency_background": (("y", "x"), sal_bg),
-        "saliency_lam": (("lam", "y", "x"), np.stack(sal_lam)),
+        "saliency_column": (("saliency_y", "saliency_x"), sal_col),
+        "saliency_background": (("saliency_y", "saliency_x"), sal_bg),
+        "saliency_lam": (("lam", "saliency_y", "saliency_x"), np.stack(sal_lam)),
     },
     coords={"x": s.x.values, "y": s.y.values, "label_x": s.label_x.values, "label_y": s.label_y.values,
+            "saliency_x": ("saliency_x", s.x.values[window["x"]], {"units": "A"}),
+            "saliency_y": ("saliency_y", s.y.values[window["y"]], {"units": "A"}),
             "lam": ("lam", np.asarray(saliency_lams, dtype=float), {"units": "e/pixel"})},
     attrs={"sample": i, "column_pixel": list(col_px), "background_pixel": list(bg_px), "test_lam": lam,
            "true_count_at_column": int(cnt[c])},
@@ -235,13 +244,14 @@ save_figure(fig, figure_prefix + "fig7_calibration.png")
 n = e.sizes["lam"]
 fig, ax = plt.subplots(1, 2 + n, figsize=(4 * (2 + n), 4))
 col_px, bg_px = e.attrs["column_pixel"], e.attrs["background_pixel"]
+ext_sal = [float(e.saliency_x[0]), float(e.saliency_x[-1]), float(e.saliency_y[-1]), float(e.saliency_y[0])]
 for a, name, px, title in ((ax[0], "saliency_column", col_px, "column pixel"),
                            (ax[1], "saliency_background", bg_px, "background pixel")):
-    a.imshow(e[name], cmap="inferno", extent=ext_img)
+    a.imshow(e[name], cmap="inferno", extent=ext_sal)
     a.plot(float(e.label_x[px[1]]), float(e.label_y[px[0]]), "c+", ms=12)
     a.set_title(f"|gradient|, {title}")
 for k in range(n):
-    ax[2 + k].imshow(e.saliency_lam[k], cmap="inferno", extent=ext_img)
+    ax[2 + k].imshow(e.saliency_lam[k], cmap="inferno", extent=ext_sal)
     ax[2 + k].plot(float(e.label_x[col_px[1]]), float(e.label_y[col_px[0]]), "c+", ms=12)
     ax[2 + k].set_title(f"column pixel, lambda = {float(e.lam[k]):g}")
 cx, cy = float(e.label_x[col_px[1]]), float(e.label_y[col_px[0]])

@@ -143,3 +143,16 @@ def test_real_movie_left_half():
     cal = calibrate_pixel_size(movie.values[:3], spacings=spacings)
     assert cal.pixel_size == pytest.approx(0.201, abs=0.006)
     assert cal.uncertainty < 0.005
+
+
+def test_reflections_below_the_matched_ones_are_refused_unless_their_spacing_is_given():
+    # fringes of a 5 A spacing (another phase) below the CeO2 {111}: with the CeO2 spacings alone the
+    # lowest ring is unexplained, so calibration refuses; given that spacing too, it calibrates.
+    image = fcc_110_image(0.2)
+    y, x = np.mgrid[0:160, 0:160] * 0.2
+    image = image + 0.2 * np.cos(2 * np.pi * (x * math.cos(0.5) + y * math.sin(0.5)) / 5.0)
+    with pytest.raises(CalibrationError, match=r"reflections below the matched ones \(rings at 0\.0399, .*phase"):
+        calibrate_pixel_size(image)
+    cal = calibrate_pixel_size(image, spacings={**CEO2_SPACINGS, "fringes": 5.0})
+    assert cal.pixel_size == pytest.approx(0.2, rel=0.01)
+    assert "fringes" in {p["family"] for p in cal.peaks}

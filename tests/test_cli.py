@@ -190,6 +190,7 @@ def test_reference_path_is_the_paper_model_in_eager_float32(workdir, capsys):
 MOVIE = ROOT / "data" / "raw" / "ptceo2_udvd_40frames.gif"
 
 
+@pytest.mark.filterwarnings("default:the image dose:UserWarning")  # shown by the command line, as a user sees it
 def test_predict_real_movie_streams_calibrated_frames(workdir, capsys):
     """The real GIF: left half, 3 frames read in chunks of 2, calibrated from the lattice, lambda estimated."""
     out = workdir / "movie.nc"
@@ -199,6 +200,7 @@ def test_predict_real_movie_streams_calibrated_frames(workdir, capsys):
     assert main(args) == 0, capsys.readouterr().err
     err = capsys.readouterr().err
     assert "calibrated pixel size" in err and "estimated dose" in err
+    assert "segdepth: warning: the image dose is 1.1" in err  # the tiny model was trained at lambda 5: one line
     from segdepth.data.io import read_image
     from segdepth.learn.inference import predict
     from segdepth.learn.modelio import load_model
@@ -245,3 +247,53 @@ def test_check_needs_a_field_larger_than_the_lattice_window(workdir, capsys):
     err = capsys.readouterr().err
     assert err.startswith("segdepth: error:") and "--no-check" in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_registry_streams_flag_decides_chunked_reading(workdir, monkeypatch):
+    """A streaming format (.npy) is read a chunk at a time; the same file flagged non-streaming is read whole."""
+    import dataclasses
+
+    import segdepth.data.io as io
+    import segdepth.learn.inference as inference
+
+    rng = np.random.default_rng(2)
+    stack = (rng.poisson(5.0, (51, 32, 32)) / 5.0 + 0.05).astype(np.float32)
+    np.save(workdir / "long.npy", stack)
+    read_image, calls, chunks = io.read_image, [], []
+
+    def recording_read_image(path, **kwargs):
+        calls.append(kwargs["frames"])
+        return read_image(path, **kwargs)
+
+    class Stop(Exception):
+        pass
+
+    def consume_chunks(chunk_readers, *args, n_frames, **kwargs):  # the chunks as predict_to_netcdf gets them
+        assert n_frames == 51
+        chunks.extend(read() for read in chunk_readers)
+        raise Stop
+
+    monkeypatch.setattr(io, "read_image", recording_read_image)
+    monkeypatch.setattr(inference, "predict_to_netcdf", consume_chunks)
+    args = ["predict", str(workdir / "long.npy"), "--out", str(workdir / "long.nc"), "--model",
+            str(workdir / "tiny.safetensors"), "--pixel-size", str(MODEL_PIXEL), "--chunk", "20", "--no-check"]
+    for streams, reads in ((True, [[0], list(range(50)), list(range(40, 51))]), (False, [None])):
+        monkeypatch.setitem(io.READERS, ".npy", dataclasses.replace(io.READERS[".npy"], streams=streams))
+        calls.clear()
+        chunks.clear()
+        with pytest.raises(Stop):
+            main(args)
+        assert calls == reads, streams  # streaming: a probe, 50 frames, then the last chunk
+        assert [c.sizes["frame"] for c in chunks] == [20, 20, 11], streams
+        np.testing.assert_array_equal(np.concatenate([c.values for c in chunks]), stack)
+        assert np.concatenate([c["frame"].values for c in chunks]).tolist() == list(range(51))
+
+
+def test_help_lists_every_supported_format():
+    from segdepth.apps.cli import build_parser
+    from segdepth.data.io import SUPPORTED_EXTENSIONS
+
+    commands = next(a for a in build_parser()._actions if a.dest == "command")
+    description = commands.choices["predict"].description
+    for suffix in SUPPORTED_EXTENSIONS:
+        assert suffix in description, suffix

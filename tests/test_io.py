@@ -2,13 +2,23 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 import xarray as xr
 
-from segdepth.data.io import check_pixel_size, read_image, write_netcdf_atomic
+import segdepth.data.io as io
+from segdepth.data.io import (
+    READERS,
+    SUPPORTED_EXTENSIONS,
+    RawImage,
+    Reader,
+    check_pixel_size,
+    frame_indices,
+    read_image,
+)
 
 
 def write_mrc(path, data, pixel_size):
@@ -192,6 +202,11 @@ def test_bad_pixel_sizes(tmp_path, image, value):
 
 
 def test_write_netcdf_atomic(tmp_path):
+    from segdepth.data.store import write_netcdf_atomic as write
+
+    def write_netcdf_atomic(ds, path):  # how the command line writes: no compression, no new directories
+        return write(ds, path, compress=False, make_parents=False)
+
     ds = xr.Dataset({"depth": (("y", "x"), np.ones((2, 3), np.uint8))}, attrs={"card": "{}"})
     out = write_netcdf_atomic(ds, tmp_path / "out.nc")
     with xr.open_dataset(out) as back:
@@ -205,6 +220,8 @@ def test_write_netcdf_atomic(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="output directory does not exist"):
         write_netcdf_atomic(ds, tmp_path / "missing" / "out.nc")
+    with pytest.raises(ValueError, match="is a directory"):
+        write_netcdf_atomic(ds, tmp_path)
 
 
 def test_gif_and_png_movies(tmp_path, image):
@@ -231,8 +248,6 @@ def test_gif_and_png_movies(tmp_path, image):
 
 
 def test_real_movie_shape():
-    from pathlib import Path
-
     movie = Path(__file__).resolve().parents[1] / "data" / "raw" / "ptceo2_udvd_40frames.gif"
     da = read_image(movie, frames=[0, 40], crop="0:180,:")
     assert da.shape == (2, 180, 180) and list(da.frame.values) == [0, 40] and da.attrs["pixel_size"] is None
@@ -285,3 +300,62 @@ def test_emd_through_rosettasciio(tmp_path, image):
     da = read_image(tmp_path / "s.emd", frames="1:", crop="0:16,:")
     assert da.shape == (2, 40, 16) and da.attrs["pixel_size"] == pytest.approx(0.2)
     np.testing.assert_array_equal(da.values[1], (image + 2)[:, :16])
+
+
+def test_every_supported_extension_has_a_reader():
+    assert SUPPORTED_EXTENSIONS == tuple(READERS) and len(set(SUPPORTED_EXTENSIONS)) == len(SUPPORTED_EXTENSIONS)
+    for suffix in SUPPORTED_EXTENSIONS:
+        reader = READERS[suffix]
+        assert isinstance(reader, Reader) and suffix in reader.suffixes and callable(reader.read), suffix
+        assert suffix == suffix.lower() and suffix.startswith("."), suffix
+        assert f"``{suffix}``" in io.__doc__, f"{suffix} missing from the format table"
+    for reader in set(READERS.values()):
+        assert all(READERS[suffix] is reader for suffix in reader.suffixes), reader.name
+    assert {s for s, r in READERS.items() if r.streams} == {".npy", ".tif", ".tiff", ".gif", ".png"}
+
+
+def test_unknown_suffix_lists_the_registry(tmp_path):
+    (tmp_path / "x.JPG").write_bytes(b"\xff\xd8\xff")
+    with pytest.raises(ValueError) as err:
+        read_image(tmp_path / "x.JPG")
+    supported = ", ".join(READERS)
+    assert str(err.value) == f"{tmp_path / 'x.JPG'}: unsupported file type '.JPG' (supported: {supported})"
+    tifffile.imwrite(tmp_path / "upper.TIF", np.ones((8, 8), np.float32))
+    assert read_image(tmp_path / "upper.TIF").shape == (1, 8, 8)  # suffixes are looked up in lower case
+
+
+def test_streaming_readers_read_only_the_selected_frames(tmp_path, image):
+    """A streaming reader returns only the selected frames (or a memory map); the others return the whole data."""
+    from PIL import Image
+
+    stack = np.stack([image + k for k in range(5)])
+    tifffile.imwrite(tmp_path / "s.tif", stack)
+    grey = [Image.fromarray((image * 200 + 10 * k).astype(np.uint8)) for k in range(5)]
+    grey[0].save(tmp_path / "s.gif", save_all=True, append_images=grey[1:], duration=40)
+    for name in ("s.tif", "s.gif"):
+        raw = READERS[Path(name).suffix].read(tmp_path / name, calibrate=False, frames="1:5:2")
+        assert isinstance(raw, RawImage) and raw.data.shape[:3] == (2, 40, 32), name  # GIF: palette as RGB
+        assert raw.selected_frames == (1, 3) and raw.frames_in_file == 5, name
+        whole = READERS[Path(name).suffix].read(tmp_path / name, calibrate=False, frames=None)
+        assert whole.data.shape[:3] == (5, 40, 32) and whole.selected_frames is None and whole.frames_in_file is None
+    np.testing.assert_array_equal(read_image(tmp_path / "s.tif", frames="1:5:2").values, stack[1:5:2])
+    assert read_image(tmp_path / "s.gif", frames="1:5:2").attrs["frames_in_file"] == 5
+
+    np.save(tmp_path / "s.npy", stack)
+    raw = READERS[".npy"].read(tmp_path / "s.npy", calibrate=True, frames=[1])
+    assert isinstance(raw.data, np.memmap) and raw.selected_frames is None  # read_image indexes the map
+
+    xr.Dataset({"image": (("frame", "y", "x"), stack)}).to_netcdf(tmp_path / "s.nc")
+    raw = READERS[".nc"].read(tmp_path / "s.nc", calibrate=True, frames=[1])
+    assert not READERS[".nc"].streams and raw.data.shape == stack.shape and raw.selected_frames is None
+    assert read_image(tmp_path / "s.nc", frames=[1]).frame.values.tolist() == [1]
+
+
+def test_frame_indices_is_the_selection_of_read_image():
+    assert frame_indices(None, 3, "f") == [0, 1, 2]
+    assert frame_indices("0:40:2", 7, "f") == [0, 2, 4, 6]
+    assert frame_indices([-1, 0], 4, "f") == [3, 0]
+    with pytest.raises(ValueError, match="f: frame 4 is out of range \\(the file has 4"):
+        frame_indices(4, 4, "f")
+    with pytest.raises(TypeError, match="selected_frames and frames_in_file"):
+        RawImage(np.ones((2, 2)), selected_frames=(0,))

@@ -256,3 +256,29 @@ def test_long_prediction_resumes_from_its_last_finished_chunk(saved, rng, tmp_pa
     calls.clear()
     predict_to_netcdf(chunks(), model, card, out, n_frames=7, tile=32, overlap=16)
     assert calls == [0, 2, 4, 6]
+
+
+def test_training_mode_is_restored_and_a_series_is_optimised_once(saved, rng, tmp_path, monkeypatch):
+    """predict puts a training model in eval mode and back; predict_to_netcdf folds the network once per series."""
+    from segdepth.learn import model as model_module
+    from segdepth.learn.inference import predict_to_netcdf
+
+    model, card = saved
+    image = noisy(rng, (4, 64, 64), frame=np.arange(4))
+    expected = predict(image, model, card)
+    was_training = model.training
+    model.train()
+    try:
+        np.testing.assert_array_equal(predict(image, model, card)["depth"], expected["depth"])
+        assert model.training
+    finally:
+        model.train(was_training)
+    calls = []
+    optimise = model_module.optimise_for_inference
+    monkeypatch.setattr(model_module, "optimise_for_inference", lambda m, **kw: calls.append(1) or optimise(m, **kw))
+    chunks = [image.isel(frame=slice(0, 2)), image.isel(frame=slice(2, 4))]
+    with xr.open_dataset(predict_to_netcdf(chunks, model, card, tmp_path / "series.nc", n_frames=4)) as ds:
+        np.testing.assert_array_equal(ds["depth"].values, expected["depth"].values)
+    assert calls == [1]
+    predict(image, model, card, fast=False)
+    assert calls == [1]  # the eager reference is not optimised

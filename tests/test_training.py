@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -10,8 +13,20 @@ import xarray as xr
 from safetensors import safe_open
 
 from segdepth.learn import training
+from segdepth.learn.distributed import SingleProcess, current_processes
 from segdepth.learn.modelio import load_model
-from segdepth.learn.training import TrainConfig, class_weights, load_checkpoint, train, weighted_cross_entropy
+from segdepth.learn.training import (
+    DataConfig,
+    ModelConfig,
+    NoiseConfig,
+    RunConfig,
+    TrainConfig,
+    class_weights,
+    initial_model,
+    load_checkpoint,
+    train,
+    weighted_cross_entropy,
+)
 
 SAMPLING = 0.053  # [A]
 
@@ -138,6 +153,70 @@ def test_config_validation():
         TrainConfig(lr_schedule="step")
 
 
+# The flat settings, in the order in which the model cards and checkpoints written so far hold them.
+FLAT_SETTINGS = [
+    "base_channels", "model_kwargs", "lam", "lam_range", "crop", "val_crop", "label_factor", "augment", "focus",
+    "batch_size", "val_batch_size", "epochs", "steps_per_epoch", "lr", "lr_schedule", "lr_factor", "lr_patience",
+    "min_lr", "patience", "class_balance", "class_weight_max", "seed", "num_threads", "max_minutes", "task",
+    "denoiser", "denoiser_path", "denoise_weight", "input_binning", "init_weights",
+]
+
+
+def test_config_is_frozen_parts_with_the_flat_dict_of_the_cards():
+    cfg = tiny_config(lam_range=[2, 20], epochs=3)
+    assert list(cfg.to_dict()) == FLAT_SETTINGS
+    assert cfg.to_dict()["lam_range"] == [2.0, 20.0] and cfg.lam is None and cfg.lam_range == (2.0, 20.0)
+    assert cfg.noise == NoiseConfig(lam=None, lam_range=(2.0, 20.0)) and cfg.run.epochs == cfg.epochs == 3
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert TrainConfig(model=cfg.model, data=cfg.data, noise=cfg.noise, loss=cfg.loss, optimiser=cfg.optimiser,
+                       run=cfg.run) == cfg
+    assert TrainConfig(run=RunConfig(epochs=3), lr=0.5).to_dict() == {**TrainConfig().to_dict(), "epochs": 3, "lr": 0.5}
+    # a dict of an older card, before some settings existed: their defaults
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("input_binning", "init_weights")}
+    assert TrainConfig.from_dict(old) == cfg
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.lr = 0.5
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.noise.lam = 1.0
+    with pytest.raises(TypeError):
+        cfg.model_kwargs["n_scales"] = 3  # read-only copy
+    kwargs = {"n_scales": 2}
+    frozen = ModelConfig(model_kwargs=kwargs)
+    kwargs["n_scales"] = 3
+    assert frozen.model_kwargs == {"n_scales": 2}
+    assert pickle.loads(pickle.dumps(cfg)) == cfg
+    with pytest.raises(TypeError, match="unexpected settings: colour"):
+        TrainConfig(colour="red")
+    with pytest.raises(TypeError, match="not both"):
+        TrainConfig(data=DataConfig(), crop=64)
+    with pytest.raises(ValueError, match="tuple"):
+        NoiseConfig(lam=None, lam_range=[1.0, 2.0])  # NoiseConfig.from_doses converts
+    assert NoiseConfig.from_doses() == NoiseConfig(lam=2.5)
+
+
+def test_build_model_reads_no_file(tmp_path):
+    missing = str(tmp_path / "missing.safetensors")
+    model = tiny_config(init_weights=missing).build_model()  # the file is read by initial_model only
+    fresh = tiny_config().build_model()
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in model.state_dict().items())
+    with pytest.raises(FileNotFoundError):
+        initial_model(tiny_config(init_weights=missing))
+    with pytest.raises(ValueError, match="denoiser_path"):
+        tiny_config(denoiser_path=missing).build_model()  # needs the loaded denoiser
+
+
+def test_single_process_stand_in():
+    processes = current_processes()  # no process group here
+    assert type(processes) is SingleProcess and processes.is_main and (processes.rank, processes.world) == (0, 1)
+    tensor = torch.arange(3.0)
+    processes.broadcast(tensor)
+    processes.all_reduce(tensor)
+    processes.barrier()
+    assert torch.equal(tensor, torch.arange(3.0)) and processes.all_gather_object("x") == ["x"]
+    model = torch.nn.Linear(2, 2)
+    assert processes.wrap_model(model, torch.device("cpu")) is model
+
+
 def test_loss_falls_on_toy_data(data, tmp_path):
     cfg = tiny_config(lam_range=None, lam=50.0, batch_size=2, epochs=8, class_balance=0.5, lr_schedule="cosine")
     history = train(cfg, *data, tmp_path, progress=False)
@@ -206,6 +285,17 @@ def test_killed_run_resumes(reference, data, tmp_path):
     assert load_checkpoint(tmp_path)[0]["epoch"] == 0
     train(tiny_config(), *data, tmp_path, progress=False)
     _assert_same_run(reference[0], tmp_path)
+
+
+def test_resume_accepts_a_checkpoint_without_newer_settings(reference, data, tmp_path):
+    shutil.copytree(reference[0], tmp_path, dirs_exist_ok=True)
+    state = json.loads((tmp_path / "checkpoint.json").read_text())
+    for name in ("input_binning", "init_weights"):  # settings added after the first checkpoints were written
+        del state["config"][name]
+    (tmp_path / "checkpoint.json").write_text(json.dumps(state))
+    history = train(tiny_config(epochs=3), *data, tmp_path, progress=False)
+    assert history.sizes["epoch"] == 3
+    assert history["train_loss"].values[:2].tolist() == reference[1]["train_loss"].values.tolist()
 
 
 def test_resume_refuses_other_settings(reference, data):
@@ -291,7 +381,7 @@ def test_sequential_trains_segmenter_on_frozen_denoiser(denoiser, data, tmp_path
 
 def test_joint_training_updates_both_parts_and_counts_the_mse(denoiser, data, tmp_path):
     path, _ = denoiser
-    start = TrainConfig.from_dict(tiny_config(task="joint", denoiser_path=str(path)).to_dict()).build_model()
+    start = initial_model(TrainConfig.from_dict(tiny_config(task="joint", denoiser_path=str(path)).to_dict()))
     cfg = tiny_config(task="joint", denoiser_path=str(path), lam_range=None, lam=5.0, epochs=1, denoise_weight=10.0)
     history = train(cfg, *data, tmp_path, progress=False)
     model, _ = load_model(tmp_path / "model.safetensors")
@@ -345,9 +435,9 @@ def test_input_binning_validation(data, tmp_path):
 
 def test_init_weights_starts_from_a_trained_model_and_refuses_another_architecture(reference, tmp_path):
     out, _, _ = reference
-    start = tiny_config(init_weights=str(out / "model.safetensors")).build_model()
+    start = initial_model(tiny_config(init_weights=str(out / "model.safetensors")))
     trained, _ = load_model(out / "model.safetensors")
-    fresh = tiny_config().build_model()
+    fresh = initial_model(tiny_config())
     for name, value in trained.state_dict().items():
         assert torch.allclose(start.state_dict()[name].float(), value.float(), atol=1e-3), name
     assert any(not torch.allclose(fresh.state_dict()[n].float(), v.float(), atol=1e-3)
@@ -355,4 +445,4 @@ def test_init_weights_starts_from_a_trained_model_and_refuses_another_architectu
     other = tiny_config(model_kwargs={**TINY_MODEL, "channels": [4, 8, 16]},
                         init_weights=str(out / "model.safetensors"))
     with pytest.raises(ValueError, match="init_weights"):
-        other.build_model()
+        initial_model(other)

@@ -135,7 +135,7 @@ def _check_output(out: Path) -> None:
 
 
 def _predict_command(args: argparse.Namespace) -> int:
-    from segdepth.data.io import check_pixel_size, parse_crop, parse_frames, read_image
+    from segdepth.data.io import READERS, check_pixel_size, frame_indices, parse_crop, parse_frames, read_image
 
     out = Path(args.out)
     _check_output(out)
@@ -157,12 +157,10 @@ def _predict_command(args: argparse.Namespace) -> int:
 
     # validate the input (and find its frames) before loading a model; long series are read chunk by chunk
     source = Path(args.input)
-    streamable = source.suffix.lower() in (".npy", ".tif", ".tiff", ".gif", ".png")
-    if streamable:
-        from segdepth.data.io import _frame_indices
-
+    reader = READERS.get(source.suffix.lower())  # None: read_image names the problem
+    if reader is not None and reader.streams:
         probe = read_image(source, pixel_size=pixel_size, frames=[0], crop=crop)
-        keys = _frame_indices(frames, probe.attrs["frames_in_file"], source)
+        keys = frame_indices(frames, probe.attrs["frames_in_file"], source)
         n_first = max(args.chunk, 50)
         first = read_image(source, pixel_size=pixel_size, frames=keys[:n_first], crop=crop)
     else:

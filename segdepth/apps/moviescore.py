@@ -27,6 +27,7 @@ import numpy as np
 import xarray as xr
 from scipy.spatial import cKDTree
 
+from segdepth.constants import SYMBOLS
 from segdepth.data.tracking import (
     align_frames,
     find_columns,
@@ -39,7 +40,6 @@ from segdepth.data.tracking import (
 
 __all__ = ["NEVER", "run_movie_path", "run_simulated_movie", "score_simulated_movie"]
 
-_Z = {58: "Ce", 8: "O"}
 #: Delay recorded for a change that is never detected (delays of the smoothed posterior may be negative).
 NEVER = -999
 _MODES = ("smoothed", "filtered")
@@ -248,7 +248,7 @@ def score_simulated_movie(movie: xr.Dataset, tracked: xr.Dataset, smoothed: xr.D
     else:
         elements = np.full(found_xy.shape[0], "unknown")
     named = elements[cols] != "unknown"
-    truth_element = np.array([_Z.get(int(z_), "?") for z_ in movie["column_Z"].values[matched]])
+    truth_element = np.array([SYMBOLS.get(int(z_), "?") for z_ in movie["column_Z"].values[matched]])
     correct = elements[cols][named] == truth_element[named]
     per_frame = tracked["count"].transpose("frame", "column").values[:, cols]
     smooth = smoothed["count"].transpose("frame", "column").values[:, cols]

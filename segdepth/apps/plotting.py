@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from segdepth.constants import N_CLASSES
+
 __all__ = ["save_figure", "depth_cmap", "plot_samples"]
 
 
@@ -60,5 +62,5 @@ def plot_samples(depth, clean, noisy, *, lam: float, titles=None):
             axes[i, 0].set_title("depth (atoms per column)")
             axes[i, 1].set_title("clean image")
             axes[i, 2].set_title(f"noisy image, lambda = {lam:g}")
-    fig.colorbar(im, ax=axes.ravel().tolist(), ticks=range(11), shrink=0.5, location="right", label="atoms")
+    fig.colorbar(im, ax=axes.ravel().tolist(), ticks=range(N_CLASSES), shrink=0.5, location="right", label="atoms")
     return fig

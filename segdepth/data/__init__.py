@@ -8,7 +8,8 @@ from segdepth._lazy import attach
 
 __getattr__, __dir__, __all__ = attach(__name__, {
     ".store": ["atomic_write", "write_netcdf_atomic", "write_json_atomic", "open_dataset", "finished_shards"],
-    ".io": ["SUPPORTED_EXTENSIONS", "read_image", "check_pixel_size", "check_positive"],
+    ".io": ["SUPPORTED_EXTENSIONS", "READERS", "Reader", "RawImage", "read_image", "frame_indices", "check_pixel_size",
+            "check_positive"],
     ".calibration": ["PixelSizeCalibration", "CalibrationError", "calibrate_pixel_size", "estimate_dose"],
     ".preprocess": ["normalise", "bin_image", "bin_dataset"],
     ".lattice": ["local_lattice"],

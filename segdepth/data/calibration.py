@@ -54,6 +54,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from segdepth.constants import LATTICE_CONSTANT
+
 __all__ = [
     "CEO2_SPACINGS",
     "CalibrationError",
@@ -65,7 +67,7 @@ __all__ = [
     "power_spectrum",
 ]
 
-CEO2_LATTICE_CONSTANT = 5.411  # [A]
+CEO2_LATTICE_CONSTANT = LATTICE_CONSTANT  # [A]
 #: Default spacings [A]: CeO2 {111}, {200} and {220} (a = 5.411 A), the three strongest reflections
 #: of fluorite along [110].
 CEO2_SPACINGS = {
@@ -260,6 +262,262 @@ def _fold(angle: float) -> float:
     return min(a, 180.0 - a)
 
 
+def _checked_spacings(spacings: dict | None, tolerance: float) -> dict:
+    """A copy of ``spacings`` (default :data:`CEO2_SPACINGS`) after checking it and ``tolerance``."""
+    spacings = dict(CEO2_SPACINGS if spacings is None else spacings)
+    if not spacings:
+        raise ValueError("spacings must name at least one lattice spacing [A]")
+    for name, d in spacings.items():
+        if not isinstance(d, int | float | np.number) or not math.isfinite(d) or d <= 0:
+            raise ValueError(f"spacing {name!r} must be a positive number of Angstrom, got {d!r}")
+    if not 0 < tolerance < 0.2:
+        raise ValueError(f"tolerance must be in (0, 0.2), got {tolerance}")
+    return spacings
+
+
+def _nonblank_frames(image) -> np.ndarray:
+    """The frames of ``image`` (as :func:`_frames`); a blank (constant) image raises :class:`CalibrationError`."""
+    arr = _frames(image)
+    if np.all(arr.std(axis=(1, 2)) == 0):
+        raise CalibrationError("calibration failed: the image is blank (constant), there is no lattice to measure")
+    return arr
+
+
+@dataclass(frozen=True)
+class _Spectrum:
+    """The frame-averaged power spectrum (step 1) and the region of it that is searched for reflections."""
+
+    power: np.ndarray  # fftshift-ed, zero frequency at the centre
+    radius: np.ndarray  # |f| of every bin [cycles/px]
+    bin_width: float  # one Fourier bin of the shorter side [cycles/px]
+    annulus: np.ndarray  # bins searched: min_frequency_bins <= |f| <= max_frequency
+    half: np.ndarray  # the annulus's independent half (the spectrum is centro-symmetric)
+    n_frames: int
+
+
+def _spectrum(arr: np.ndarray, min_frequency_bins: float, max_frequency: float) -> _Spectrum:
+    """Step 1: the power spectrum of the frames ``arr``, with the frequencies and the annulus searched."""
+    n_frames, h, w = arr.shape
+    fy, fx = _frequencies(h, w)
+    radius = np.hypot(fy, fx)
+    bin_width = 1.0 / min(h, w)
+    f_min = min_frequency_bins * bin_width
+    annulus = (radius >= f_min) & (radius <= max_frequency) & (np.abs(fy) < 0.5) & (np.abs(fx) < 0.5)
+    half = annulus & ((fy > 0) | ((fy == 0) & (fx > 0)))
+    return _Spectrum(power_spectrum(arr), radius, bin_width, annulus, half, n_frames)
+
+
+def _noise_ratio(spectrum: _Spectrum) -> np.ndarray:
+    """Step 2: power / background, Gamma-distributed (shape = number of frames, mean 1) for pure noise.
+
+    The background is a low quantile in rings 2 bins wide, robust to the reflections' leakage, scaled to
+    the ring mean that pure noise would have. Zero outside the annulus.
+    """
+    from scipy import stats
+
+    s = spectrum
+    background = _radial_quantile(s.power, s.radius, 2 * s.bin_width, s.annulus, _QUANTILE)
+    if not np.any(np.isfinite(background[s.annulus]) & (background[s.annulus] > 0)):
+        raise CalibrationError("calibration failed: the power spectrum is empty (blank image?)")
+    # for noise, power / ring mean is Gamma(n, 1/n): scale the ring quantile to the ring mean
+    quantile_of_mean_one = stats.gamma.ppf(_QUANTILE, s.n_frames) / s.n_frames
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(s.annulus & (background > 0), s.power / (background / quantile_of_mean_one), 0.0)
+    return np.nan_to_num(ratio, nan=0.0)
+
+
+def _threshold(spectrum: _Spectrum, false_alarm: float) -> float:
+    """Step 3: the ratio that pure noise exceeds anywhere in the annulus with probability ``false_alarm``."""
+    from scipy import stats
+
+    n_tests = max(int(spectrum.half.sum()), 1)
+    return float(stats.gamma.isf(false_alarm / n_tests, spectrum.n_frames) / spectrum.n_frames)
+
+
+def _peaks(spectrum: _Spectrum, ratio: np.ndarray, threshold: float) -> list[dict]:
+    """Step 3: the (at most 100) strongest significant peaks, positions refined to sub-bin precision.
+
+    Peaks are local maxima of the power itself (the ring background would shift them), tested on
+    ``ratio``. Each is a dict with ``fy``, ``fx``, ``frequency`` [cycles/px], ``angle`` [deg] and
+    ``strength`` (``ratio``), strongest first. None raises :class:`CalibrationError`.
+    """
+    from scipy import ndimage
+
+    power = spectrum.power
+    local_max = power == ndimage.maximum_filter(power, size=5, mode="wrap")
+    candidates = np.argwhere(spectrum.half & local_max & (ratio > threshold))
+    if candidates.size == 0:
+        raise CalibrationError(
+            f"calibration failed: no lattice reflections in the power spectrum (none above {threshold:.3g} x the "
+            f"background over {spectrum.n_frames} frame(s)); pure noise, amorphous, or too low a dose"
+        )
+    logp = np.log(np.maximum(power, power[power > 0].min() if np.any(power > 0) else 1e-300))
+    h, w = power.shape
+    cy, cx = h // 2, w // 2
+    peaks = []
+    for i, j in candidates:
+        ri, rj = _refine(logp, int(i), int(j))
+        pfy, pfx = (ri - cy) / h, (rj - cx) / w
+        peaks.append({
+            "fy": float(pfy), "fx": float(pfx), "frequency": float(math.hypot(pfy, pfx)),
+            "angle": float(math.degrees(math.atan2(pfy, pfx))), "strength": float(ratio[i, j]),
+        })
+    peaks.sort(key=lambda p: -p["strength"])
+    return peaks[:100]
+
+
+@dataclass(frozen=True)
+class _Rings:
+    """Peaks grouped into rings of (nearly) equal ``|f|``, by increasing frequency."""
+
+    peaks: list  # list of lists of peak dicts
+    frequency: list  # strength-weighted mean |f| of each ring [cycles/px]
+    strength: list  # summed strength of each ring
+
+
+def _rings(peaks: list[dict], tolerance: float, bin_width: float) -> _Rings:
+    """Step 4: group ``peaks`` into rings of equal ``|f|`` (within ``tolerance / 2`` and half a bin)."""
+    rings: list[list[dict]] = []
+    for p in sorted(peaks, key=lambda p: p["frequency"]):
+        if rings and p["frequency"] <= rings[-1][0]["frequency"] * (1 + tolerance / 2) + bin_width / 2:
+            rings[-1].append(p)
+        else:
+            rings.append([p])
+    frequency = [float(np.average([p["frequency"] for p in r], weights=[p["strength"] for p in r])) for r in rings]
+    strength = [sum(p["strength"] for p in r) for r in rings]
+    return _Rings(rings, frequency, strength)
+
+
+def _allowed_angles(spacings: dict) -> dict:
+    """``{(a, b): angles}``: the angles [deg] between planes of two families of one cubic phase.
+
+    Only spacings named by Miller indices (:func:`_parse_hkl`) take part; the dict holds both orders.
+    """
+    hkl = {name: _parse_hkl(name) for name in spacings}
+    allowed = {}
+    for a, b in itertools.combinations_with_replacement(spacings, 2):
+        if hkl[a] is not None and hkl[b] is not None and hkl[a][0] == hkl[b][0]:
+            allowed[(a, b)] = allowed[(b, a)] = _cubic_angles(hkl[a][1], hkl[b][1])
+    return allowed
+
+
+def _assign(p_size: float, rings: _Rings, spacings: dict, tolerance: float) -> dict:
+    """Ring index -> family for the rings that pixel size ``p_size`` explains (closest spacing within ``tolerance``)."""
+    out = {}
+    for k, f in enumerate(rings.frequency):
+        best = None
+        for name, d in spacings.items():
+            err = abs(d * f / p_size - 1)
+            if err <= tolerance and (best is None or err < best[1]):
+                best = (name, err)
+        if best is not None:
+            out[k] = best[0]
+    return out
+
+
+def _angle_score(assignment: dict, rings: _Rings, allowed: dict, angle_tolerance: float) -> tuple[int, int]:
+    """Pairs of assigned reflections whose angle the lattice allows, and pairs whose angle it contradicts."""
+    if not allowed:
+        return 0, 0
+    good = bad = 0
+    matched = [(p, fam) for k, fam in assignment.items() for p in rings.peaks[k]]
+    for (p1, f1), (p2, f2) in itertools.combinations(matched, 2):
+        if (f1, f2) not in allowed:
+            continue
+        angle = _fold(p1["angle"] - p2["angle"])
+        if np.min(np.abs(allowed[(f1, f2)] - angle)) <= angle_tolerance:
+            good += 1
+        else:
+            bad += 1
+    return good, bad
+
+
+def _hypothesis_key(assignment: dict, rings: _Rings, spacings: dict, allowed: dict, angle_tolerance: float) -> tuple:
+    """Rank of an assignment, larger is better: ``(valid, -below, good - bad, strength, families)``.
+
+    Valid: at least two families (one if only one spacing is given) and the angles do not contradict the
+    lattice more often than they agree. ``below`` counts the unexplained rings below the lowest matched
+    one: harmonics (222, 400, ...) mimic the lattice at twice the pixel size, so the hypothesis that leaves
+    no significant reflection at a lower frequency than its own lowest one unexplained is preferred.
+    """
+    families = set(assignment.values())
+    good, bad = _angle_score(assignment, rings, allowed, angle_tolerance)
+    strength = sum(rings.strength[i] for i in assignment)
+    valid = len(families) >= min(2, len(spacings)) and good >= bad
+    lowest = min((rings.frequency[i] for i in assignment), default=0.0)
+    below = sum(1 for i, fi in enumerate(rings.frequency) if fi < lowest and i not in assignment)
+    return valid, -below, good - bad, strength, len(families)
+
+
+def _best_assignment(rings: _Rings, spacings: dict, tolerance: float, angle_tolerance: float) -> dict:
+    """Step 4: the best (ring, spacing) hypothesis's assignment (:func:`_hypothesis_key`).
+
+    Raises :class:`CalibrationError` when even the best is not valid, or leaves unexplained rings below
+    the matched ones.
+    """
+    allowed = _allowed_angles(spacings)
+    best = None
+    for f in rings.frequency:
+        for d in spacings.values():
+            assignment = _assign(d * f, rings, spacings, tolerance)
+            key = _hypothesis_key(assignment, rings, spacings, allowed, angle_tolerance)
+            if best is None or key > best[0]:
+                best = (key, assignment)
+    (valid, below, *_), assignment = best
+    found = ", ".join(f"{f:.4f}" for f in rings.frequency)
+    if valid and below:
+        lowest = min(rings.frequency[i] for i in assignment)
+        raise CalibrationError(
+            f"calibration failed: reflections below the matched ones (rings at {found} cycles/px; matched from "
+            f"{lowest:.4f}) fit none of the spacings { {k: round(v, 4) for k, v in spacings.items()} } A; another "
+            "phase? pass its spacings too"
+        )
+    if not valid:
+        raise CalibrationError(
+            f"calibration failed: the reflections found (at {found} cycles/px) do not match two of the spacings "
+            f"{ {k: round(v, 4) for k, v in spacings.items()} } A consistently; one family alone is ambiguous "
+            "(pass the pixel size, or a single known spacing)"
+        )
+    return assignment
+
+
+def _matched_peaks(rings: _Rings, assignment: dict, spacings: dict) -> tuple[list[dict], list[dict]]:
+    """The peaks of the assigned rings (with ``family``, ``spacing``, ``pixel_size``) and the other peaks.
+
+    Several rings may claim one family (e.g. a second phase nearby): per family only the strongest ring
+    is kept; the others count as unmatched.
+    """
+    by_family = {}
+    for k, fam in assignment.items():
+        if fam not in by_family or rings.strength[k] > rings.strength[by_family[fam]]:
+            by_family[fam] = k
+    keep = {k: fam for fam, k in by_family.items()}
+    matched, unmatched = [], []
+    for k, ring in enumerate(rings.peaks):
+        for p in ring:
+            if k in keep:
+                d = spacings[keep[k]]
+                matched.append({**p, "family": keep[k], "spacing": d, "pixel_size": d * p["frequency"]})
+            else:
+                unmatched.append(p)
+    return matched, unmatched
+
+
+def _estimate(matched: list[dict], bin_width: float) -> tuple[float, float]:
+    """Step 5: the mean pixel size of the ``matched`` peaks and its standard uncertainty.
+
+    The uncertainty combines the standard error of the mean and the peak-position precision (one bin /
+    sqrt(12) per peak, averaged over the peaks) in quadrature.
+    """
+    values = np.array([p["pixel_size"] for p in matched])
+    estimate = float(values.mean())
+    n = values.size
+    spread = float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    mean_f = float(np.mean([p["frequency"] for p in matched]))
+    position = estimate * (bin_width / math.sqrt(12)) / mean_f / math.sqrt(n)
+    return estimate, math.hypot(spread, position)
+
+
 def calibrate_pixel_size(
     image,
     *,
@@ -303,165 +561,30 @@ def calibrate_pixel_size(
         reflections cannot be matched consistently to the spacings.
     ValueError
         For an invalid image or invalid parameters.
+
+    Notes
+    -----
+    The steps are those of the module docstring's Method: 1. :func:`_spectrum`, 2. :func:`_noise_ratio`,
+    3. :func:`_threshold` and :func:`_peaks`, 4. :func:`_rings`, :func:`_best_assignment` and
+    :func:`_matched_peaks`, 5. :func:`_estimate`.
     """
-    from scipy import ndimage, stats
-
-    spacings = dict(CEO2_SPACINGS if spacings is None else spacings)
-    if not spacings:
-        raise ValueError("spacings must name at least one lattice spacing [A]")
-    for name, d in spacings.items():
-        if not isinstance(d, int | float | np.number) or not math.isfinite(d) or d <= 0:
-            raise ValueError(f"spacing {name!r} must be a positive number of Angstrom, got {d!r}")
-    if not 0 < tolerance < 0.2:
-        raise ValueError(f"tolerance must be in (0, 0.2), got {tolerance}")
-    arr = _frames(image)
-    n_frames, h, w = arr.shape
-    if np.all(arr.std(axis=(1, 2)) == 0):
-        raise CalibrationError("calibration failed: the image is blank (constant), there is no lattice to measure")
-
-    power = power_spectrum(arr)
-    fy, fx = _frequencies(h, w)
-    radius = np.hypot(fy, fx)
-    bin_width = 1.0 / min(h, w)
-    f_min = min_frequency_bins * bin_width
-    annulus = (radius >= f_min) & (radius <= max_frequency) & (np.abs(fy) < 0.5) & (np.abs(fx) < 0.5)
-    # background: a low quantile in rings 2 bins wide, robust to the reflections' leakage
-    background = _radial_quantile(power, radius, 2 * bin_width, annulus, _QUANTILE)
-    if not np.any(np.isfinite(background[annulus]) & (background[annulus] > 0)):
-        raise CalibrationError("calibration failed: the power spectrum is empty (blank image?)")
-    # for noise, power / ring mean is Gamma(n, 1/n): scale the ring quantile to the ring mean
-    quantile_of_mean_one = stats.gamma.ppf(_QUANTILE, n_frames) / n_frames
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = np.where(annulus & (background > 0), power / (background / quantile_of_mean_one), 0.0)
-    ratio = np.nan_to_num(ratio, nan=0.0)
-    half = annulus & ((fy > 0) | ((fy == 0) & (fx > 0)))  # the spectrum is centro-symmetric
-    n_tests = max(int(half.sum()), 1)
-    threshold = float(stats.gamma.isf(false_alarm / n_tests, n_frames) / n_frames)
-    # peaks are local maxima of the power itself (the ring background would shift them), tested on the ratio
-    local_max = power == ndimage.maximum_filter(power, size=5, mode="wrap")
-    candidates = np.argwhere(half & local_max & (ratio > threshold))
-    if candidates.size == 0:
-        raise CalibrationError(
-            f"calibration failed: no lattice reflections in the power spectrum (none above {threshold:.3g} x the "
-            f"background over {n_frames} frame(s)); pure noise, amorphous, or too low a dose"
-        )
-    logp = np.log(np.maximum(power, power[power > 0].min() if np.any(power > 0) else 1e-300))
-    cy, cx = h // 2, w // 2
-    peaks = []
-    for i, j in candidates:
-        ri, rj = _refine(logp, int(i), int(j))
-        pfy, pfx = (ri - cy) / h, (rj - cx) / w
-        peaks.append({
-            "fy": float(pfy), "fx": float(pfx), "frequency": float(math.hypot(pfy, pfx)),
-            "angle": float(math.degrees(math.atan2(pfy, pfx))), "strength": float(ratio[i, j]),
-        })
-    peaks.sort(key=lambda p: -p["strength"])
-    peaks = peaks[:100]
-
-    # rings: peaks of (nearly) equal |f|
-    rings: list[list[dict]] = []
-    for p in sorted(peaks, key=lambda p: p["frequency"]):
-        if rings and p["frequency"] <= rings[-1][0]["frequency"] * (1 + tolerance / 2) + bin_width / 2:
-            rings[-1].append(p)
-        else:
-            rings.append([p])
-    ring_f = [float(np.average([p["frequency"] for p in r], weights=[p["strength"] for p in r])) for r in rings]
-    ring_s = [sum(p["strength"] for p in r) for r in rings]
-
-    hkl = {name: _parse_hkl(name) for name in spacings}
-    allowed = {}  # angles between planes of two families of one cubic phase
-    for a, b in itertools.combinations_with_replacement(spacings, 2):
-        if hkl[a] is not None and hkl[b] is not None and hkl[a][0] == hkl[b][0]:
-            allowed[(a, b)] = allowed[(b, a)] = _cubic_angles(hkl[a][1], hkl[b][1])
-
-    def assign(p_size: float):
-        """Ring index -> family for the rings this pixel size explains."""
-        out = {}
-        for k, f in enumerate(ring_f):
-            best = None
-            for name, d in spacings.items():
-                err = abs(d * f / p_size - 1)
-                if err <= tolerance and (best is None or err < best[1]):
-                    best = (name, err)
-            if best is not None:
-                out[k] = best[0]
-        return out
-
-    def angle_score(assignment) -> tuple[int, int]:
-        if not allowed:
-            return 0, 0
-        good = bad = 0
-        matched = [(p, fam) for k, fam in assignment.items() for p in rings[k]]
-        for (p1, f1), (p2, f2) in itertools.combinations(matched, 2):
-            if (f1, f2) not in allowed:
-                continue
-            angle = _fold(p1["angle"] - p2["angle"])
-            if np.min(np.abs(allowed[(f1, f2)] - angle)) <= angle_tolerance:
-                good += 1
-            else:
-                bad += 1
-        return good, bad
-
-    best = None
-    for k, f in enumerate(ring_f):
-        for name, d in spacings.items():
-            p_size = d * f
-            assignment = assign(p_size)
-            families = set(assignment.values())
-            good, bad = angle_score(assignment)
-            strength = sum(ring_s[i] for i in assignment)
-            valid = len(families) >= min(2, len(spacings)) and good >= bad  # angles may not contradict
-            # harmonics (222, 400, ...) mimic the lattice at twice the pixel size: prefer the hypothesis that
-            # leaves no significant reflection at a lower frequency than its own lowest one unexplained
-            lowest = min((ring_f[i] for i in assignment), default=0.0)
-            below = sum(1 for i, fi in enumerate(ring_f) if fi < lowest and i not in assignment)
-            key = (valid, -below, good - bad, strength, len(families))
-            if best is None or key > best[0]:
-                best = (key, p_size, assignment)
-    (valid, below, *_), _, assignment = best
-    found = ", ".join(f"{f:.4f}" for f in ring_f)
-    if valid and below:
-        lowest = min(ring_f[i] for i in assignment)
-        raise CalibrationError(
-            f"calibration failed: reflections below the matched ones (rings at {found} cycles/px; matched from "
-            f"{lowest:.4f}) fit none of the spacings { {k: round(v, 4) for k, v in spacings.items()} } A; another "
-            "phase? pass its spacings too"
-        )
-    if not valid:
-        raise CalibrationError(
-            f"calibration failed: the reflections found (at {found} cycles/px) do not match two of the spacings "
-            f"{ {k: round(v, 4) for k, v in spacings.items()} } A consistently; one family alone is ambiguous "
-            "(pass the pixel size, or a single known spacing)"
-        )
-    # several rings may claim one family (e.g. a second phase nearby): per family, keep the strongest ring
-    by_family = {}
-    for k, fam in assignment.items():
-        if fam not in by_family or ring_s[k] > ring_s[by_family[fam]]:
-            by_family[fam] = k
-    keep = {k: fam for fam, k in by_family.items()}
-    matched, unmatched = [], []
-    for k, ring in enumerate(rings):
-        for p in ring:
-            if k in keep:
-                d = spacings[keep[k]]
-                matched.append({**p, "family": keep[k], "spacing": d, "pixel_size": d * p["frequency"]})
-            else:
-                unmatched.append(p)
-
-    values = np.array([p["pixel_size"] for p in matched])
-    estimate = float(values.mean())
-    n = values.size
-    spread = float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
-    mean_f = float(np.mean([p["frequency"] for p in matched]))
-    position = estimate * (bin_width / math.sqrt(12)) / mean_f / math.sqrt(n)
-    uncertainty = math.hypot(spread, position)
+    spacings = _checked_spacings(spacings, tolerance)
+    arr = _nonblank_frames(image)
+    spectrum = _spectrum(arr, min_frequency_bins, max_frequency)  # 1. power spectrum
+    ratio = _noise_ratio(spectrum)  # 2. power / background
+    threshold = _threshold(spectrum, false_alarm)  # 3. significant peaks
+    peaks = _peaks(spectrum, ratio, threshold)
+    rings = _rings(peaks, tolerance, spectrum.bin_width)  # 4. rings, and the best (ring, spacing) pair
+    assignment = _best_assignment(rings, spacings, tolerance, angle_tolerance)
+    matched, unmatched = _matched_peaks(rings, assignment, spacings)
+    estimate, uncertainty = _estimate(matched, spectrum.bin_width)  # 5. the mean and its uncertainty
     return PixelSizeCalibration(
         pixel_size=estimate,
         uncertainty=uncertainty,
         peaks=sorted(matched, key=lambda p: -p["strength"]),
         unmatched=sorted(unmatched, key=lambda p: -p["strength"]),
         threshold=threshold,
-        n_frames=n_frames,
+        n_frames=spectrum.n_frames,
     )
 
 

@@ -35,16 +35,30 @@ sizes, or data with more than 3 dimensions, is refused.
 ``frames`` and ``crop`` select part of the data *before* it is converted to
 float32, so a memory-mapped ``.npy`` stack, a TIFF stack (page by page) or a
 GIF movie (frame by frame) is only read where selected.
+
+Readers
+-------
+Each format has one :class:`Reader` in :data:`READERS` (keyed by the lower-case
+extension; :data:`SUPPORTED_EXTENSIONS` lists its keys). A reader returns a
+:class:`RawImage`: the data as found in the file (or only the frames it was
+asked for), the file's pixel size and whether the data are colour.
+``Reader.streams`` says whether the format can be read a few frames at a time
+without reading the rest of the file (``.npy``, TIFF, GIF, PNG); the command
+line reads long series of those chunk by chunk, with :func:`frame_indices`
+turning the ``frames`` selection into the indices to read.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import logging
 import math
 import numbers
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -54,13 +68,16 @@ if TYPE_CHECKING:  # xarray is imported where it is used: a failing command line
     import xarray as xr
 
 __all__ = [
+    "READERS",
     "SUPPORTED_EXTENSIONS",
+    "RawImage",
+    "Reader",
     "check_pixel_size",
     "check_positive",
+    "frame_indices",
     "parse_crop",
     "parse_frames",
     "read_image",
-    "write_netcdf_atomic",
 ]
 
 #: Length units understood in file metadata, as their size in Angstrom.
@@ -71,12 +88,70 @@ LENGTH_UNITS = {
 }  # fmt: skip
 _NO_UNITS = {"", "<undefined>", "undefined", "px", "pixel", "pixels", "none", "t.b.d."}
 
-_RSCIIO_READERS = {
-    ".dm3": "digitalmicrograph", ".dm4": "digitalmicrograph", ".emd": "emd",
-    ".ser": "tia", ".emi": "tia", ".mrc": "mrc",
-}  # fmt: skip
-_PIL_EXTENSIONS = (".gif", ".png")
-SUPPORTED_EXTENSIONS = (".npy", ".tif", ".tiff", ".nc", *_RSCIIO_READERS, *_PIL_EXTENSIONS)
+
+
+@dataclass(frozen=True)
+class RawImage:
+    """What a :class:`Reader` found in a file, before frame selection, crop and checks.
+
+    Attributes
+    ----------
+    data : numpy.ndarray
+        The array as stored (possibly memory-mapped, any dtype, colour channels
+        last): ``(y, x)``, ``(frame, y, x)``, with a trailing channel axis when
+        in colour. Only the frames in ``selected_frames`` when that is set.
+    pixel_size : float or None
+        Pixel size the file gives [A]; ``None`` when it gives none or when the
+        reader was asked not to look (``calibrate=False``).
+    is_rgb : bool or None
+        Whether the last axis holds colour channels; ``None`` when the format
+        does not say (guessed from the shape later).
+    selected_frames : tuple of int or None
+        Indices in the file of the frames in ``data``, when the reader read only
+        the selected frames; ``None`` when ``data`` holds every frame and the
+        selection is still to be applied.
+    frames_in_file : int or None
+        Number of frames in the file; set (only) with ``selected_frames``,
+        otherwise counted from ``data``.
+    """
+
+    data: np.ndarray
+    pixel_size: float | None = None
+    is_rgb: bool | None = None
+    selected_frames: tuple[int, ...] | None = None
+    frames_in_file: int | None = None
+
+    def __post_init__(self):
+        if (self.selected_frames is None) != (self.frames_in_file is None):
+            raise TypeError("RawImage: selected_frames and frames_in_file must be given together")
+
+
+@dataclass(frozen=True)
+class Reader:
+    """A file format: the function that reads it and what it can do.
+
+    Attributes
+    ----------
+    name : str
+        The library (and plug-in) that reads the format, e.g. ``"tifffile"``.
+    suffixes : tuple of str
+        Lower-case extensions, with the dot, that select this reader.
+    read : callable
+        ``read(path, *, calibrate, frames) -> RawImage``. ``calibrate``: look
+        up the pixel size in the file's metadata; ``frames``: the selection
+        (as :func:`read_image` takes it), which a streaming reader applies
+        while reading and any other reader may ignore (it is then applied to
+        the whole data). Raises ``ValueError`` starting with the path for a
+        problem it names itself, ``_Unreadable`` when the library fails.
+    streams : bool
+        Whether a few frames can be read without reading the others (a
+        memory map, or frame by frame): long series are then read chunk by chunk.
+    """
+
+    name: str
+    suffixes: tuple[str, ...]
+    read: Callable[..., RawImage]
+    streams: bool
 
 
 class _Unreadable(Exception):
@@ -175,10 +250,11 @@ def _reader_errors(path: Path):
 
 
 # --------------------------------------------------------------------- readers
-# Each returns (array, pixel size in A or None, is_rgb: bool | None).
+# Each is read(path, *, calibrate, frames) -> RawImage (see Reader); they are registered in READERS below.
 
 
-def _read_npy(path: Path):
+def _read_npy(path: Path, *, calibrate: bool, frames) -> RawImage:
+    """``.npy`` memory-mapped: the frame selection and the crop read only their part later."""
     try:
         data = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as err:
@@ -189,17 +265,17 @@ def _read_npy(path: Path):
         raise _Unreadable(_one_line(err)) from None
     if not isinstance(data, np.ndarray):
         raise ValueError(f"{path}: expected a single array in the .npy file")
-    return data, None, None
+    return RawImage(data)
 
 
-def _read_pil(path: Path, frames=None):
-    """GIF / PNG (animated or not) with Pillow: (frame, y, x) or (frame, y, x, 3) when in colour."""
+def _read_pil(path: Path, *, calibrate: bool, frames) -> RawImage:
+    """GIF / PNG (animated or not) with Pillow, only the selected frames: (frame, y, x), (frame, y, x, 3) in colour."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             n = getattr(im, "n_frames", 1)
-            keys = range(n) if frames is None else _frame_indices(frames, n, path)
+            keys = range(n) if frames is None else frame_indices(frames, n, path)
             out, size = [], None
             for k in keys:
                 im.seek(k)
@@ -223,11 +299,9 @@ def _read_pil(path: Path, frames=None):
     if len(shapes) > 1:
         raise ValueError(f"{path}: frames of different sizes or modes ({sorted(shapes)})")
     data = np.stack(out)
-    selected = None
-    if frames is not None:
-        selected = _Selected(list(keys))
-        selected.total = n
-    return data, None, data.ndim == 4, selected
+    if frames is None:
+        return RawImage(data, is_rgb=data.ndim == 4)
+    return RawImage(data, is_rgb=data.ndim == 4, selected_frames=tuple(keys), frames_in_file=n)
 
 
 def _tag_value(page, code):
@@ -261,7 +335,8 @@ def _tiff_pixel_size(tif, page, where: str) -> float | None:
     return _square(_scaled(per_px_y, units, where), _scaled(per_px_x, units, where), where)
 
 
-def _read_tiff(path: Path, calibrate: bool, frames=None):
+def _read_tiff(path: Path, *, calibrate: bool, frames) -> RawImage:
+    """TIFF with tifffile; of a stack of pages only the selected pages."""
     import tifffile
 
     with _reader_errors(path), tifffile.TiffFile(path) as tif:
@@ -274,13 +349,13 @@ def _read_tiff(path: Path, calibrate: bool, frames=None):
         series = tif.series[0]
         page = series.pages[0] if hasattr(series, "pages") else tif.pages[0]
         n_pages = len(series.pages) if hasattr(series, "pages") else 1
+        selected = {}
         if frames is not None and n_pages > 1 and len(series.shape) >= 3 and series.shape[0] == n_pages:
-            keys = _frame_indices(frames, n_pages, path)  # read only the selected pages
+            keys = frame_indices(frames, n_pages, path)  # read only the selected pages
             data = series.asarray(key=keys)
             if len(keys) == 1:
                 data = data[np.newaxis]
-            frames = _Selected(keys)
-            frames.total = n_pages
+            selected = {"selected_frames": tuple(keys), "frames_in_file": n_pages}
         else:
             data = series.asarray()
         is_rgb = getattr(page, "photometric", None) == tifffile.PHOTOMETRIC.RGB
@@ -292,10 +367,11 @@ def _read_tiff(path: Path, calibrate: bool, frames=None):
                 raise
             except Exception:  # unusual tag values: treat as uncalibrated
                 pixel_size = None
-    return data, pixel_size, is_rgb, frames
+    return RawImage(data, pixel_size, is_rgb, **selected)
 
 
-def _read_netcdf(path: Path, calibrate: bool):
+def _read_netcdf(path: Path, *, calibrate: bool, frames) -> RawImage:
+    """netCDF with xarray: the variable ``image`` (or the only one), loaded whole."""
     import xarray as xr
 
     with _reader_errors(path), xr.open_dataset(path) as ds:
@@ -329,7 +405,7 @@ def _read_netcdf(path: Path, calibrate: bool):
                 break
     if not np.issubdtype(da.dtype, np.number) and da.dtype != bool:
         raise ValueError(f"{path}: non-numeric data (dtype {da.dtype}); expected a numeric image")
-    return da.values, pixel_size, None
+    return RawImage(da.values, pixel_size)
 
 
 def _coord_spacing(da: xr.DataArray, dim, where: str) -> float | None:
@@ -347,7 +423,8 @@ def _coord_spacing(da: xr.DataArray, dim, where: str) -> float | None:
     return None if factor is None else step * factor
 
 
-def _read_rsciio(path: Path, plugin: str, calibrate: bool):
+def _read_rsciio(path: Path, *, calibrate: bool, frames, plugin: str) -> RawImage:
+    """Microscope formats with the rosettasciio plug-in ``plugin``: the first 2-D image or 3-D stack, read whole."""
     try:
         reader = importlib.import_module(f"rsciio.{plugin}")
     except ImportError as err:
@@ -380,15 +457,39 @@ def _read_rsciio(path: Path, plugin: str, calibrate: bool):
             px_y = _scaled(axes[-2].get("scale"), axes[-2].get("units"), where)
             px_x = _scaled(axes[-1].get("scale"), axes[-1].get("units"), where)
             pixel_size = _square(px_y, px_x, where)
-    return data, pixel_size, None
+    return RawImage(data, pixel_size)
+
+
+def _rsciio(plugin: str) -> Callable[..., RawImage]:
+    return functools.partial(_read_rsciio, plugin=plugin)
+
+
+def _registry(*readers: Reader) -> dict[str, Reader]:
+    table = {}
+    for reader in readers:
+        for suffix in reader.suffixes:
+            if suffix in table or suffix != suffix.lower() or not suffix.startswith("."):
+                raise ValueError(f"reader {reader.name}: suffix {suffix!r} is taken or not a lower-case '.ext'")
+            table[suffix] = reader
+    return table
+
+
+#: The reader of each supported extension (lower case, with the dot).
+READERS: dict[str, Reader] = _registry(
+    Reader("numpy", (".npy",), _read_npy, streams=True),
+    Reader("tifffile", (".tif", ".tiff"), _read_tiff, streams=True),
+    Reader("xarray", (".nc",), _read_netcdf, streams=False),
+    Reader("rsciio.digitalmicrograph", (".dm3", ".dm4"), _rsciio("digitalmicrograph"), streams=False),
+    Reader("rsciio.emd", (".emd",), _rsciio("emd"), streams=False),
+    Reader("rsciio.tia", (".ser", ".emi"), _rsciio("tia"), streams=False),
+    Reader("rsciio.mrc", (".mrc",), _rsciio("mrc"), streams=False),
+    Reader("PIL", (".gif", ".png"), _read_pil, streams=True),
+)
+#: Extensions :func:`read_image` reads, in the order of :data:`READERS`.
+SUPPORTED_EXTENSIONS: tuple[str, ...] = tuple(READERS)
 
 
 # ------------------------------------------------------------------ selection
-
-class _Selected(list):
-    """Frame indices a reader has already selected (it read only those) out of ``total``."""
-
-    total = None
 
 
 def parse_frames(spec):
@@ -438,8 +539,28 @@ def parse_crop(spec):
         raise ValueError(f"crop must look like 'x0:x1,y0:y1' in pixels (e.g. '0:180,0:180'), got {spec!r}") from None
 
 
-def _frame_indices(frames, n: int, path) -> list[int]:
-    """Indices (0..n-1) selected by ``frames``; ``ValueError`` naming ``path`` when out of range or empty."""
+def frame_indices(frames, n: int, path) -> list[int]:
+    """Indices of the frames that ``frames`` selects out of ``n``.
+
+    Parameters
+    ----------
+    frames : int, slice, sequence of int, str or None
+        The selection, as :func:`read_image` takes it (see :func:`parse_frames`); ``None``: all.
+    n : int
+        Number of frames in the file.
+    path : str or os.PathLike
+        The file, named in the error messages.
+
+    Returns
+    -------
+    list of int
+        Indices in ``0 .. n-1`` (negative indices counted from the end), in the order selected.
+
+    Raises
+    ------
+    ValueError
+        Naming ``path``, when an index is out of range or not an integer, or the selection is empty.
+    """
     frames = parse_frames(frames)
     if frames is None:
         return list(range(n))
@@ -464,28 +585,32 @@ def _guess_rgb(data) -> bool:
     return data.ndim in (3, 4) and data.shape[-1] in (3, 4) and min(data.shape[-3:-1]) > 4
 
 
-def _select(data, path: Path, is_rgb, frames, crop):
-    """Apply the frame selection and the crop; return (data, is_rgb, frame indices, (x0, y0), frames in file)."""
+def _select(raw: RawImage, path: Path, frames, crop):
+    """Apply the frame selection (unless the reader did) and the crop.
+
+    Returns (data, is_rgb, frame indices, (x0, y0), frames in file).
+    """
+    data, is_rgb, selected = raw.data, raw.is_rgb, raw.selected_frames
     if is_rgb is None and not data.dtype.names:
         is_rgb = _guess_rgb(data)
     n_spatial = 3 if is_rgb else 2
     n_lead = data.ndim - n_spatial
-    total = frames.total if isinstance(frames, _Selected) else (data.shape[0] if n_lead == 1 else 1)
+    total = raw.frames_in_file if selected is not None else (data.shape[0] if n_lead == 1 else 1)
     if n_lead == 1:
         n = data.shape[0]
-        if isinstance(frames, _Selected):
-            keys = list(frames)
+        if selected is not None:
+            keys = list(selected)
         elif frames is None:
             keys = list(range(n))
         else:
-            keys = _frame_indices(frames, n, path)
+            keys = frame_indices(frames, n, path)
             if keys != list(range(n)):
                 data = data[keys]
     elif n_lead == 0:
         keys = [0]
-        if isinstance(frames, _Selected):
-            keys = list(frames)
-        elif frames is not None and _frame_indices(frames, 1, path) != [0]:
+        if selected is not None:
+            keys = list(selected)
+        elif frames is not None and frame_indices(frames, 1, path) != [0]:
             raise ValueError(f"{path}: a single image has only frame 0")
     else:
         keys = None  # refused by _to_float_frames
@@ -597,26 +722,17 @@ def read_image(path, *, pixel_size=None, frames=None, crop=None) -> xr.DataArray
     if path.is_dir():
         raise ValueError(f"{path}: is a directory, expected an image file")
     suffix = path.suffix.lower()
+    reader = READERS.get(suffix)
+    if reader is None:
+        supported = ", ".join(SUPPORTED_EXTENSIONS)
+        raise ValueError(f"{path}: unsupported file type {path.suffix!r} (supported: {supported})")
     calibrate = pixel_size is None  # a given pixel size overrides (and skips) the file's calibration
     # The readers' log messages and warnings about a file they then fail to read would only
     # precede our one-line error: silence the logs, and pass warnings on only after a success.
     with _quiet_loggers("tifffile", "rsciio"), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            selected = frames
-            if suffix == ".npy":
-                data, file_pixel_size, is_rgb = _read_npy(path)
-            elif suffix in (".tif", ".tiff"):
-                data, file_pixel_size, is_rgb, selected = _read_tiff(path, calibrate, frames)
-            elif suffix == ".nc":
-                data, file_pixel_size, is_rgb = _read_netcdf(path, calibrate)
-            elif suffix in _RSCIIO_READERS:
-                data, file_pixel_size, is_rgb = _read_rsciio(path, _RSCIIO_READERS[suffix], calibrate)
-            elif suffix in _PIL_EXTENSIONS:
-                data, file_pixel_size, is_rgb, selected = _read_pil(path, frames)
-            else:
-                supported = ", ".join(SUPPORTED_EXTENSIONS)
-                raise ValueError(f"{path}: unsupported file type {path.suffix!r} (supported: {supported})")
+            raw = reader.read(path, calibrate=calibrate, frames=frames)
         except _Unreadable as err:
             failure = f"could not read the file as {suffix} (corrupt or truncated?): {err}"
         except PermissionError:
@@ -625,7 +741,7 @@ def read_image(path, *, pixel_size=None, frames=None, crop=None) -> xr.DataArray
             failure = None
     if failure is not None:  # raised here, with no chained reader traceback keeping the reader's files open
         raise ValueError(f"{path}: {failure}")
-    data, is_rgb, keys, (cx0, cy0), total = _select(data, path, is_rgb, selected, crop)
+    data, is_rgb, keys, (cx0, cy0), total = _select(raw, path, frames, crop)
     frames = _to_float_frames(data, path, is_rgb)
     import xarray as xr
 
@@ -633,7 +749,7 @@ def read_image(path, *, pixel_size=None, frames=None, crop=None) -> xr.DataArray
         if issubclass(warning.category, UserWarning):
             warnings.warn(f"{path}: {warning.message}", warning.category, stacklevel=2)
     if pixel_size is None:
-        pixel_size = file_pixel_size
+        pixel_size = raw.pixel_size
     if keys is None or len(keys) != frames.shape[0]:
         keys = list(range(frames.shape[0]))
     coords = {"frame": np.asarray(keys, dtype=np.int64)}
@@ -646,31 +762,3 @@ def read_image(path, *, pixel_size=None, frames=None, crop=None) -> xr.DataArray
     if crop is not None:
         attrs["crop"] = [int(cx0), int(cx0 + frames.shape[2]), int(cy0), int(cy0 + frames.shape[1])]
     return xr.DataArray(frames, dims=("frame", "y", "x"), coords=coords, name="image", attrs=attrs)
-
-
-def write_netcdf_atomic(ds: xr.Dataset, path) -> Path:
-    """Write ``ds`` to netCDF at ``path`` so that ``path`` is either complete or untouched.
-
-    The dataset goes to a temporary file in the same directory, which then
-    replaces ``path`` (``os.replace`` is atomic on one file system). The
-    temporary file is removed when writing fails.
-
-    Raises
-    ------
-    FileNotFoundError
-        When the directory of ``path`` does not exist.
-    ValueError
-        When ``path`` is a directory.
-    """
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{directory}: output directory does not exist")
-    if path.is_dir():
-        raise ValueError(f"{path}: is a directory, expected an output file name")
-    from segdepth.data.store import (
-        write_netcdf_atomic as write,  # imports xarray: kept out of the command line's start-up
-    )
-
-    write(ds, path, compress=False, make_parents=False)
-    return path

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from segdepth.constants import check_int
+
 __all__ = ["normalise", "bin_image", "bin_dataset"]
 
 
@@ -43,8 +45,7 @@ def normalise(image, *, axes=(-2, -1), eps: float = 1e-12):
 
 
 def _binning_factor(factor) -> int:
-    if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)) or factor < 1:
-        raise ValueError(f"binning factor must be a positive integer, got {factor!r}")
+    check_int(factor, "binning factor")
     return int(factor)
 
 

@@ -79,10 +79,21 @@ def atomic_write(path, write, *, suffix: str = ".tmp", make_parents: bool = True
         Suffix of the temporary file.
     make_parents : bool
         Create missing parent directories (else a missing one raises ``FileNotFoundError``).
+
+    Raises
+    ------
+    FileNotFoundError
+        When the directory is missing and ``make_parents`` is false.
+    ValueError
+        When ``path`` is a directory.
     """
     path = Path(path)
     if make_parents:
         path.parent.mkdir(parents=True, exist_ok=True)
+    elif not path.parent.is_dir():
+        raise FileNotFoundError(f"{path.parent}: output directory does not exist")
+    if path.is_dir():
+        raise ValueError(f"{path}: is a directory, expected an output file name")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     umask = os.umask(0)

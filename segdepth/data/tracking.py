@@ -66,8 +66,9 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 from scipy.special import logsumexp
 
+from segdepth.constants import LATTICE_CONSTANT, N_CLASSES, Z_CE, check_int
 from segdepth.data.io import check_pixel_size
-from segdepth.physics.structures import LATTICE_CONSTANT, projected_columns
+from segdepth.physics.structures import projected_columns
 
 __all__ = [
     "AlignmentError",
@@ -322,8 +323,7 @@ def align_frames(
         raise ValueError(f"reference must be 'running' or 'first', got {reference!r}")
     if on_failure not in _FAILURE_MODES:
         raise ValueError(f"on_failure must be one of {_FAILURE_MODES}, got {on_failure!r}")
-    if isinstance(upsample_factor, bool) or not isinstance(upsample_factor, int | np.integer) or upsample_factor < 1:
-        raise ValueError(f"upsample_factor must be an integer >= 1, got {upsample_factor!r}")
+    check_int(upsample_factor, "upsample_factor")
     if not (math.isfinite(sigma) and sigma >= 0):
         raise ValueError(f"sigma must be >= 0 pixels, got {sigma!r}")
     if max_jump is not None and not max_jump > 0:
@@ -530,7 +530,7 @@ def _site_table(a: float = LATTICE_CONSTANT) -> np.ndarray:
     ij = np.rint(xy / step).astype(int)
     if not np.allclose(ij * step, xy, atol=1e-3):
         raise RuntimeError("CeO2 [110] columns are not on the expected fine grid")  # pragma: no cover
-    table[ij[:, 0] % 2, ij[:, 1] % 4] = np.where(numbers == 58, 0, 1)
+    table[ij[:, 0] % 2, ij[:, 1] % 4] = np.where(numbers == Z_CE, 0, 1)
     return table
 
 
@@ -887,7 +887,7 @@ def track_columns(prediction, alignment: xr.Dataset | None, columns: xr.Dataset,
 # ----------------------------------------------------------------------------- 4. hidden Markov smoothing
 
 
-def transition_matrix(n_classes: int = 11, *, p_change: float = 0.05, jump_ratio: float = 0.01) -> np.ndarray:
+def transition_matrix(n_classes: int = N_CLASSES, *, p_change: float = 0.05, jump_ratio: float = 0.01) -> np.ndarray:
     """Frame-to-frame transition probabilities of a column's count.
 
     ``T[i, j] = P(count_{t+1} = j | count_t = i) = p_change / 2 * jump_ratio**(|i - j| - 1)``
@@ -906,8 +906,7 @@ def transition_matrix(n_classes: int = 11, *, p_change: float = 0.05, jump_ratio
         raise ValueError(f"p_change must be in (0, 1), got {p_change!r}")
     if not (isinstance(jump_ratio, int | float | np.number) and 0 <= jump_ratio < 1):
         raise ValueError(f"jump_ratio must be in [0, 1), got {jump_ratio!r}")
-    if isinstance(n_classes, bool) or not isinstance(n_classes, int | np.integer) or n_classes < 2:
-        raise ValueError(f"n_classes must be an integer >= 2, got {n_classes!r}")
+    check_int(n_classes, "n_classes", minimum=2)
     step = np.abs(np.subtract.outer(np.arange(n_classes), np.arange(n_classes)))
     with np.errstate(divide="ignore"):
         matrix = np.where(step > 0, p_change / 2 * np.float64(jump_ratio) ** (step - 1.0), 0.0)
@@ -1134,8 +1133,7 @@ def frames_to_detect_change(
     if not 0 < threshold < 1:
         raise ValueError(f"threshold must be in (0, 1), got {threshold!r}")
     for name, value, top in (("change_frame", change_frame, n_frames), ("new_count", new_count, n_classes)):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or not 0 <= value < top:
-            raise ValueError(f"{name} must be an integer in [0, {top}), got {value!r}")
+        check_int(value, name, minimum=0, maximum=top - 1)
     result = smooth_counts(probability, **options)
     posterior = result["posterior" if mode == "smoothed" else "filtered"].values[:, new_count]
     above = posterior > threshold

@@ -9,7 +9,8 @@ from segdepth._lazy import attach
 __getattr__, __dir__, __all__ = attach(__name__, {
     ".model": ["UNet", "DenoisingUNet", "DenoiseSegment", "build_model", "paper_config", "count_parameters"],
     ".torchdata": ["CropDataset", "split_indices"],
-    ".training": ["TrainConfig", "train", "weighted_cross_entropy"],
+    ".training": ["TrainConfig", "ModelConfig", "DataConfig", "NoiseConfig", "LossConfig", "OptimiserConfig",
+                  "RunConfig", "initial_model", "train", "weighted_cross_entropy"],
     ".modelio": ["save_model", "load_model"],
     ".metrics": ["summarise", "confusion_matrix", "expected_calibration_error", "reliability_diagram"],
     ".evaluation": ["evaluate_dataset", "infer"],

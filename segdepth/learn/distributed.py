@@ -17,6 +17,11 @@ the text). Every process reads the dataset, splits it by structure with the
 same seed, and trains; rank 0 writes the checkpoints, the best model and the
 history to ``--out`` (resumable, as for one process). :func:`launch` runs the
 one-machine command from Python (notebook 02 does, with ``nproc > 1``).
+
+The training loop talks to the other processes only through the few
+collective operations of :class:`TorchDistributed`; :class:`SingleProcess`
+is its stand-in for one process (every operation trivial), and
+:func:`current_processes` picks the one that applies.
 """
 
 from __future__ import annotations
@@ -28,7 +33,93 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["launch", "main"]
+__all__ = ["SingleProcess", "TorchDistributed", "current_processes", "launch", "main"]
+
+
+class SingleProcess:
+    """The collective operations of training for a single process: all trivial.
+
+    Attributes
+    ----------
+    rank, world : int
+        This process's rank (0) and the number of processes (1).
+    """
+
+    rank = 0
+    world = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this is rank 0, the process that writes files and shows progress."""
+        return self.rank == 0
+
+    def wrap_model(self, model, device):
+        """The module to train (gradients averaged over the processes): ``model`` itself."""
+        return model
+
+    def broadcast(self, tensor) -> None:
+        """Overwrite ``tensor`` in place with rank 0's (here: it already is)."""
+
+    def all_reduce(self, tensor) -> None:
+        """Replace ``tensor`` in place by its sum over the processes (here: itself)."""
+
+    def all_gather_object(self, obj) -> list:
+        """Every rank's ``obj`` (a picklable object), in rank order."""
+        return [obj]
+
+    def barrier(self) -> None:
+        """Wait until every process has arrived here."""
+
+
+class TorchDistributed(SingleProcess):
+    """The collective operations of training over the initialised default :mod:`torch.distributed` group.
+
+    The network is wrapped in ``DistributedDataParallel``; tensors must live
+    on the device of the group's backend (CPU for gloo, this process's GPU
+    for NCCL).
+    """
+
+    def __init__(self) -> None:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError("no torch.distributed process group is initialised")
+        self._dist = dist
+        self.rank = dist.get_rank()
+        self.world = dist.get_world_size()
+
+    def wrap_model(self, model, device):
+        """``model`` in ``DistributedDataParallel`` (``device`` its GPU, if it is on one)."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+    def broadcast(self, tensor) -> None:
+        """Overwrite ``tensor`` in place with rank 0's."""
+        self._dist.broadcast(tensor, src=0)
+
+    def all_reduce(self, tensor) -> None:
+        """Replace ``tensor`` in place by its sum over the processes."""
+        self._dist.all_reduce(tensor)
+
+    def all_gather_object(self, obj) -> list:
+        """Every rank's ``obj`` (a picklable object), in rank order."""
+        gathered = [None] * self.world
+        self._dist.all_gather_object(gathered, obj)
+        return gathered
+
+    def barrier(self) -> None:
+        """Wait until every process has arrived here."""
+        self._dist.barrier()
+
+
+def current_processes() -> SingleProcess:
+    """:class:`TorchDistributed` inside an initialised group of several processes, else :class:`SingleProcess`."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return TorchDistributed()
+    return SingleProcess()
 
 
 def _backend(name: str) -> str:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from segdepth.constants import N_CLASSES
 from segdepth.data.preprocess import bin_image, normalise
 from segdepth.learn import metrics
 from segdepth.physics.noise import poisson_noise
@@ -29,7 +30,7 @@ PAPER_TABLE_I_METRICS = {
     130: (0.888, 0.699, 0.939, 0.0175),
 }
 
-METRIC_NAMES = ("pixelwise_accuracy", "center_accuracy", "real_atom_detection_rate", "hallucination_rate")
+METRIC_NAMES = metrics.METRIC_NAMES
 
 
 def infer(model, clean, lam: float | None, *, seed: int, index: int = 0,
@@ -105,13 +106,10 @@ def evaluate_dataset(model, ds: xr.Dataset, *, lam: float, seed: int = 0, indice
     indices = np.arange(ds.sizes["sample"]) if indices is None else np.asarray(indices, dtype=int)
     if indices.size == 0:
         raise ValueError("no samples to evaluate (indices is empty)")
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    conf_sum = np.zeros(n_bins)
-    correct_sum = np.zeros(n_bins)
-    count = np.zeros(n_bins, dtype=np.int64)
-    cm = np.zeros((11, 11), dtype=np.int64)
+    cm = np.zeros((N_CLASSES, N_CLASSES), dtype=np.int64)
     hits = {name: [0, 0] for name in METRIC_NAMES}  # [numerator, denominator] pooled
     per_sample = {name: [] for name in METRIC_NAMES}
+    diagrams = []
     col_pred, col_true, col_Z, col_vac = [], [], [], []
     for i in tqdm(indices, desc="evaluate", disable=not progress):
         s = ds.isel(sample=int(i))
@@ -119,24 +117,12 @@ def evaluate_dataset(model, ds: xr.Dataset, *, lam: float, seed: int = 0, indice
         pred = proba.argmax(axis=0)
         conf = proba.max(axis=0)
         label = s.label.values.astype(np.int64)
-        centre = s.center_mask.values.astype(bool)
-        fg, bg = label > 0, label == 0
-        ok = pred == label
-        pooled = {
-            "pixelwise_accuracy": (ok.sum(), ok.size),
-            "center_accuracy": ((ok & centre).sum(), centre.sum()),
-            "real_atom_detection_rate": (((pred > 0) & fg).sum(), fg.sum()),
-            "hallucination_rate": (((pred > 0) & bg).sum(), bg.sum()),
-        }
-        for name, (num, den) in pooled.items():
+        for name, (num, den) in metrics.metric_counts(pred, label, s.center_mask.values).items():
             hits[name][0] += int(num)
             hits[name][1] += int(den)
             per_sample[name].append(num / den if den else np.nan)
-        cm += metrics.confusion_matrix(pred, label, n_classes=11)
-        b = np.clip(np.digitize(conf.ravel(), edges[1:-1]), 0, n_bins - 1)
-        conf_sum += np.bincount(b, weights=conf.ravel(), minlength=n_bins)
-        correct_sum += np.bincount(b, weights=ok.ravel().astype(float), minlength=n_bins)
-        count += np.bincount(b, minlength=n_bins)
+        cm += metrics.confusion_matrix(pred, label, n_classes=N_CLASSES)
+        diagrams.append(metrics.reliability_diagram(conf, pred == label, n_bins=n_bins))
         counts = metrics.column_counts(pred, s.column_x.values, s.column_y.values, s.label_x.values, s.label_y.values)
         col_pred.append(counts)
         col_true.append(s.column_count.values.astype(np.int64))
@@ -153,19 +139,16 @@ def evaluate_dataset(model, ds: xr.Dataset, *, lam: float, seed: int = 0, indice
             within.append(acc[f"within_one_{g}"])
             n.append(acc[f"n_{g}"])
 
-    with np.errstate(invalid="ignore", divide="ignore"):
-        bin_conf = conf_sum / count
-        bin_acc = correct_sum / count
-    ece = float(np.nansum(count * np.abs(bin_acc - bin_conf)) / count.sum())
+    diagram = metrics.ReliabilityDiagram.merge(diagrams)
     out = xr.Dataset(
         {
             **{name: ((), hits[name][0] / hits[name][1] if hits[name][1] else np.nan) for name in METRIC_NAMES},
             **{f"{name}_per_sample": ("sample", np.asarray(per_sample[name])) for name in METRIC_NAMES},
             "confusion": (("true_depth", "predicted_depth"), cm, {"long_name": "pixel counts (rows: truth)"}),
-            "bin_confidence": ("bin", bin_conf),
-            "bin_accuracy": ("bin", bin_acc),
-            "bin_count": ("bin", count),
-            "ece": ((), ece, {"long_name": "expected calibration error"}),
+            "bin_confidence": ("bin", diagram.confidence),
+            "bin_accuracy": ("bin", diagram.accuracy),
+            "bin_count": ("bin", diagram.count),
+            "ece": ((), diagram.ece(), {"long_name": "expected calibration error"}),
             "column_exact": ("group", np.asarray(exact, dtype=float)),
             "column_within_one": ("group", np.asarray(within, dtype=float)),
             "column_n": ("group", np.asarray(n, dtype=np.int64)),
@@ -177,11 +160,11 @@ def evaluate_dataset(model, ds: xr.Dataset, *, lam: float, seed: int = 0, indice
         },
         coords={
             "sample": ("sample", indices),
-            "true_depth": np.arange(11),
-            "predicted_depth": np.arange(11),
-            "true_count": np.arange(11),
-            "predicted_count": np.arange(11),
-            "bin": ("bin", 0.5 * (edges[1:] + edges[:-1]), {"long_name": "confidence bin centre"}),
+            "true_depth": np.arange(N_CLASSES),
+            "predicted_depth": np.arange(N_CLASSES),
+            "true_count": np.arange(N_CLASSES),
+            "predicted_count": np.arange(N_CLASSES),
+            "bin": ("bin", 0.5 * (diagram.edges[1:] + diagram.edges[:-1]), {"long_name": "confidence bin centre"}),
             "group": ("group", np.asarray(groups, dtype=object)),
         },
         attrs={"lam": float(lam), "seed": int(seed), "n_samples": int(indices.size)},

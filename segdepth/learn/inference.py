@@ -30,16 +30,20 @@ directly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse
 import xarray as xr
 
+from segdepth.constants import check_int
 from segdepth.data.io import LENGTH_UNITS, check_pixel_size, check_positive
 from segdepth.data.preprocess import normalise
 
@@ -178,6 +182,7 @@ def _tile_layout(size: int, tile: int, overlap: int, multiple: int, label_factor
 
 
 def _card_value(card: dict, *keys, default=None):
+    """The value of the first of ``keys`` that ``card`` gives (not ``None``), else ``default``."""
     for key in keys:
         if key in card and card[key] is not None:
             return card[key]
@@ -185,6 +190,7 @@ def _card_value(card: dict, *keys, default=None):
 
 
 def _model_pixel_size(card: dict) -> float:
+    """Pixel size [A] the model was trained at, from its card (``sampling`` and its units)."""
     value = _card_value(card, "sampling", "pixel_size")
     if value is None:
         raise ValueError("the model card gives no pixel size ('sampling' [A]); cannot resample the input")
@@ -195,6 +201,23 @@ def _model_pixel_size(card: dict) -> float:
 
 
 def image_pixel_size(image: xr.DataArray) -> float:
+    """Pixel size [A] of ``image``: its ``pixel_size`` attribute, else the spacing of its ``x`` coordinates.
+
+    Parameters
+    ----------
+    image : xarray.DataArray
+        As from :func:`segdepth.data.io.read_image`.
+
+    Returns
+    -------
+    float
+        The pixel size [A], checked by :func:`segdepth.data.io.check_pixel_size`.
+
+    Raises
+    ------
+    ValueError
+        When the image carries no pixel size (the message asks for ``--pixel-size``) or it is invalid.
+    """
     value = image.attrs.get("pixel_size")
     if value is None and "x" in image.coords and image.sizes["x"] > 1:
         value = float(image["x"][1] - image["x"][0])
@@ -214,6 +237,7 @@ def _origin(image: xr.DataArray, dim: str, pixel_size: float) -> float:
 
 
 def _softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Softmax of ``logits`` along ``axis`` (a new array)."""
     shifted = logits - logits.max(axis=axis, keepdims=True)
     np.exp(shifted, out=shifted)
     shifted /= shifted.sum(axis=axis, keepdims=True)
@@ -221,7 +245,10 @@ def _softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
 
 
 def _dose_warning(lam: float, scale: float, card: dict) -> None:
-    """Warn when the dose at the model's pixel size is far from the training dose(s)."""
+    """Warn when the dose at the model's pixel size is far from the training dose(s).
+
+    :func:`predict` calls it directly, so ``stacklevel=3`` names the caller of :func:`predict`.
+    """
     dose = lam * scale
     lam_range = _card_value(card, "lam_range")
     trained = _card_value(card, "lam", "lambda")
@@ -240,8 +267,190 @@ def _dose_warning(lam: float, scale: float, card: dict) -> None:
         )
 
 
+# -------------------------------------------------------- prediction: the layout
+
+
+class _Tile(NamedTuple):
+    """A tile of the padded frame: its first pixel and the ``[lo, hi)`` range it owns, along y and x."""
+
+    start_y: int
+    owned_y: tuple[int, int]
+    start_x: int
+    owned_x: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """Pixel sizes, shapes [pixels] and tiles of one :func:`predict` call, the same for all its frames."""
+
+    pixel_size: float  # of the input [A]
+    model_pixel_size: float  # the model was trained at [A]
+    label_factor: int  # model pixels per label pixel
+    tile_used: int  # ``tile`` rounded down to a multiple of the model's required_multiple
+    overlap_used: int  # ``overlap`` rounded up to such a multiple
+    input_shape: tuple[int, int]
+    resampled: tuple[int, int]  # the frame at the model's pixel size
+    padded: tuple[int, int]  # that, padded to multiples of required_multiple
+    tile_shape: tuple[int, int]  # each edge at most ``tile_used``
+    tiles: tuple[_Tile, ...]
+
+    @property
+    def sampling(self) -> tuple[float, float]:
+        """Effective pixel size (y, x) [A] of the resampled frame, close to the model's."""
+        (h_in, w_in), (h_r, w_r) = self.input_shape, self.resampled
+        return self.pixel_size * h_in / h_r, self.pixel_size * w_in / w_r
+
+    @property
+    def labels(self) -> tuple[int, int]:
+        """Shape of one frame of the output (the label grid)."""
+        return tuple(-(-n // self.label_factor) for n in self.resampled)
+
+    @property
+    def padded_labels(self) -> tuple[int, int]:
+        """Shape of one frame's stitched logits (the padded frame on the label grid)."""
+        return tuple(n // self.label_factor for n in self.padded)
+
+
+def _as_stack(image: xr.DataArray) -> xr.DataArray:
+    """``image`` with dims ``(frame, y, x)``: a single frame ``(y, x)`` gains a ``frame`` dim."""
+    if image.ndim == 2:
+        image = image.expand_dims("frame")
+    if image.ndim != 3:
+        raise ValueError(f"image must have dims (frame, y, x) or (y, x), got {image.dims}")
+    return image
+
+
+def _rounded_tiling(tile, overlap, batch_size, multiple: int) -> tuple[int, int]:
+    """Check ``tile``, ``overlap`` and ``batch_size``; ``tile`` rounded down and ``overlap`` up to ``multiple``."""
+    check_int(tile, "tile")
+    check_int(overlap, "overlap", minimum=0)
+    check_int(batch_size, "batch_size")
+    tile_used = max(multiple, int(tile) // multiple * multiple)
+    overlap_used = -(-int(overlap) // multiple) * multiple
+    if overlap_used >= tile_used:
+        raise ValueError(
+            f"overlap ({overlap} -> {overlap_used} px) must be smaller than the tile ({tile} -> {tile_used} px); "
+            f"both are rounded to multiples of {multiple} (the model's required_multiple)"
+        )
+    return tile_used, overlap_used
+
+
+def _check_field(shape: tuple[int, int], pixel_size: float) -> None:
+    """Refuse a frame too small to hold an atomic column (:data:`MIN_FIELD` along each axis)."""
+    h_in, w_in = shape
+    if min(h_in, w_in) * pixel_size < MIN_FIELD:
+        raise ValueError(
+            f"the {h_in} x {w_in} image of {pixel_size:g} A pixels covers {h_in * pixel_size:.2f} x "
+            f"{w_in * pixel_size:.2f} A, too small to hold an atomic column (at least {MIN_FIELD:g} A along each "
+            "axis); check --pixel-size"
+        )
+
+
+def _resampled_shape(shape: tuple[int, int], pixel_size: float, model_pixel_size: float,
+                     label_factor: int) -> tuple[int, int]:
+    """Shape of a frame resampled to (close to) the model's pixel size over the same physical extent."""
+    h_in, w_in = shape
+    scale = pixel_size / model_pixel_size
+    if math.isclose(scale, 1.0, rel_tol=1e-6):
+        h_r, w_r = h_in, w_in
+    else:
+        h_r, w_r = max(1, round(h_in * scale)), max(1, round(w_in * scale))
+    if min(h_r, w_r) < label_factor or h_r * w_r > _MAX_PIXELS:
+        raise ValueError(
+            f"at the model's pixel size ({model_pixel_size:g} A) the {h_in}x{w_in} image of pixel size "
+            f"{pixel_size:g} A becomes {h_r}x{w_r} pixels, which cannot be processed; check --pixel-size"
+        )
+    return h_r, w_r
+
+
+def _grid(image: xr.DataArray, model, card: dict, tile, overlap, batch_size) -> _Grid:
+    """Check the arguments of :func:`predict` and lay out its resampling, padding and tiles (steps 1, 3, 4)."""
+    shape = image.shape[1:]
+    pixel_size = image_pixel_size(image)
+    model_pixel_size = _model_pixel_size(card)
+    label_factor = int(_card_value(card, "label_factor", default=getattr(model, "output_factor", 4)))
+    m = int(getattr(model, "required_multiple", label_factor))
+    tile_used, overlap_used = _rounded_tiling(tile, overlap, batch_size, m)
+    _check_field(shape, pixel_size)
+    resampled = _resampled_shape(shape, pixel_size, model_pixel_size, label_factor)
+    padded = tuple(-(-n // m) * m for n in resampled)
+    tile_h, starts_y, owned_y = _tile_layout(padded[0], tile_used, overlap_used, m, label_factor)
+    tile_w, starts_x, owned_x = _tile_layout(padded[1], tile_used, overlap_used, m, label_factor)
+    tiles = tuple(_Tile(sy, oy, sx, ox) for sy, oy in zip(starts_y, owned_y) for sx, ox in zip(starts_x, owned_x))
+    return _Grid(pixel_size, model_pixel_size, label_factor, tile_used, overlap_used, shape, resampled, padded,
+                 (tile_h, tile_w), tiles)
+
+
+# ------------------------------------------------------- prediction: the network
+
+
+def _inference_network(model, fast: bool):
+    """The network to run: an inference-optimised copy of ``model`` when ``fast`` and it is not one already.
+
+    Only a segdepth UNet (a model with ``config``) is optimised
+    (:func:`segdepth.learn.model.optimise_for_inference`, which marks its copy with ``inference_layout``).
+    """
+    if fast and hasattr(model, "config") and not hasattr(model, "inference_layout"):
+        from segdepth.learn.model import optimise_for_inference
+
+        return optimise_for_inference(model)
+    return model
+
+
+@dataclass(frozen=True)
+class _Network:
+    """A network with the device and memory layout its inputs go to; called on a stack of tiles."""
+
+    module: object
+    device: object
+    layout: object
+
+    def __call__(self, tiles: np.ndarray) -> np.ndarray:
+        """Logits ``(B, n_classes, h, w)`` (float32) of the tiles ``(B, H, W)``."""
+        import torch
+
+        with torch.inference_mode():
+            inputs = torch.from_numpy(tiles[:, None]).to(self.device).contiguous(memory_format=self.layout)
+            return self.module(inputs).float().cpu().numpy()
+
+
+def _network(model, fast: bool) -> _Network:
+    """``model`` (or its optimised copy, :func:`_inference_network`) on the device of its parameters."""
+    import torch
+
+    try:
+        device = next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        device = torch.device("cpu")
+    net = _inference_network(model, fast)
+    layout = torch.channels_last if getattr(net, "inference_layout", "") == "channels_last" else torch.contiguous_format
+    return _Network(net, device, layout)
+
+
+@contextlib.contextmanager
+def _eval_mode(model):
+    """Put ``model`` in eval mode for the block, and back in training mode afterwards when it was."""
+    was_training = getattr(model, "training", False)
+    model.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            model.train()
+
+
+def _tile_bar(total: int, progress: bool):
+    """A tqdm progress bar over ``total`` tiles on stderr (disabled unless ``progress``); a context manager."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="tile", desc="segdepth", disable=not progress, file=sys.stderr, leave=False)
+
+
+# ---------------------------------------------------- prediction: the frames
+
+
 def _prepared(image: xr.DataArray, f: int, resampled: tuple[int, int], padded: tuple[int, int]) -> np.ndarray:
-    """Frame ``f`` resampled to the model's pixel size, normalised and reflect-padded."""
+    """Frame ``f`` resampled to the model's pixel size, normalised and reflect-padded (steps 1-3)."""
     frame = np.asarray(image[f].values, dtype=np.float32)
     if not np.all(np.isfinite(frame)):
         raise ValueError(f"frame {f} contains NaN or infinite values")
@@ -252,6 +461,128 @@ def _prepared(image: xr.DataArray, f: int, resampled: tuple[int, int], padded: t
     (h_r, w_r), (pad_h, pad_w) = resampled, padded
     mode = "reflect" if min(h_r, w_r) > 1 else "edge"
     return np.pad(frame, ((0, pad_h - h_r), (0, pad_w - w_r)), mode=mode)
+
+
+def _frame_groups(n_frames: int, n_tiles: int, batch_size: int) -> list[range]:
+    """Consecutive frames whose tiles share forward passes of up to ``batch_size`` tiles.
+
+    A group holds one frame unless a frame has fewer than ``batch_size`` tiles (a small frame, or the
+    binned input of the fast model).
+    """
+    group = max(1, batch_size // n_tiles)
+    return [range(g0, min(g0 + group, n_frames)) for g0 in range(0, n_frames, group)]
+
+
+def _cut(frame: np.ndarray, tile: _Tile, shape: tuple[int, int]) -> np.ndarray:
+    """The pixels of ``tile`` (of edges ``shape``) in the padded ``frame``."""
+    return frame[tile.start_y : tile.start_y + shape[0], tile.start_x : tile.start_x + shape[1]]
+
+
+def _paste_owned(stitched: np.ndarray, tile_logits: np.ndarray, tile: _Tile, label_factor: int) -> None:
+    """Copy the part of ``tile_logits`` that ``tile`` owns into the frame's ``stitched`` logits (label grid)."""
+    (y0, y1), (x0, x1), sy, sx = tile.owned_y, tile.owned_x, tile.start_y, tile.start_x
+    f = label_factor
+    stitched[:, y0 // f : y1 // f, x0 // f : x1 // f] = tile_logits[
+        :, (y0 - sy) // f : (y1 - sy) // f, (x0 - sx) // f : (x1 - sx) // f
+    ]
+
+
+def _stitched_logits(padded: dict, grid: _Grid, network: _Network, batch_size: int, bar) -> dict:
+    """Logits of every padded frame ``{f: frame}``, stitched from its tiles: ``{f: (n_classes, *padded_labels)}``.
+
+    The tiles of all the frames go through ``network`` ``batch_size`` at a time (step 4); each tile keeps
+    only the part it owns, so the seams fall in the middle of the overlaps.
+    """
+    work = [(f, tile) for f in padded for tile in grid.tiles]
+    stitched = {}
+    for first in range(0, len(work), batch_size):
+        batch = work[first : first + batch_size]
+        out = network(np.stack([_cut(padded[f], tile, grid.tile_shape) for f, tile in batch]))
+        for (f, tile), tile_logits in zip(batch, out, strict=True):
+            if f not in stitched:
+                stitched[f] = np.empty((out.shape[1], *grid.padded_labels), np.float32)
+            _paste_owned(stitched[f], tile_logits, tile, grid.label_factor)
+        bar.update(len(batch))
+    return stitched
+
+
+def _distributions(image: xr.DataArray, grid: _Grid, network: _Network, batch_size: int, bar):
+    """Yield ``(f, F(y))`` for every frame in order: the softmax of its stitched logits on the label grid."""
+    n_y, n_x = grid.labels
+    for frames in _frame_groups(image.shape[0], len(grid.tiles), batch_size):
+        padded = {f: _prepared(image, f, grid.resampled, grid.padded) for f in frames}
+        stitched = _stitched_logits(padded, grid, network, batch_size, bar)
+        for f in frames:
+            yield f, _softmax(stitched.pop(f)[:, :n_y, :n_x], axis=0)
+
+
+def _maps(distributions, n_frames: int, labels: tuple[int, int], return_probabilities: bool):
+    """Depth ``argmax F(y)`` (uint8), confidence ``max F(y)`` and, when asked for, ``F(y)`` of all frames (step 5).
+
+    ``distributions`` yields ``(f, F(y))`` as :func:`_distributions`; the probability is ``None`` unless asked for.
+    """
+    depth = np.empty((n_frames, *labels), dtype=np.uint8)
+    confidence = np.empty((n_frames, *labels), dtype=np.float32)
+    probability = None
+    for f, distribution in distributions:
+        depth[f] = distribution.argmax(axis=0)
+        confidence[f] = distribution.max(axis=0)
+        if return_probabilities:
+            if probability is None:
+                probability = np.empty((n_frames, *distribution.shape), dtype=np.float32)
+            probability[f] = distribution
+    return depth, confidence, probability
+
+
+# ----------------------------------------------------- prediction: the result
+
+
+def _dataset(image: xr.DataArray, grid: _Grid, maps: tuple, card: dict, arguments: dict) -> xr.Dataset:
+    """The result of :func:`predict`: ``maps`` (from :func:`_maps`) with label-grid coordinates and provenance."""
+    depth, confidence, probability = maps
+    frame_dim, y_dim, x_dim = image.dims
+    (n_y, n_x), (sampling_y, sampling_x) = grid.labels, grid.sampling
+    label_y = _origin(image, y_dim, grid.pixel_size) + (np.arange(n_y) + 0.5) * grid.label_factor * sampling_y
+    label_x = _origin(image, x_dim, grid.pixel_size) + (np.arange(n_x) + 0.5) * grid.label_factor * sampling_x
+    frames = image[frame_dim].values if frame_dim in image.coords else np.arange(image.shape[0])
+    coords = {
+        "frame": ("frame", frames),
+        "y": ("y", label_y, {"units": "Å", "long_name": "y (label pixel centre)"}),
+        "x": ("x", label_x, {"units": "Å", "long_name": "x (label pixel centre)"}),
+    }
+    data_vars = {
+        "depth": (
+            ("frame", "y", "x"),
+            depth,
+            {"long_name": "atomic column depth (most probable number of atoms, 0 = background)", "units": "atoms"},
+        ),
+        "confidence": (
+            ("frame", "y", "x"),
+            confidence,
+            {"long_name": "confidence (probability of the predicted depth, eq. 5)", "units": "1"},
+        ),
+    }
+    if probability is not None:
+        coords["depth_class"] = ("depth_class", np.arange(probability.shape[1]), {"long_name": "number of atoms"})
+        data_vars["probability"] = (
+            ("frame", "depth_class", "y", "x"),
+            probability,
+            {"long_name": "per-pixel depth distribution F(y)", "units": "1"},
+        )
+    from segdepth import __version__
+
+    attrs = {
+        "model_card": json.dumps(card, default=str),
+        "arguments": json.dumps(arguments),
+        "pixel_size": grid.pixel_size,
+        "model_pixel_size": grid.model_pixel_size,
+        "label_pixel_size": grid.label_factor * sampling_x,
+        "label_factor": grid.label_factor,
+        "segdepth_version": __version__,
+    }
+    if image.attrs.get("source"):
+        attrs["source"] = str(image.attrs["source"])
+    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 
 
 def predict(
@@ -326,174 +657,37 @@ def predict(
     ValueError
         When the pixel size of ``image`` is unknown or invalid, the image is
         not finite or has no positive mean, or ``tile`` / ``overlap`` are invalid.
+
+    Notes
+    -----
+    The steps are those of the module docstring: :func:`_grid` checks the arguments and lays out
+    the resampling, padding and tiles; :func:`_distributions` prepares every frame (:func:`_prepared`,
+    steps 1-3), runs and stitches its tiles (:func:`_stitched_logits`, step 4) and takes the softmax;
+    :func:`_maps` keeps the depth, confidence and probability (step 5).
     """
-    import torch
-    from tqdm.auto import tqdm
-
-    if image.ndim == 2:
-        image = image.expand_dims("frame")
-    if image.ndim != 3:
-        raise ValueError(f"image must have dims (frame, y, x) or (y, x), got {image.dims}")
-    frame_dim, y_dim, x_dim = image.dims
-    n_frames, h_in, w_in = image.shape
-    pixel_size = image_pixel_size(image)
-    model_pixel_size = _model_pixel_size(card)
-    label_factor = int(_card_value(card, "label_factor", default=getattr(model, "output_factor", 4)))
-    m = int(getattr(model, "required_multiple", label_factor))
-    for name, value in (("tile", tile), ("overlap", overlap), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if overlap < 0:
-        raise ValueError(f"overlap must be >= 0, got {overlap}")
-    tile_used = max(m, int(tile) // m * m)
-    overlap_used = -(-int(overlap) // m) * m
-    if overlap_used >= tile_used:
-        raise ValueError(
-            f"overlap ({overlap} -> {overlap_used} px) must be smaller than the tile ({tile} -> {tile_used} px); "
-            f"both are rounded to multiples of {m} (the model's required_multiple)"
-        )
-
-    if min(h_in, w_in) * pixel_size < MIN_FIELD:
-        raise ValueError(
-            f"the {h_in} x {w_in} image of {pixel_size:g} A pixels covers {h_in * pixel_size:.2f} x "
-            f"{w_in * pixel_size:.2f} A, too small to hold an atomic column (at least {MIN_FIELD:g} A along each "
-            "axis); check --pixel-size"
-        )
-    # Resampled size: the same physical extent at (close to) the model's pixel size.
-    scale = pixel_size / model_pixel_size
-    if math.isclose(scale, 1.0, rel_tol=1e-6):
-        h_r, w_r = h_in, w_in
-    else:
-        h_r, w_r = max(1, round(h_in * scale)), max(1, round(w_in * scale))
-    if min(h_r, w_r) < label_factor or h_r * w_r > _MAX_PIXELS:
-        raise ValueError(
-            f"at the model's pixel size ({model_pixel_size:g} A) the {h_in}x{w_in} image of pixel size "
-            f"{pixel_size:g} A becomes {h_r}x{w_r} pixels, which cannot be processed; check --pixel-size"
-        )
-    sampling_y, sampling_x = pixel_size * h_in / h_r, pixel_size * w_in / w_r  # effective, ~ model pixel size
+    image = _as_stack(image)
+    grid = _grid(image, model, card, tile, overlap, batch_size)  # steps 1, 3 and 4: sizes and tiles
     if lam is not None:
         lam = check_positive(lam, name="lam (dose)", units="electrons per pixel")
-        _dose_warning(lam, (model_pixel_size / pixel_size) ** 2, card)
-
-    pad_h, pad_w = -(-h_r // m) * m, -(-w_r // m) * m
-    tile_h, starts_y, owned_y = _tile_layout(pad_h, tile_used, overlap_used, m, label_factor)
-    tile_w, starts_x, owned_x = _tile_layout(pad_w, tile_used, overlap_used, m, label_factor)
-    tiles = [(sy, oy, sx, ox) for sy, oy in zip(starts_y, owned_y) for sx, ox in zip(starts_x, owned_x)]
-    n_label_y, n_label_x = -(-h_r // label_factor), -(-w_r // label_factor)
-
-    try:
-        device = next(model.parameters()).device
-    except (StopIteration, AttributeError):
-        device = torch.device("cpu")
-    was_training = getattr(model, "training", False)
-    model.eval()
-    net = model
-    if fast and hasattr(model, "config"):
-        from segdepth.learn.model import optimise_for_inference
-
-        net = model if hasattr(model, "inference_layout") else optimise_for_inference(model)
-    layout = torch.channels_last if getattr(net, "inference_layout", "") == "channels_last" else torch.contiguous_format
-    depth_out = np.empty((n_frames, n_label_y, n_label_x), dtype=np.uint8)
-    confidence_out = np.empty((n_frames, n_label_y, n_label_x), dtype=np.float32)
-    probability_out = None
-    bar = tqdm(
-        total=n_frames * len(tiles), unit="tile", desc="segdepth", disable=not progress, file=sys.stderr, leave=False
-    )
-    # Frames are processed in groups so that one forward pass holds up to batch_size tiles, across
-    # frames when a frame has fewer tiles (a small frame, or the binned input of the fast model).
-    group = max(1, batch_size // len(tiles))
-    try:
-        for g0 in range(0, n_frames, group):
-            frames = range(g0, min(g0 + group, n_frames))
-            padded = {f: _prepared(image, f, (h_r, w_r), (pad_h, pad_w)) for f in frames}
-            work = [(f, t) for f in frames for t in tiles]
-            logits = dict.fromkeys(frames)
-            for first in range(0, len(work), batch_size):
-                batch = work[first : first + batch_size]
-                x = np.stack([padded[f][sy : sy + tile_h, sx : sx + tile_w] for f, (sy, _, sx, _) in batch])
-                with torch.inference_mode():
-                    inputs = torch.from_numpy(x[:, None]).to(device).contiguous(memory_format=layout)
-                    out = net(inputs).float().cpu().numpy()
-                for (f, (sy, (y0, y1), sx, (x0, x1))), tile_logits in zip(batch, out, strict=True):
-                    if logits[f] is None:
-                        logits[f] = np.empty((out.shape[1], pad_h // label_factor, pad_w // label_factor), np.float32)
-                    logits[f][:, y0 // label_factor : y1 // label_factor, x0 // label_factor : x1 // label_factor] = (
-                        tile_logits[
-                            :,
-                            (y0 - sy) // label_factor : (y1 - sy) // label_factor,
-                            (x0 - sx) // label_factor : (x1 - sx) // label_factor,
-                        ]
-                    )
-                bar.update(len(batch))
-            for f in frames:
-                probability = _softmax(logits.pop(f)[:, :n_label_y, :n_label_x], axis=0)
-                depth_out[f] = probability.argmax(axis=0)
-                confidence_out[f] = probability.max(axis=0)
-                if return_probabilities:
-                    if probability_out is None:
-                        probability_out = np.empty((n_frames, *probability.shape), dtype=np.float32)
-                    probability_out[f] = probability
-    finally:
-        bar.close()
-        if was_training:
-            model.train()
-
-    label_y = _origin(image, y_dim, pixel_size) + (np.arange(n_label_y) + 0.5) * label_factor * sampling_y
-    label_x = _origin(image, x_dim, pixel_size) + (np.arange(n_label_x) + 0.5) * label_factor * sampling_x
-    frames = image[frame_dim].values if frame_dim in image.coords else np.arange(n_frames)
-    coords = {
-        "frame": ("frame", frames),
-        "y": ("y", label_y, {"units": "Å", "long_name": "y (label pixel centre)"}),
-        "x": ("x", label_x, {"units": "Å", "long_name": "x (label pixel centre)"}),
-    }
-    data_vars = {
-        "depth": (
-            ("frame", "y", "x"),
-            depth_out,
-            {"long_name": "atomic column depth (most probable number of atoms, 0 = background)", "units": "atoms"},
-        ),
-        "confidence": (
-            ("frame", "y", "x"),
-            confidence_out,
-            {"long_name": "confidence (probability of the predicted depth, eq. 5)", "units": "1"},
-        ),
-    }
-    if return_probabilities:
-        n_classes = probability_out.shape[1]
-        coords["depth_class"] = ("depth_class", np.arange(n_classes), {"long_name": "number of atoms"})
-        data_vars["probability"] = (
-            ("frame", "depth_class", "y", "x"),
-            probability_out,
-            {"long_name": "per-pixel depth distribution F(y)", "units": "1"},
-        )
+        _dose_warning(lam, (grid.model_pixel_size / grid.pixel_size) ** 2, card)
+    n_frames = image.shape[0]
+    with _eval_mode(model), _tile_bar(n_frames * len(grid.tiles), progress) as bar:
+        network = _network(model, fast)
+        distributions = _distributions(image, grid, network, batch_size, bar)  # steps 1-4, frame by frame
+        maps = _maps(distributions, n_frames, grid.labels, return_probabilities)  # step 5
     arguments = {
         "tile": int(tile),
         "overlap": int(overlap),
-        "tile_used": tile_used,
-        "overlap_used": overlap_used,
+        "tile_used": grid.tile_used,
+        "overlap_used": grid.overlap_used,
         "lam": lam,
         "return_probabilities": bool(return_probabilities),
         "batch_size": int(batch_size),
         "fast": bool(fast),
-        "pixel_size": pixel_size,
-        "resampled_shape": [h_r, w_r],
+        "pixel_size": grid.pixel_size,
+        "resampled_shape": list(grid.resampled),
     }
-    from segdepth import __version__
-
-    attrs = {
-        "model_card": json.dumps(card, default=str),
-        "arguments": json.dumps(arguments),
-        "pixel_size": pixel_size,
-        "model_pixel_size": model_pixel_size,
-        "label_pixel_size": label_factor * sampling_x,
-        "label_factor": label_factor,
-        "segdepth_version": __version__,
-    }
-    if image.attrs.get("source"):
-        attrs["source"] = str(image.attrs["source"])
-    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+    return _dataset(image, grid, maps, card, arguments)
 
 
 def _create_variables(nc, ds: xr.Dataset, n_frames: int, compress: bool) -> None:
@@ -606,10 +800,7 @@ def predict_to_netcdf(frames, model, card: dict, path, *, n_frames: int, attrs: 
     if not resume and parts.is_dir():
         shutil.rmtree(parts)
     _prepare_parts(parts, _parts_key(card, n_frames, attrs, check, options))
-    if options.get("fast", True) and hasattr(model, "config") and not hasattr(model, "inference_layout"):
-        from segdepth.learn.model import optimise_for_inference
-
-        model = optimise_for_inference(model)  # once for the whole series
+    model = _inference_network(model, options.get("fast", True))  # once for the whole series
 
     bar = tqdm(total=n_frames, unit="frame", desc="segdepth", disable=not progress, file=sys.stderr)
     files, done = [], 0

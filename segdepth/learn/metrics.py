@@ -26,11 +26,15 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from segdepth.constants import N_CLASSES, Z_CE, Z_O, check_int
+
 __all__ = [
     "pixelwise_accuracy",
     "center_accuracy",
     "real_atom_detection_rate",
     "hallucination_rate",
+    "METRIC_NAMES",
+    "metric_counts",
     "summarise",
     "column_counts",
     "column_count_accuracy",
@@ -44,8 +48,6 @@ __all__ = [
     "saliency",
 ]
 
-Z_CE = 58
-Z_O = 8
 
 
 def _as_array(x: Any, name: str) -> np.ndarray:
@@ -146,6 +148,27 @@ def hallucination_rate(pred: Any, label: Any, *, axis: int | Sequence[int] | Non
     """
     pred, label = _depth_pair(pred, label)
     return _masked_rate(pred > 0, label == 0, axis)
+
+
+#: The paper's four pixel metrics (Table I), in its order: the names of :func:`summarise`.
+METRIC_NAMES = ("pixelwise_accuracy", "center_accuracy", "real_atom_detection_rate", "hallucination_rate")
+
+
+def metric_counts(pred: Any, label: Any, center_mask: Any) -> dict[str, tuple[int, int]]:
+    """Numerator and denominator of each of the four metrics (:data:`METRIC_NAMES`) over all pixels.
+
+    Summing these over samples and dividing at the end pools a dataset without keeping its pixels
+    (:func:`segdepth.learn.evaluation.evaluate_dataset`); for one map, ``num / den`` is the metric.
+    """
+    pred, label = _depth_pair(pred, label)
+    centre = _mask_like(center_mask, pred.shape, "center_mask")
+    ok, fg, bg, atom = pred == label, label > 0, label == 0, pred > 0
+    return {
+        "pixelwise_accuracy": (int(ok.sum()), int(ok.size)),
+        "center_accuracy": (int((ok & centre).sum()), int(centre.sum())),
+        "real_atom_detection_rate": (int((atom & fg).sum()), int(fg.sum())),
+        "hallucination_rate": (int((atom & bg).sum()), int(bg.sum())),
+    }
 
 
 def summarise(pred: Any, label: Any, center_mask: Any) -> dict[str, float]:
@@ -276,7 +299,7 @@ def _check_classes(arr: np.ndarray, name: str, n_classes: int) -> None:
         raise ValueError(f"{name} values must lie in [0, {n_classes - 1}], got [{arr.min()}, {arr.max()}]")
 
 
-def confusion_matrix(pred: Any, label: Any, *, n_classes: int = 11) -> np.ndarray:
+def confusion_matrix(pred: Any, label: Any, *, n_classes: int = N_CLASSES) -> np.ndarray:
     """Pixel counts per (true depth, predicted depth).
 
     Parameters
@@ -293,8 +316,7 @@ def confusion_matrix(pred: Any, label: Any, *, n_classes: int = 11) -> np.ndarra
         (rows true, columns predicted); sums to the number of pixels.
     """
     pred, label = _depth_pair(pred, label)
-    if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or n_classes < 1:
-        raise ValueError(f"n_classes must be a positive integer, got {n_classes!r}")
+    check_int(n_classes, "n_classes")
     _check_classes(pred, "pred", n_classes)
     _check_classes(label, "label", n_classes)
     flat = label.astype(np.int64).ravel() * n_classes + pred.astype(np.int64).ravel()
@@ -315,7 +337,11 @@ def normalise_confusion(cm: Any) -> np.ndarray:
 
 
 class ReliabilityDiagram(NamedTuple):
-    """Calibration per confidence bin (NaN in empty bins)."""
+    """Calibration per confidence bin (NaN in empty bins).
+
+    Diagrams of several images add up with :meth:`merge` (sums of counts, weighted means), so a
+    dataset is binned once, the same way, whether it is given whole or image by image.
+    """
 
     edges: np.ndarray
     """Bin edges, shape (n_bins + 1,), from 0 to 1."""
@@ -325,6 +351,35 @@ class ReliabilityDiagram(NamedTuple):
     """Fraction of correct pixels in each bin, shape (n_bins,)."""
     count: np.ndarray
     """Pixels per bin (int64), shape (n_bins,)."""
+
+    @classmethod
+    def merge(cls, diagrams) -> ReliabilityDiagram:
+        """One diagram of the pixels of all ``diagrams`` (same bins)."""
+        diagrams = list(diagrams)
+        if not diagrams:
+            raise ValueError("no reliability diagrams to merge")
+        edges = diagrams[0].edges
+        if any(d.edges.shape != edges.shape or not np.array_equal(d.edges, edges) for d in diagrams):
+            raise ValueError("reliability diagrams with different bins cannot be merged")
+        count = np.sum([d.count for d in diagrams], axis=0).astype(np.int64)
+        conf_sum = np.sum([np.nan_to_num(d.confidence) * d.count for d in diagrams], axis=0)
+        corr_sum = np.sum([np.nan_to_num(d.accuracy) * d.count for d in diagrams], axis=0)
+        return cls._from_sums(edges, count, conf_sum, corr_sum)
+
+    @classmethod
+    def _from_sums(cls, edges, count, conf_sum, corr_sum) -> ReliabilityDiagram:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_conf = np.where(count > 0, conf_sum / np.maximum(count, 1), np.nan)
+            accuracy = np.where(count > 0, corr_sum / np.maximum(count, 1), np.nan)
+        return cls(edges, mean_conf, accuracy, count)
+
+    def ece(self) -> float:
+        """Expected calibration error of this diagram (:func:`expected_calibration_error`)."""
+        n = self.count.sum()
+        if n == 0:
+            return float("nan")
+        filled = self.count > 0
+        return float(np.sum(self.count[filled] * np.abs(self.accuracy[filled] - self.confidence[filled])) / n)
 
 
 def reliability_diagram(confidence: Any, correct: Any, *, n_bins: int = 10) -> ReliabilityDiagram:
@@ -349,8 +404,7 @@ def reliability_diagram(confidence: Any, correct: Any, *, n_bins: int = 10) -> R
     corr = _as_array(correct, "correct")
     if conf.shape != corr.shape:
         raise ValueError(f"confidence and correct must have the same shape, got {conf.shape} and {corr.shape}")
-    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
-        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
+    check_int(n_bins, "n_bins")
     if conf.size and not (np.all(np.isfinite(conf)) and conf.min() >= 0 and conf.max() <= 1):
         raise ValueError("confidence must be finite and lie in [0, 1] (a probability, not a logit)")
     conf, corr = conf.ravel(), corr.astype(bool).ravel()
@@ -359,10 +413,7 @@ def reliability_diagram(confidence: Any, correct: Any, *, n_bins: int = 10) -> R
     count = np.bincount(index, minlength=n_bins).astype(np.int64)
     conf_sum = np.bincount(index, weights=conf, minlength=n_bins)
     corr_sum = np.bincount(index, weights=corr.astype(float), minlength=n_bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_conf = np.where(count > 0, conf_sum / np.maximum(count, 1), np.nan)
-        accuracy = np.where(count > 0, corr_sum / np.maximum(count, 1), np.nan)
-    return ReliabilityDiagram(edges, mean_conf, accuracy, count)
+    return ReliabilityDiagram._from_sums(edges, count, conf_sum, corr_sum)
 
 
 def expected_calibration_error(confidence: Any, correct: Any, *, n_bins: int = 10) -> float:
@@ -371,13 +422,7 @@ def expected_calibration_error(confidence: Any, correct: Any, *, n_bins: int = 1
     Bins as in :func:`reliability_diagram`. 0 for a perfectly calibrated
     classifier; NaN for no pixels.
     """
-    diagram = reliability_diagram(confidence, correct, n_bins=n_bins)
-    n = diagram.count.sum()
-    if n == 0:
-        return float("nan")
-    filled = diagram.count > 0
-    gap = np.abs(diagram.accuracy[filled] - diagram.confidence[filled])
-    return float(np.sum(diagram.count[filled] * gap) / n)
+    return reliability_diagram(confidence, correct, n_bins=n_bins).ece()
 
 
 def _class_axis(arr: np.ndarray, axis: int, name: str) -> int:

@@ -44,13 +44,14 @@ These rules are our reconstruction, not taken from the paper's code;
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from segdepth.constants import N_CLASSES, check_int
 
 __all__ = [
     "PAPER_TABLE_I",
@@ -201,8 +202,7 @@ class MedianFilter2d(nn.Module):
 
     def __init__(self, size: int = 4) -> None:
         super().__init__()
-        if not isinstance(size, int) or size < 1:
-            raise ValueError(f"median filter size must be a positive integer, got {size!r}")
+        size = check_int(size, "median filter size")
         self.size = size
         self._network = _median_network(size) if size > 1 and size & (size - 1) == 0 else None
 
@@ -292,17 +292,17 @@ def _resolve_channels(base_channels: int, n_scales: int, channel_growth: str, ma
 
 def _widths(base_channels, n_scales, channel_growth, max_channels, channels, upsample):
     """Validated ``(n_scales, max_channels, channels)`` of an encoder (shared by the UNets)."""
-    n_scales = _positive_int("n_scales", n_scales)
+    n_scales = check_int(n_scales, "n_scales")
     if channel_growth not in _GROWTH_RULES:
         raise ValueError(f"channel_growth must be one of {_GROWTH_RULES}, got {channel_growth!r}")
     if upsample not in _UPSAMPLE_MODES:
         raise ValueError(f"upsample must be one of {_UPSAMPLE_MODES}, got {upsample!r}")
     if max_channels is not None:
-        max_channels = _positive_int("max_channels", max_channels)
+        max_channels = check_int(max_channels, "max_channels")
     if channels is None:
-        base = _positive_int("base_channels", 16 if base_channels is None else base_channels)
+        base = check_int(16 if base_channels is None else base_channels, "base_channels")
         return n_scales, max_channels, _resolve_channels(base, n_scales, channel_growth, max_channels)
-    channels = [_positive_int("channels[i]", c) for c in channels]
+    channels = [check_int(c, "channels[i]") for c in channels]
     if len(channels) != n_scales + 1:
         raise ValueError(
             f"channels must have n_scales + 1 = {n_scales + 1} entries (one per scale), got {len(channels)}"
@@ -310,12 +310,6 @@ def _widths(base_channels, n_scales, channel_growth, max_channels, channels, ups
     if base_channels is not None and base_channels != channels[0]:
         raise ValueError(f"base_channels ({base_channels}) must equal channels[0] ({channels[0]}) or be None")
     return n_scales, max_channels, channels
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)  # numpy integers -> int, so that config stays JSON-serialisable
 
 
 class UNet(nn.Module):
@@ -379,7 +373,7 @@ class UNet(nn.Module):
     def __init__(
         self,
         in_channels: int = 1,
-        n_classes: int = 11,
+        n_classes: int = N_CLASSES,
         *,
         base_channels: int | None = None,
         n_scales: int = 6,
@@ -392,18 +386,18 @@ class UNet(nn.Module):
         output_factor: int = 4,
     ) -> None:
         super().__init__()
-        in_channels = _positive_int("in_channels", in_channels)
+        in_channels = check_int(in_channels, "in_channels")
         if output_factor not in (1, 2, 4) or isinstance(output_factor, bool):
             raise ValueError(f"output_factor must be 1, 2 or 4, got {output_factor!r}")
         n_head = int(output_factor).bit_length() - 1
-        n_classes = _positive_int("n_classes", n_classes)
-        median_size = _positive_int("median_size", median_size)
+        n_classes = check_int(n_classes, "n_classes")
+        median_size = check_int(median_size, "median_size")
         n_scales, max_channels, channels = _widths(base_channels, n_scales, channel_growth, max_channels, channels,
                                                    upsample)
         if head_channels is None:
             head_channels = [2 * channels[0], 4 * channels[0]][:n_head]
         else:
-            head_channels = [_positive_int("head_channels[i]", c) for c in head_channels]
+            head_channels = [check_int(c, "head_channels[i]") for c in head_channels]
             if len(head_channels) != n_head:
                 raise ValueError(
                     f"head_channels must have log2(output_factor) = {n_head} entries, got {len(head_channels)}"
@@ -624,7 +618,7 @@ def paper_config(base_channels: int) -> dict[str, Any]:
     widens to ``(M, 2 M)`` with ``M`` the widest encoder width. Returns a
     :attr:`UNet.config`-style dict for :meth:`UNet.from_config`.
     """
-    base = _positive_int("base_channels", base_channels)
+    base = check_int(base_channels, "base_channels")
     cap = 16 * base if base < 64 else 4 * base
     channels = _resolve_channels(base, 6, "double", cap)
     return UNet(

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from segdepth.constants import LATTICE_CONSTANT, PERIOD_X, check_int
 from segdepth.data.store import finished_shards, prepare_directory, provenance_attrs, shard_path, write_netcdf_atomic
 from segdepth.physics.labels import LabelSettings, label_coordinates, make_label_maps
 from segdepth.physics.simulation import (
@@ -124,8 +125,7 @@ class GenerationParameters:
         for s in self.surfaces:
             if s not in OUTLINES:
                 raise ValueError(f"unknown surface type {s!r}; expected one of {OUTLINES}")
-        if isinstance(self.phonons, bool) or not isinstance(self.phonons, (int, np.integer)) or self.phonons < 0:
-            raise ValueError(f"phonons must be a non-negative integer, got {self.phonons!r}")
+        check_int(self.phonons, "phonons", minimum=0)
         if not 0 <= self.phonon_probability <= 1:
             raise ValueError(f"phonon_probability must be within 0-1, got {self.phonon_probability!r}")
         a, b = self.overfocus_range
@@ -164,7 +164,7 @@ class GenerationParameters:
     @property
     def max_columns(self) -> int:
         """Upper bound of the number of columns in the field (fixed padding of the column table)."""
-        return (math.ceil(self.extent / 3.826) + 1) * (math.ceil(self.extent / 5.411) + 1) * 6
+        return (math.ceil(self.extent / PERIOD_X) + 1) * (math.ceil(self.extent / LATTICE_CONSTANT) + 1) * 6
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -433,8 +433,7 @@ def generate_dataset(
     list of Path
         All shard files of the dataset (old and new).
     """
-    if isinstance(n_structures, bool) or not isinstance(n_structures, (int, np.integer)) or n_structures < 1:
-        raise ValueError(f"n_structures must be a positive integer, got {n_structures!r}")
+    check_int(n_structures, "n_structures")
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
     out_dir = prepare_directory(out_dir, params.to_dict())

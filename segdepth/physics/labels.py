@@ -23,9 +23,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
+from segdepth.constants import Z_CE, Z_O
+
 __all__ = ["LabelSettings", "CENTER_RADIUS", "label_coordinates", "make_label_maps"]
 
-CENTER_RADIUS = {58: 0.85, 8: 0.64}  # [A], Ce and O (paper: 16 px and 12 px at 5.3 pm/px)
+CENTER_RADIUS = {Z_CE: 0.85, Z_O: 0.64}  # [A], Ce and O (paper: 16 px and 12 px at 5.3 pm/px)
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ class LabelSettings:
         Loss weight far from any column (background), in (0, 1].
     """
 
-    radius_ce: float = CENTER_RADIUS[58]
+    radius_ce: float = CENTER_RADIUS[Z_CE]
     radius_o: float = CENTER_RADIUS[8]
     core_fraction: float = 0.35
     weight_sigma_fraction: float = 0.6
@@ -54,7 +56,7 @@ class LabelSettings:
         return asdict(self)
 
     def radius(self, Z: np.ndarray) -> np.ndarray:
-        return np.where(np.asarray(Z) == 58, self.radius_ce, self.radius_o)
+        return np.where(np.asarray(Z) == Z_CE, self.radius_ce, self.radius_o)
 
 
 def label_coordinates(n: int, pixel_size: float) -> np.ndarray:

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from segdepth.constants import check_int
 from segdepth.data.preprocess import bin_image  # re-exported: block means of the last two axes
 from segdepth.physics.structures import Structure
 
@@ -273,10 +274,8 @@ OPTICS = {
 
 def check_grid(gpts: int, sampling: float, binning: int, label_factor: int = 4) -> None:
     """Validate the simulation grid against the paper's accuracy requirements."""
-    if isinstance(gpts, bool) or not isinstance(gpts, (int, np.integer)) or gpts <= 0:
-        raise ValueError(f"gpts must be a positive integer, got {gpts!r}")
-    if isinstance(binning, bool) or not isinstance(binning, (int, np.integer)) or binning < 1:
-        raise ValueError(f"binning must be a positive integer, got {binning!r}")
+    check_int(gpts, "gpts")
+    check_int(binning, "binning")
     if not np.isfinite(sampling) or sampling <= 0:
         raise ValueError(f"sampling must be a positive number of A, got {sampling!r}")
     if sampling > PAPER_SAMPLING + _SAMPLING_TOLERANCE:
@@ -348,8 +347,7 @@ def simulate_exit_wave(
     import abtem
 
     check_grid(gpts, sampling, 1, 1)
-    if isinstance(phonons, bool) or not isinstance(phonons, (int, np.integer)) or phonons < 0:
-        raise ValueError(f"phonons must be a non-negative integer, got {phonons!r}")
+    check_int(phonons, "phonons", minimum=0)
     potential = _potential(structure, gpts, sampling, slice_thickness, phonons=phonons,
                            sigmas=phonon_sigmas or PHONON_SIGMAS, seed=phonon_seed)
     wave = abtem.PlaneWave(energy=energy)

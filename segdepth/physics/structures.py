@@ -27,6 +27,8 @@ import numpy as np
 from ase import Atoms
 from ase.spacegroup import crystal
 
+from segdepth.constants import LATTICE_CONSTANT, MAX_ATOMS, Z_O, check_int
+
 __all__ = [
     "LATTICE_CONSTANT",
     "SURFACES",
@@ -41,17 +43,14 @@ __all__ = [
     "random_particle_spec",
 ]
 
-LATTICE_CONSTANT = 5.411  # CeO2 fluorite [A]
 SURFACES = ("flat", "sawtooth", "stepped")
 #: Outline families: the three (1-10) surface profiles of a rectangular island (the paper's),
 #: ``faceted`` (a convex particle bounded by the facets seen edge-on along [110]) and
 #: ``multi`` (two or three faceted particles in one field).
 OUTLINES = SURFACES + ("faceted", "multi")
-MAX_ATOMS = 10
 #: In-plane angles [degrees from +x = [1-10]] of the facet normals seen edge-on along [110]:
 #: {110} (0, 180), {111} (+-35.26, 180 -+ 35.26: normal (sqrt 2, 1) in (x, y)) and {100} (+-90).
 FACET_NORMALS = (0.0, 35.264, 90.0, 144.736, 180.0, 215.264, 270.0, 324.736)
-Z_CE, Z_O = 58, 8
 
 _PERIOD_X = LATTICE_CONSTANT / np.sqrt(2)  # [1-10] repeat, 3.826 A
 _PERIOD_Y = LATTICE_CONSTANT  # [001] repeat
@@ -192,12 +191,8 @@ class ParticleSpec:
         for name in ("surface_vacancy_rate", "surface_short"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within 0-1, got {getattr(self, name)}")
-        if isinstance(self.adatoms, bool) or not isinstance(self.adatoms, (int, np.integer)) or self.adatoms < 0:
-            raise ValueError(f"adatoms must be a non-negative integer, got {self.adatoms!r}")
-        if isinstance(self.thickness, bool) or not isinstance(self.thickness, (int, np.integer)):
-            raise ValueError(f"thickness must be an integer number of atoms (1-{MAX_ATOMS}), got {self.thickness!r}")
-        if not 1 <= self.thickness <= MAX_ATOMS:
-            raise ValueError(f"thickness must be within 1-{MAX_ATOMS} atoms per column, got {self.thickness}")
+        check_int(self.adatoms, "adatoms", minimum=0)
+        check_int(self.thickness, "thickness (atoms per column)", maximum=MAX_ATOMS)
         if not self.vacuum >= 10.0:
             raise ValueError(f"vacuum must be >= 10 A (the potential is periodic), got {self.vacuum}")
         if not 0.0 <= self.vacancy_rate <= 1.0:
