@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[test,notebooks]"
+	$(PY) -m pip install -q -e ".[learn,test,notebooks]"
 	touch $(STAMP)
 
 venv: $(STAMP)

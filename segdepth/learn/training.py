@@ -93,10 +93,11 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from segdepth import __version__
+from segdepth.constants import N_CLASSES
 from segdepth.data.preprocess import bin_dataset, normalise
 from segdepth.data.store import atomic_write
 from segdepth.learn.distributed import SingleProcess, current_processes
-from segdepth.learn.metrics import summarise
+from segdepth.learn.metrics import METRIC_NAMES, summarise
 from segdepth.learn.model import DenoiseSegment, DenoisingUNet, UNet, paper_config
 from segdepth.learn.modelio import load_model, save_model
 from segdepth.learn.torchdata import CropDataset, collate
@@ -118,7 +119,6 @@ __all__ = [
     "weighted_cross_entropy",
 ]
 
-N_CLASSES = 11
 CHECKPOINT_NAME = "checkpoint.json"
 MODEL_NAME = "model.safetensors"
 HISTORY_NAME = "history.nc"
@@ -131,7 +131,6 @@ _INIT, _SHUFFLE, _NOISE, _VALIDATION = 0x1A17, 0x5AFF, 0x0015E, 0x7A11D
 _RESUMABLE_CHANGES = ("epochs", "max_minutes", "num_threads")
 _SCHEDULES = ("plateau", "cosine", "constant")
 TASKS = ("segment", "denoise", "joint")
-METRIC_NAMES = ("pixelwise_accuracy", "center_accuracy", "real_atom_detection_rate", "hallucination_rate")
 
 
 def weighted_cross_entropy(logits: torch.Tensor, label: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
