@@ -21,7 +21,7 @@ MODEL_PIXEL = 0.1  # [A]
 
 
 def run_cli(*args, cwd):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     return subprocess.run(
         [sys.executable, "-m", "segdepth", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True
     )
@@ -133,6 +133,18 @@ def _bad_cases(root: Path) -> list[tuple[str, list[str], str]]:
     no_dir = ["predict", "image.npy", *px, "--out", "nodir/OUT.nc"]
     cases.append(("output directory missing", no_dir, "nodir: output directory does not exist"))
     cases.append(("no output", ["predict", "image.npy"], "required: --out"))
+    ok = ["predict", "image.npy", *px, *model, "--out", "out/OUT.nc"]
+    cases += [  # a preview that could not be written: found before any prediction, nothing written
+        ("preview directory missing", [*ok, "--preview", "nodir/p.png"], "--preview nodir/p.png: directory nodir"),
+        ("preview suffix", [*ok, "--preview", "out/p.xyz"], "matplotlib cannot write '.xyz' files; use one of"),
+        ("preview without suffix", [*ok, "--preview", "out/p"], "matplotlib cannot write a file without a suffix"),
+        ("preview is a directory", [*ok, "--preview", "out"], "--preview out: is a directory"),
+        ("preview is a netCDF", [*ok, "--preview", "out/OUT.nc"], "matplotlib cannot write '.nc'"),
+        ("preview is the output", [*ok[:-1], "out/same.png", "--preview", "out/same.png"], "name the same file"),
+        ("preview frame", ["predict", "stack.npy", *ok[2:], "--preview", "out/p.png", "--preview-frame", "5"],
+         "--preview-frame 5 is not among the predicted frames (0-1)"),
+        ("preview frame alone", [*ok, "--preview-frame", "0"], "--preview-frame needs --preview"),
+    ]
     return cases
 
 
@@ -147,7 +159,7 @@ def test_bad_inputs_exit_with_one_line(workdir):
         assert len(lines) == 1 and lines[0].startswith("segdepth: error: "), (name, result.stderr)
         assert message in lines[0], (name, lines[0])
     assert not (workdir / "nodir").exists()
-    assert list((workdir / "out").iterdir()) == []  # no OUT.nc, no temp file
+    assert [p.name for p in (workdir / "out").iterdir()] == []  # no OUT.nc, no preview, no temp file
 
 
 def test_default_model_missing_is_a_clean_error(workdir, monkeypatch, capsys):
@@ -220,13 +232,25 @@ def test_predict_real_movie_streams_calibrated_frames(workdir, capsys):
 
 
 def test_predict_checks_where_the_estimate_applies_by_default(workdir, capsys):
-    """Default --check on the real movie: vacuum at the top reads 0, valid/valid_reason written, one summary line."""
-    out = workdir / "checked.nc"
+    """Default --check on the real movie: vacuum at the top reads 0, valid/valid_reason written, one summary line;
+    the preview of frame 1 hatches what was not vouched for; one 'wrote' line per file."""
+    from PIL import Image
+
+    out, preview = workdir / "checked.nc", workdir / "checked.png"
     args = ["predict", str(MOVIE), "--out", str(out), "--crop", "0:180,:", "--frames", "0:3", "--pixel-size",
-            "0.2006", "--lambda", "4", "--no-progress", "--no-tta", "--lattice-average", "3"]  # fmt: skip
+            "0.2006", "--lambda", "4", "--no-progress", "--no-tta", "--lattice-average", "3",
+            "--preview", str(preview), "--preview-frame", "1"]  # fmt: skip
     assert main(args) == 0, capsys.readouterr().err
-    stdout = capsys.readouterr().out
-    assert "could not vouch for" in stdout and stdout.count("\n") == 2
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[0].startswith("segdepth: could not vouch for"), lines
+    assert lines[1] == (f"segdepth: wrote {out}: depth, confidence, crystal, valid, valid_reason, lattice_score, "
+                        "ceo2_score, disagreement for 3 frames of 170 x 170 label pixels at 0.2124 A"), lines
+    assert lines[2] == (f"segdepth: wrote {preview}: input, depth (pixels not vouched for hatched), confidence "
+                        "of frame 1"), lines
+    with Image.open(preview) as png:
+        assert png.format == "PNG" and png.mode in ("RGB", "RGBA") and png.width > 1000 and png.height > 400
+        assert np.asarray(png.convert("L")).std() > 10  # not a blank page
+    assert not [p for p in workdir.iterdir() if p.name.startswith(".checked.png")]  # no temporary file left
     with xr.open_dataset(out) as ds:
         for name in ("valid", "valid_reason", "crystal", "lattice_score", "ceo2_score", "disagreement"):
             assert ds[name].shape == ds["depth"].shape, name
@@ -237,6 +261,72 @@ def test_predict_checks_where_the_estimate_applies_by_default(workdir, capsys):
         assert float(ds["valid"].sel(y=band).mean()) >= 0.98
         assert int(ds["valid"].min()) == 0 and int(ds["valid"].max()) == 1  # the Pt particle is not valid
         assert np.isnan(ds["disagreement"]).all()  # --no-tta
+
+
+def test_preview_of_a_streamed_movie_comes_from_its_chunk(workdir, monkeypatch, capsys):
+    """--chunk: the preview frame (in the last chunk) is taken from the chunk as it is read, not read again."""
+    from PIL import Image
+
+    import segdepth.apps.plotting as plotting
+    import segdepth.data.io as io
+
+    rng = np.random.default_rng(3)
+    stack = (rng.poisson(5.0, (51, 32, 32)) / 5.0 + 0.05).astype(np.float32)
+    np.save(workdir / "movie51.npy", stack)
+    read_image, calls, shown = io.read_image, [], []
+    plot_preview = plotting.plot_preview
+
+    def recording_read_image(path, **kwargs):
+        calls.append(kwargs["frames"])
+        return read_image(path, **kwargs)
+
+    def recording_plot_preview(image, result, **kwargs):
+        shown.append((image, result, kwargs))
+        return plot_preview(image, result, **kwargs)
+
+    monkeypatch.setattr(io, "read_image", recording_read_image)
+    monkeypatch.setattr(plotting, "plot_preview", recording_plot_preview)
+    out, preview = workdir / "movie51.nc", workdir / "movie51.png"
+    args = ["predict", str(workdir / "movie51.npy"), "--out", str(out), "--model", str(workdir / "tiny.safetensors"),
+            "--pixel-size", str(MODEL_PIXEL), "--chunk", "20", "--no-check", "--preview", str(preview),
+            "--preview-frame", "50"]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    assert calls == [[0], list(range(50)), list(range(40, 51))]  # no extra read for the preview
+    (image, result, kwargs), = shown
+    assert kwargs["frame"] == 50 and image["frame"].values.tolist() == [50]
+    np.testing.assert_array_equal(image.values[0], stack[50])
+    with xr.open_dataset(out) as ds:
+        np.testing.assert_array_equal(result["depth"].values[0], ds["depth"].sel(frame=50).values)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        f"segdepth: wrote {out}: depth, confidence for 51 frames of 8 x 8 label pixels at 0.4 A",
+        f"segdepth: wrote {preview}: input, depth, confidence of frame 50",
+    ]
+    with Image.open(preview) as png:
+        assert png.format == "PNG" and png.width > 500 and png.height > 200
+
+    # a resumed run that skips every chunk reads the preview frame alone
+    import segdepth.data.store as store
+
+    atomic_write = store.atomic_write
+
+    def failing_final_write(path, *a, **kw):  # the chunks are written, assembling the file fails
+        if Path(path) == out:
+            raise OSError("disk full")
+        return atomic_write(path, *a, **kw)
+
+    out.unlink()
+    preview.unlink()
+    monkeypatch.setattr(store, "atomic_write", failing_final_write)
+    assert main(args) == 2 and "disk full" in capsys.readouterr().err
+    assert not out.exists() and not preview.exists()
+    monkeypatch.setattr(store, "atomic_write", atomic_write)
+    calls.clear()
+    shown.clear()
+    assert main(args) == 0, capsys.readouterr().err
+    assert calls == [[0], list(range(50)), [50]]  # the chunks are not read again, the preview frame is
+    np.testing.assert_array_equal(shown[0][0].values[0], stack[50])
+    assert preview.is_file() and len(capsys.readouterr().out.splitlines()) == 2
 
 
 def test_check_needs_a_field_larger_than_the_lattice_window(workdir, capsys):

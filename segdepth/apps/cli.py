@@ -6,12 +6,16 @@ Commands
     Depth map of every frame of an image file (see :mod:`segdepth.data.io` for the
     formats) with the default or a given model; writes a netCDF file with
     ``depth``, ``confidence`` and optionally ``probability`` on the label grid,
-    in Angstrom coordinates that overlay the input.
+    in Angstrom coordinates that overlay the input. ``--preview PNG`` also writes a
+    quick-look figure of one frame (input, depth, confidence). At the end one line
+    per file written names it and what it holds (stdout).
 
 Every expected problem (unreadable or invalid input, missing model, bad pixel
-size, missing output directory) ends the program with exit code 2 and one line
-``segdepth: error: <message>`` on stderr. The output file is written
-atomically: it is either complete or not there (nor is a partial file left).
+size, missing output directory, a preview format matplotlib cannot write) ends
+the program with exit code 2 and one line ``segdepth: error: <message>`` on
+stderr. The output file is written
+atomically: it is either complete or not there (nor is a partial file left);
+so is the preview.
 """
 
 from __future__ import annotations
@@ -116,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lattice-average", type=int, default=5, metavar="N",
                    help="with --check: odd number of neighbouring frames averaged for the lattice maps, within a "
                    "chunk (default 5)")
+    p.add_argument("--preview", metavar="PNG",
+                   help="also write a quick-look figure of one frame: the input, the depth map and the confidence "
+                   "side by side (with --check: the pixels not vouched for hatched); any format matplotlib writes "
+                   "(.png, .pdf, .svg, ...)")
+    p.add_argument("--preview-frame", type=int, metavar="N",
+                   help="with --preview: the frame to show, its number in INPUT (default the first predicted frame)")
     p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -134,11 +144,39 @@ def _check_output(out: Path) -> None:
         raise CommandError(f"{out}: is a directory, expected an output file name")
 
 
+def _check_preview(preview: Path, out: Path) -> None:
+    """Fail before any prediction when the preview cannot be written (missing directory, unknown format)."""
+    from segdepth.apps.plotting import figure_formats
+
+    directory = preview.parent if str(preview.parent) else Path(".")
+    if not directory.is_dir():
+        raise CommandError(f"--preview {preview}: directory {directory} does not exist")
+    if preview.is_dir():
+        raise CommandError(f"--preview {preview}: is a directory, expected an image file name")
+    formats = figure_formats()
+    suffix = preview.suffix.lower().lstrip(".")
+    if suffix not in formats:
+        what = f"'.{suffix}' files" if suffix else "a file without a suffix"
+        raise CommandError(f"--preview {preview}: matplotlib cannot write {what}; use one of "
+                           + ", ".join(f".{f}" for f in formats))
+    if preview.resolve() == out.resolve():
+        raise CommandError(f"--preview and --out name the same file ({preview})")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
 def _predict_command(args: argparse.Namespace) -> int:
     from segdepth.data.io import READERS, check_pixel_size, frame_indices, parse_crop, parse_frames, read_image
 
     out = Path(args.out)
     _check_output(out)
+    preview = None if args.preview is None else Path(args.preview)
+    if preview is not None:
+        _check_preview(preview, out)
+    elif args.preview_frame is not None:
+        raise CommandError("--preview-frame needs --preview")
     pixel_size = None if args.pixel_size is None else check_pixel_size(args.pixel_size, name="--pixel-size")
     if pixel_size is not None and args.calibrate is not None:
         raise CommandError("--pixel-size and --calibrate exclude each other")
@@ -167,6 +205,10 @@ def _predict_command(args: argparse.Namespace) -> int:
         first = read_image(source, pixel_size=pixel_size, frames=frames, crop=crop)
         keys = [int(k) for k in first["frame"].values]
         n_first = len(keys)
+    preview_frame = keys[0] if args.preview_frame is None else args.preview_frame
+    if preview is not None and preview_frame not in keys:
+        raise CommandError(f"--preview-frame {preview_frame} is not among the predicted frames "
+                           f"({_frame_summary(keys)})")
     attrs = {"input": str(args.input)}
     if args.calibrate is not None:
         from segdepth.data.calibration import calibrate_pixel_size, cubic_spacings
@@ -209,10 +251,16 @@ def _predict_command(args: argparse.Namespace) -> int:
         model, card = load_model(model_path)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
 
+    preview_image = []  # the preview frame's input, kept when its chunk is read
+
     def chunk(start):  # read only when needed: a resumed run skips the chunks it already has
         if start + args.chunk <= first.sizes["frame"] or first.sizes["frame"] == len(keys):
-            return first.isel(frame=slice(start, start + args.chunk))
-        return read_image(source, pixel_size=pixel_size, frames=keys[start : start + args.chunk], crop=crop)
+            data = first.isel(frame=slice(start, start + args.chunk))
+        else:
+            data = read_image(source, pixel_size=pixel_size, frames=keys[start : start + args.chunk], crop=crop)
+        if preview is not None and preview_frame in data["frame"].values:
+            preview_image[:] = [data.sel(frame=[preview_frame])]
+        return data
 
     def chunks():
         for start in range(0, len(keys), args.chunk):
@@ -241,15 +289,40 @@ def _predict_command(args: argparse.Namespace) -> int:
     with xr.open_dataset(out) as ds:
         n_frames, n_y, n_x = ds["depth"].shape
         label = ds.attrs["label_pixel_size"]
-        if "valid" in ds:
+        contents = ", ".join(ds.data_vars)
+        checked = "valid" in ds
+        if checked:
             from segdepth.learn.validity import summary
 
-            checked = summary(ds)
-    plural = "s" if n_frames != 1 else ""
-    print(f"{PROG}: wrote {out} ({n_frames} frame{plural}, {n_y} x {n_x} label pixels of {label:.4g} A)")
-    if args.check:
-        print(f"{PROG}: {checked}")
+            checked_summary = summary(ds)
+        if preview is not None:
+            result = ds.sel(frame=[preview_frame]).load()  # one frame of the written file
+    wrote = [f"{PROG}: wrote {out}: {contents} for {_plural(n_frames, 'frame')} of {n_y} x {n_x} label pixels "
+             f"at {label:.4g} A"]
+    if preview is not None:
+        from segdepth.apps.plotting import plot_preview, save_figure
+
+        if preview_image:
+            image = preview_image[0]
+        elif preview_frame in first["frame"].values:
+            image = first.sel(frame=[preview_frame])
+        else:  # a resumed run that skipped the preview frame's chunk: read that frame only
+            image = read_image(source, pixel_size=pixel_size, frames=[preview_frame], crop=crop)
+        fig = plot_preview(image, result, frame=preview_frame, title=f"{source.name}, frame {preview_frame}")
+        save_figure(fig, preview)
+        hatched = " (pixels not vouched for hatched)" if checked else ""
+        wrote.append(f"{PROG}: wrote {preview}: input, depth{hatched}, confidence of frame {preview_frame}")
+    if checked:
+        print(f"{PROG}: {checked_summary}")
+    for line in wrote:
+        print(line)
     return 0
+
+
+def _frame_summary(keys: Sequence[int]) -> str:
+    if len(keys) > 1 and list(keys) == list(range(keys[0], keys[-1] + 1)):
+        return f"{keys[0]}-{keys[-1]}"
+    return ", ".join(map(str, keys[:10])) + (", ..." if len(keys) > 10 else "")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

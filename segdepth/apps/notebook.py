@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-__all__ = ["run_notebook", "main"]
+__all__ = ["run_notebook", "outputs_into_pair", "same_cells", "main"]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,6 +50,55 @@ def run_notebook(source, output=None, parameters: dict | None = None, *, cwd=Non
     return atomic_write(output, execute, suffix=".ipynb")
 
 
+def _cells(nb) -> list[tuple[str, str]]:
+    """(type, source) of every cell but papermill's injected-parameters cell."""
+    return [(c.cell_type, c.source.strip()) for c in nb.cells
+            if "injected-parameters" not in c.metadata.get("tags", [])]
+
+
+def same_cells(a, b) -> bool:
+    """Whether two notebooks (paths or nbformat objects) have the same cells, outputs and metadata aside."""
+    import jupytext
+
+    a, b = (jupytext.read(x) if isinstance(x, str | Path) else x for x in (a, b))
+    return _cells(a) == _cells(b)
+
+
+def outputs_into_pair(source, executed, *, parameters: dict | None = None) -> Path:
+    """Copy the outputs of ``executed`` into the ``.ipynb`` paired with the percent script ``source``.
+
+    The paired notebook keeps its cells (those of ``source``) and its jupytext metadata; every code
+    cell gets the outputs of the same cell of the executed run, and the notebook's metadata records
+    the run (``segdepth_outputs``: parameters, date). Refuses when the executed run's cells differ
+    from ``source`` (a stale run). Written atomically.
+    """
+    import datetime
+
+    import jupytext
+    import nbformat
+
+    source = Path(source)
+    pair = source.with_suffix(".ipynb")
+    src = jupytext.read(source)
+    run = nbformat.read(str(executed), as_version=4)
+    if not same_cells(src, run):
+        raise ValueError(f"{executed} was not run from the current {source} (cells differ); run it again")
+    run_cells = [c for c in run.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    out = jupytext.read(pair) if pair.exists() else src
+    if not same_cells(out, src):
+        out = src
+    for cell, ran in zip(out.cells, run_cells, strict=True):
+        if cell.cell_type == "code":
+            cell.outputs = ran.get("outputs", [])
+            cell.execution_count = ran.get("execution_count")
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    out.metadata["segdepth_outputs"] = {"parameters": parameters or {}, "executed": now}
+    out.metadata.setdefault("jupytext", {})["formats"] = "ipynb,py:percent"
+    from segdepth.data.store import atomic_write
+
+    return atomic_write(pair, lambda tmp: nbformat.write(out, tmp), suffix=".ipynb")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Execute a SegDepth notebook with papermill")
     ap.add_argument("notebook")
@@ -57,6 +106,8 @@ def main(argv=None) -> int:
     ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "JSON_VALUE"),
                     help="parameter value as JSON (strings may be given bare)")
     ap.add_argument("--cwd", help="working directory of the kernel (default: the repository root)")
+    ap.add_argument("--into-pair", action="store_true",
+                    help="also copy the outputs into the committed .ipynb paired with the .py source")
     args = ap.parse_args(argv)
     params = {}
     for name, value in args.parameter:
@@ -66,6 +117,8 @@ def main(argv=None) -> int:
             params[name] = value
     out = run_notebook(args.notebook, args.output, params, cwd=args.cwd)
     print(f"executed {args.notebook} -> {out}")
+    if args.into_pair:
+        print(f"outputs -> {outputs_into_pair(args.notebook, out, parameters=params)}")
     return 0
 
 

@@ -13,5 +13,6 @@ __getattr__, __dir__, __all__ = attach(__name__, {
     ".calibration": ["PixelSizeCalibration", "CalibrationError", "calibrate_pixel_size", "estimate_dose"],
     ".preprocess": ["normalise", "bin_image", "bin_dataset"],
     ".lattice": ["local_lattice"],
+    ".hyperspy": ["from_signal", "to_signal", "to_signals", "is_signal"],
     ".tracking": ["AlignmentError", "align_frames", "find_columns", "track_columns", "smooth_counts"],
 })

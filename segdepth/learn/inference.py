@@ -26,11 +26,17 @@ pixel: 4 for the paper's layout at 0.053 A, 1 for the default binned-input model
 at 0.212 A; the same 0.212 A grid) and its ``x``, ``y`` coordinates are in
 Angstrom in the frame of reference of the input, so it overlays the input image
 directly.
+
+The input may also be a numpy array (with ``pixel_size=``) or a HyperSpy ``Signal2D``
+(:mod:`segdepth.data.hyperspy`: the calibrated axes give the pixel size, navigation axes give the
+frames), and ``as_signals=True`` returns the maps as HyperSpy signals on the label grid; without
+``model`` and ``card`` the shipped default model is used (loaded once).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import sys
@@ -44,6 +50,7 @@ import scipy.sparse
 import xarray as xr
 
 from segdepth.constants import check_int
+from segdepth.data.hyperspy import is_signal
 from segdepth.data.io import LENGTH_UNITS, check_pixel_size, check_positive
 from segdepth.data.preprocess import normalise
 
@@ -309,6 +316,57 @@ class _Grid:
     def padded_labels(self) -> tuple[int, int]:
         """Shape of one frame's stitched logits (the padded frame on the label grid)."""
         return tuple(n // self.label_factor for n in self.padded)
+
+
+def _input_image(image, pixel_size=None) -> xr.DataArray:
+    """``image`` as :func:`predict` works on it: an ``xarray.DataArray`` ``(frame, y, x)`` or ``(y, x)``.
+
+    A HyperSpy ``Signal2D`` goes through :func:`segdepth.data.hyperspy.from_signal` (pixel size from its
+    calibrated axes, or ``pixel_size``); a numpy array gets pixel-centre coordinates ``(i + 0.5) * pixel_size``;
+    for a DataArray a given ``pixel_size`` replaces its ``pixel_size`` attribute and rescales its ``y``, ``x``
+    coordinates (kept in pixels of the old size when it had one).
+    """
+    if is_signal(image):
+        from segdepth.data.hyperspy import from_signal
+
+        return from_signal(image, pixel_size=pixel_size)
+    if pixel_size is not None:
+        pixel_size = check_pixel_size(pixel_size)
+    if not isinstance(image, xr.DataArray):
+        data = np.asarray(image)
+        if data.ndim not in (2, 3):
+            raise ValueError(f"image must be a 2-D (y, x) or 3-D (frame, y, x) array, got shape {data.shape}")
+        dims = ("y", "x") if data.ndim == 2 else ("frame", "y", "x")
+        coords = {}
+        if pixel_size is not None:
+            coords = {d: (d, (np.arange(n) + 0.5) * pixel_size, {"units": "Å", "long_name": f"{d} (pixel centre)"})
+                      for d, n in zip(dims[-2:], data.shape[-2:], strict=True)}
+        return xr.DataArray(data, dims=dims, coords=coords, attrs={"pixel_size": pixel_size})
+    if pixel_size is None:
+        return image
+    old = image.attrs.get("pixel_size")
+    out = image.assign_attrs(pixel_size=pixel_size)
+    for dim in image.dims[-2:]:
+        if dim in image.coords:
+            n = image.sizes[dim]
+            index = image[dim].values / old - 0.5 if old else np.arange(n)
+            out = out.assign_coords({dim: (dim, (index + 0.5) * pixel_size, dict(image[dim].attrs))})
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _cached_default_model():
+    return load_default_model()
+
+
+def _model_and_card(model, card):
+    """``(model, card)``: the shipped default (:func:`load_default_model`, loaded once) when both are ``None``."""
+    if model is None and card is None:
+        return _cached_default_model()
+    if model is None or card is None:
+        raise ValueError("pass both the model and its card (segdepth.load_model returns both), or neither "
+                         "for the shipped default model")
+    return model, card
 
 
 def _as_stack(image: xr.DataArray) -> xr.DataArray:
@@ -586,10 +644,12 @@ def _dataset(image: xr.DataArray, grid: _Grid, maps: tuple, card: dict, argument
 
 
 def predict(
-    image: xr.DataArray,
-    model,
-    card: dict,
+    image,
+    model=None,
+    card: dict | None = None,
     *,
+    pixel_size: float | None = None,
+    as_signals: bool = False,
     tile: int = 512,
     overlap: int = 64,
     lam: float | None = None,
@@ -602,17 +662,29 @@ def predict(
 
     Parameters
     ----------
-    image : xarray.DataArray
+    image : xarray.DataArray, numpy.ndarray or hyperspy Signal2D
         Intensities with dims ``(frame, y, x)`` or ``(y, x)`` and attribute
         ``pixel_size`` [A] (or ``x`` coordinates in A), as from
-        :func:`segdepth.data.io.read_image`.
-    model : torch.nn.Module
+        :func:`segdepth.data.io.read_image`; a numpy array (with
+        ``pixel_size``); or a HyperSpy ``Signal2D``, an image or a stack
+        (navigation axes become frames), whose calibrated signal axes give the
+        pixel size (:func:`segdepth.data.hyperspy.from_signal`).
+    model : torch.nn.Module, optional
         Network mapping ``(B, 1, H, W)`` to logits ``(B, n_classes, H/4, W/4)``
         with attribute ``required_multiple``; run in eval mode on the device of
-        its parameters.
-    card : dict
+        its parameters. Default (with ``card`` also ``None``): the shipped
+        default model (:func:`load_default_model`, loaded once per process).
+    card : dict, optional
         Its model card; ``sampling`` (model pixel size [A]) and
         ``label_factor`` are used.
+    pixel_size : float, optional
+        Pixel size of the input [A]: needed for a numpy array or an
+        uncalibrated signal; overrides the image's own.
+    as_signals : bool
+        Return the maps as HyperSpy signals
+        (:func:`segdepth.data.hyperspy.to_signals`: a dict ``depth``,
+        ``confidence``, on the label grid in the input's length unit, with the
+        navigation axes of an input signal) instead of the dataset.
     tile : int
         Tile edge in model pixels, rounded down to a multiple of
         ``required_multiple`` (at least one multiple).
@@ -651,6 +723,7 @@ def predict(
 
         Attributes ``model_card`` and ``arguments`` (JSON strings),
         ``pixel_size`` (input) and ``model_pixel_size``, ``label_pixel_size`` [A].
+        With ``as_signals``, a dict of HyperSpy ``Signal2D`` instead.
 
     Raises
     ------
@@ -665,7 +738,9 @@ def predict(
     steps 1-3), runs and stitches its tiles (:func:`_stitched_logits`, step 4) and takes the softmax;
     :func:`_maps` keeps the depth, confidence and probability (step 5).
     """
-    image = _as_stack(image)
+    like = image if is_signal(image) else None
+    image = _as_stack(_input_image(image, pixel_size))
+    model, card = _model_and_card(model, card)
     grid = _grid(image, model, card, tile, overlap, batch_size)  # steps 1, 3 and 4: sizes and tiles
     if lam is not None:
         lam = check_positive(lam, name="lam (dose)", units="electrons per pixel")
@@ -687,7 +762,12 @@ def predict(
         "pixel_size": grid.pixel_size,
         "resampled_shape": list(grid.resampled),
     }
-    return _dataset(image, grid, maps, card, arguments)
+    result = _dataset(image, grid, maps, card, arguments)
+    if as_signals:
+        from segdepth.data.hyperspy import to_signals
+
+        return to_signals(result, like)
+    return result
 
 
 def _create_variables(nc, ds: xr.Dataset, n_frames: int, compress: bool) -> None:

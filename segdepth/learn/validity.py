@@ -205,10 +205,12 @@ def assess(
 
 
 def predict_checked(
-    image: xr.DataArray,
-    model,
-    card: dict,
+    image,
+    model=None,
+    card: dict | None = None,
     *,
+    pixel_size: float | None = None,
+    as_signals: bool = False,
     tta: bool = True,
     lattice_average: int = 1,
     margin: float | None = MARGIN,
@@ -219,12 +221,19 @@ def predict_checked(
 ) -> xr.Dataset:
     """:func:`segdepth.learn.inference.predict` followed by :func:`assess` (and a 180-degree pass when ``tta``).
 
-    ``options`` go to :func:`~segdepth.learn.inference.predict`. Costs: the lattice maps take about 1.4 s per frame
-    on 2 cores (a 180 x 180 frame at 0.2 A, or any frame resampled to 0.3 A); ``tta`` doubles the network's
-    time.
+    ``image``, ``model``, ``card`` and ``pixel_size`` are as for :func:`~segdepth.learn.inference.predict`
+    (an ``xarray.DataArray``, a numpy array or a HyperSpy ``Signal2D``; the shipped default model when
+    ``model`` and ``card`` are ``None``); ``options`` go to it too. ``as_signals`` returns the maps as HyperSpy
+    signals (:func:`segdepth.data.hyperspy.to_signals`: ``depth``, ``confidence``, ``valid``, ``valid_reason``)
+    instead of the dataset. Costs: the lattice maps take about 1.4 s per frame on 2 cores (a 180 x 180 frame
+    at 0.2 A, or any frame resampled to 0.3 A); ``tta`` doubles the network's time.
     """
-    from segdepth.learn.inference import predict
+    from segdepth.data.hyperspy import is_signal
+    from segdepth.learn.inference import _input_image, _model_and_card, predict
 
+    like = image if is_signal(image) else None
+    image = _input_image(image, pixel_size)
+    model, card = _model_and_card(model, card)
     if image.ndim == 2:
         image = image.expand_dims("frame")
     prediction = predict(image, model, card, return_probabilities=True, **options)
@@ -238,6 +247,10 @@ def predict_checked(
     import json
 
     out.attrs["validity_arguments"] = json.dumps(arguments)
+    if as_signals:
+        from segdepth.data.hyperspy import to_signals
+
+        return to_signals(out, like)
     return out
 
 

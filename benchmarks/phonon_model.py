@@ -1,0 +1,55 @@
+"""Issue 11, next step: the robust model fine-tuned on frozen-phonon images against the robust default.
+
+Scores both on the shift test (static atoms, shifted optics, held-out outline; ``make shift-test``) and
+on a frozen-phonon shift test (the same preset with 4 configurations, seed 912, 10 structures x 2
+images) at the doses of the dose curve; writes ``data/results/robustness_phonons.{nc,md}``.
+
+    python benchmarks/phonon_model.py [--lams 0.5 1 2.5 10 25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from segdepth.data.store import open_dataset, write_netcdf_atomic
+from segdepth.learn.evaluation import confusion_table, robustness, robustness_table
+from segdepth.learn.inference import DEFAULT_MODEL, MODELS_DIR
+from segdepth.learn.modelio import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=[str(MODELS_DIR / "segdepth_robust_phonons_base8_bin4.safetensors"),
+                                                    str(DEFAULT_MODEL)])
+    ap.add_argument("--test-sets", nargs="+", default=["data/simulated/shift_test",
+                                                       "data/simulated/shift_phonons_test"])
+    ap.add_argument("--lams", nargs="+", type=float, default=[0.5, 1.0, 2.5, 10.0, 25.0])
+    ap.add_argument("--out", default="data/results/robustness_phonons")
+    args = ap.parse_args(argv)
+    models = {}
+    for path in args.models:
+        model, card = load_model(ROOT / path)
+        models[Path(path).stem] = (model.eval(), card["input_binning"])
+    sets = {Path(p).name: open_dataset(ROOT / p) for p in args.test_sets}
+    t0 = time.perf_counter()
+    result = robustness(models, sets, args.lams, seed=1)
+    sizes = ", ".join(f"{k} ({v.sizes['sample']} images)" for k, v in sets.items())
+    text = (f"Per-column exact count, {sizes}; seed 1 noise; {time.perf_counter() - t0:.0f} s\n\n"
+            + robustness_table(result) + "\n")
+    for m in models:
+        for t in sets:
+            text += f"\n{m} on {t}, lambda 2.5 (rows: true count):\n\n" + confusion_table(
+                result, model=m, test_set=t, lam=2.5) + "\n"
+    out = ROOT / args.out
+    write_netcdf_atomic(result, out.with_suffix(".nc"))
+    out.with_suffix(".md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
