@@ -8,7 +8,7 @@ STAMP := $(VENV)/.segdepth-installed
 TORCH := torch==2.13.0
 RUN_NB := $(PY) -m segdepth.apps.notebook
 
-.PHONY: all venv test test-fast reproduce data train train-fast evaluate evaluate-fast reproduce-evaluate lint sync benchmark clean \
+.PHONY: all venv browser test test-fast reproduce data train train-fast evaluate evaluate-fast reproduce-evaluate lint sync benchmark clean \
 	study study-train study-denoise study-noise quickstart real-data data-robust robust-test shift-test train-robust evaluate-robust ablation \
 	data-robust-phonons train-robust-phonons
 
@@ -23,8 +23,15 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-test: $(STAMP)
-	$(PY) -m ruff check segdepth tests benchmarks
+# The browser tests (rendered book, tests/test_docs.py) drive Debian's chromium: installed here when absent.
+CHROMIUM := $(shell command -v chromium 2>/dev/null)
+browser:
+ifeq ($(CHROMIUM),)
+	(apt-get install -y -qq chromium chromium-driver || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)) > /dev/null
+endif
+
+test: $(STAMP) browser
+	$(PY) -m ruff check segdepth tests benchmarks docs/book
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
@@ -132,12 +139,14 @@ test-split: $(STAMP)
 
 # Step 03: Table I, Figs. 1, 6, 7, 8 on the test split of the training set (committed results).
 evaluate: $(STAMP)
-	$(RUN_NB) notebooks/03_evaluation.py
+	$(RUN_NB) notebooks/03_evaluation.py -p data data/simulated/cpu_train \
+		-p results data/results/evaluation_lam2.5.nc -p examples data/results/evaluation_examples_lam2.5.nc \
+		-p table data/results/table1_lam2.5.md -p figure_prefix figures/
 
 # Step 03 for the fast model (issue 6): Table I row, Figs. 1, 6-8 under figures/fast/.
 evaluate-fast: $(STAMP)
 	$(RUN_NB) notebooks/03_evaluation.py -o notebooks/executed/03_evaluation_fast.ipynb \
-		-p models '["segdepth/models/segdepth_fast_base$(FAST_BASE)_bin4_lam2.5.safetensors"]' \
+		-p data data/simulated/cpu_train -p models '["segdepth/models/segdepth_fast_base$(FAST_BASE)_bin4_lam2.5.safetensors"]' \
 		-p results data/results/evaluation_fast_lam2.5.nc -p examples data/results/evaluation_examples_fast_lam2.5.nc \
 		-p table data/results/table1_fast_lam2.5.md -p figure_prefix figures/fast/
 
@@ -153,6 +162,25 @@ reproduce: data reproduce-evaluate
 # Step 00: the students' quickstart (about a minute on one core).
 quickstart: $(STAMP)
 	OMP_NUM_THREADS=1 $(RUN_NB) notebooks/00_quickstart.py
+
+# Step 08: the interactive explorer as a web app (Voila); SEGDEPTH_EXPLORER_GPTS=1024 for the tiny field.
+.PHONY: explore
+explore: $(STAMP)
+	$(PY) -m pip install -q -e ".[explore]"
+	SEGDEPTH_EXPLORER_GPTS=$${SEGDEPTH_EXPLORER_GPTS:-1536} $(VENV)/bin/voila notebooks/08_explorer.ipynb
+
+# Issue 14: the rendered tutorial book (README + the committed notebooks with their outputs, never executed)
+# in docs/book/_build/html; fails on any Sphinx warning or broken link.
+.PHONY: docs
+docs: $(STAMP)
+	$(PY) docs/book/build.py --strict
+
+# Issue 14: refresh the outputs (figures, tables, printed figures) carried by the committed .ipynb of the
+# notebooks whose default parameters make the committed results (00 quickstart, 06 real movie).
+.PHONY: notebook-outputs
+notebook-outputs: $(STAMP)
+	OMP_NUM_THREADS=1 $(RUN_NB) notebooks/00_quickstart.py --into-pair
+	$(RUN_NB) notebooks/06_real_data.py --into-pair
 
 # Step 06: the real movie in data/raw (Figs. 10-12).
 real-data: $(STAMP)
@@ -175,13 +203,17 @@ study-train: $(STAMP)
 		$(subst {lam},{lam_range},$(STUDY_TRAIN))
 
 study-denoise: $(STAMP)
-	$(RUN_NB) notebooks/05_denoise_baselines.py
+	$(RUN_NB) notebooks/05_denoise_baselines.py -p data data/simulated/cpu_train \
+		-p direct_model data/models/study/base4_lam2.5.safetensors -p checkpoint_root data/checkpoints/study \
+		-p model_dir data/models/study -p results data/results/table2_denoise_baselines.nc \
+		-p table data/results/table2_denoise_baselines.md -p figure_prefix figures/
 
 study-noise: $(STAMP)
 	$(BATCH) notebooks/04_noise_generalization.py --grid test_lams $(NOISE_LAMS) --dim test_lams=test_lambda \
-		-p figure_prefix '' -p results 'data/results/study/noise/lam{test_lams}.nc' --workers 2 \
-		--merged data/results/noise_generalization.nc
-	$(RUN_NB) notebooks/04_noise_generalization.py
+		-p data data/simulated/cpu_train -p figure_prefix '' -p results 'data/results/study/noise/lam{test_lams}.nc' \
+		--workers 2 --merged data/results/noise_generalization.nc
+	$(RUN_NB) notebooks/04_noise_generalization.py -p data data/simulated/cpu_train \
+		-p results data/results/noise_generalization.nc -p figure_prefix figures/
 
 study: study-train study-denoise study-noise
 

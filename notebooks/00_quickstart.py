@@ -17,7 +17,8 @@
 # # 00 Quickstart: one simulated particle, noise at your dose, depth and confidence
 #
 # **In:** nothing but parameters and the shipped default model of `segdepth predict`
-# (`segdepth/models/segdepth_fast_base8_bin4_lam2.5.safetensors`; no data generation, no training). **Out:** `output` (netCDF: clean and noisy image, true depth,
+# (`segdepth/models/segdepth_robust_base8_bin4.safetensors`; no data generation, no training). **Out:** `output`
+# (netCDF: clean and noisy image, true depth,
 # estimated depth, confidence) and `figure` (estimate and confidence beside the truth).
 #
 # 1. Build one small CeO2 particle seen along [110] (`segdepth.physics.structures`), a 27 A field.
@@ -50,13 +51,13 @@ import numpy as np
 import torch
 import xarray as xr
 
+from segdepth.apps.plotting import depth_cmap, save_figure
 from segdepth.data.calibration import CalibrationError, calibrate_pixel_size
+from segdepth.data.store import write_netcdf_atomic
+from segdepth.learn.inference import load_default_model, predict
 from segdepth.physics.labels import make_label_maps
 from segdepth.physics.noise import poisson_noise
-from segdepth.apps.plotting import depth_cmap, save_figure
-from segdepth.learn.inference import load_default_model, predict
 from segdepth.physics.simulation import PAPER_SAMPLING, simulate_images
-from segdepth.data.store import write_netcdf_atomic
 from segdepth.physics.structures import ParticleSpec, build_particle
 
 torch.set_num_threads(threads)

@@ -50,10 +50,10 @@ import json
 
 import numpy as np
 
-from segdepth.physics.generate import PRESETS, generate_dataset
-from segdepth.physics.noise import poisson_noise
 from segdepth.apps.plotting import plot_samples, save_figure
 from segdepth.data.store import open_dataset
+from segdepth.physics.generate import PRESETS, generate_dataset
+from segdepth.physics.noise import poisson_noise
 
 params = PRESETS[preset].with_(
     n_defocus=n_defocus,

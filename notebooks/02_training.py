@@ -63,9 +63,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import xarray as xr
 
-from segdepth.learn.modelio import load_model, save_model
 from segdepth.apps.plotting import save_figure
 from segdepth.data.store import open_dataset, write_netcdf_atomic
+from segdepth.learn.modelio import load_model, save_model
 from segdepth.learn.torchdata import split_indices
 from segdepth.learn.training import TrainConfig, train
 

@@ -24,21 +24,24 @@
 # beside the paper's numbers) and the figures.
 
 # %% tags=["parameters"]
-data = "data/simulated/cpu_train"  # simulated dataset
+# simulated dataset: default the shipped test split (`make test-split`: 8 fresh structures x 2 images, used whole);
+# Table I: the training set data/simulated/cpu_train (its test split)
+data = "data/test"
 models = ["segdepth/models/segdepth_base16_lam2.5.safetensors"]  # one per row of Table I
 lam = 2.5  # test dose [electrons per pixel in vacuum]
 n_test = 0  # evaluate at most this many samples (0: all)
 seed = 1  # seed of the test noise
 saliency_lams = [0.25, 1.0, 2.5, 10.0, 40.0]  # doses of Fig. 8(c)
 example = 0  # which evaluated sample Figs. 1 and 8 show
-results = "data/results/evaluation_lam2.5.nc"
-examples = "data/results/evaluation_examples_lam2.5.nc"
-table = "data/results/table1_lam2.5.md"
-figure_prefix = "figures/"  # figures are written as <prefix>fig1_depth_confidence.png, ...
+# outputs: the defaults go under */fresh/ (the committed results are made by `make evaluate`, see the Makefile)
+results = "data/results/fresh/evaluation_lam2.5.nc"
+examples = "data/results/fresh/evaluation_examples_lam2.5.nc"
+table = "data/results/fresh/table1_lam2.5.md"
+figure_prefix = "figures/fresh/"  # figures are written as <prefix>fig1_depth_confidence.png, ...
 shift_data = []  # further test sets (e.g. ["data/simulated/shift_test"]) for the robustness table ([]: none)
 dose_lams = [2.5]  # doses of the dose curve of the robustness table [electrons per pixel in vacuum]
-robustness_results = "data/results/robustness.nc"  # every metric per model x test set x dose
-robustness_table = "data/results/robustness.md"
+robustness_results = "data/results/fresh/robustness.nc"  # every metric per model x test set x dose
+robustness_table = "data/results/fresh/robustness.md"
 record_in_card = False  # write the robustness figures of the first model (and its envelope) into its model card
 
 # %%

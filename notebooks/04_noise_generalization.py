@@ -32,7 +32,9 @@
 # merges the results along `test_lambda`.
 
 # %% tags=["parameters"]
-data = "data/simulated/cpu_train"  # simulated dataset the models were trained on (its test split is used)
+# simulated dataset: the models' training set (its test split is used; Fig. 9: data/simulated/cpu_train) or any
+# other (used whole); default the shipped test split (`make test-split`: 8 fresh structures x 2 images)
+data = "data/test"
 models = [
     "data/models/study/base4_lam2.5.safetensors",
     "data/models/study/base8_lam2.5.safetensors",
@@ -47,8 +49,9 @@ seed = 1  # seed of the test noise
 fig9a_train_lam = 2.5  # panel (a): models trained at this dose, one per size
 fig9b_base = 4  # panel (b): models of this base width, one per training dose
 robust_range = [0.25, 25.0]  # test-dose range over which the dose-robust model should stay flat
-results = "data/results/noise_generalization.nc"
-figure_prefix = "figures/"  # empty: no figure (e.g. for single-dose runs under the batch driver)
+# outputs: the defaults go under */fresh/ (the committed Fig. 9 results: `make study-noise`, see the Makefile)
+results = "data/results/fresh/noise_generalization.nc"
+figure_prefix = "figures/fresh/"  # empty: no figure (e.g. for single-dose runs under the batch driver)
 
 # %%
 import json

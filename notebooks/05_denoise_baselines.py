@@ -20,7 +20,8 @@
 # paper (Table II), three models of the same segmentation size, trained on the same data at the
 # same dose and tested on the same test split:
 #
-# - **direct**: the segmentation UNet on noisy images (notebook 02; `direct_model`);
+# - **direct**: the segmentation UNet on noisy images (notebook 02, `direct_model`; or, with `direct_model`
+#   empty, trained here with the same recipe on the same split);
 # - **sequential**: a supervised denoiser (UNet, MSE against the clean image, fresh noise every
 #   batch) is trained first, frozen, and a segmentation UNet is trained on its outputs;
 # - **joint**: denoiser and segmentation UNet trained together on cross-entropy +
@@ -31,8 +32,10 @@
 # and a figure of one test image through each pipeline. Training resumes from `checkpoint_root`.
 
 # %% tags=["parameters"]
-data = "data/simulated/cpu_train"  # simulated dataset (notebook 01)
-direct_model = "data/models/study/base4_lam2.5.safetensors"  # direct model from notebook 02, same size and dose
+# simulated dataset (notebook 01): default the shipped test split (`make test-split`, 8 structures); Table II:
+# data/simulated/cpu_train with direct_model data/models/study/base4_lam2.5.safetensors (`make study-denoise`)
+data = "data/test"
+direct_model = ""  # direct model from notebook 02 trained on this split, same size and dose ("": train it here)
 base_channels = 4  # segmentation UNet width (the direct model's)
 head_channels = [8, 16]  # its two extra downsampling blocks ([]: the paper-sized head)
 denoiser_base = 4  # denoiser UNet width at full resolution
@@ -51,13 +54,14 @@ split = [0.8, 0.1, 0.1]  # must be the direct model's split (notebook 02 default
 split_seed = 0
 seed = 0
 num_threads = 2
-checkpoint_root = "data/checkpoints/study"
-model_dir = "data/models/study"
+# outputs: the defaults go under */fresh/ (the committed study models and Table II are not overwritten)
+checkpoint_root = "data/checkpoints/fresh"
+model_dir = "data/models/fresh"
 n_test = 0  # evaluate at most this many test samples (0: all)
 test_seed = 1  # seed of the test noise
-results = "data/results/table2_denoise_baselines.nc"
-table = "data/results/table2_denoise_baselines.md"
-figure_prefix = "figures/"
+results = "data/results/fresh/table2_denoise_baselines.nc"
+table = "data/results/fresh/table2_denoise_baselines.md"
+figure_prefix = "figures/fresh/"
 
 # %%
 import json
@@ -110,9 +114,10 @@ def fit(name, **changes):
 
 
 # %% [markdown]
-# ## Train: denoiser, then sequential (frozen denoiser), then joint
+# ## Train: (the direct model, without `direct_model`), denoiser, then sequential (frozen denoiser), then joint
 
 # %%
+direct_model = direct_model or str(fit(f"direct_{tag}"))
 denoiser_path = fit(f"denoiser{denoiser_base}_lam{lam:g}", task="denoise")
 sequential_path = fit(f"sequential_{tag}", denoiser_path=str(denoiser_path))
 joint_path = fit(f"joint_{tag}", task="joint", denoise_weight=denoise_weight)

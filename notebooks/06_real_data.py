@@ -68,15 +68,15 @@ import torch
 import xarray as xr
 from scipy import ndimage
 
-from segdepth.learn import metrics
+from segdepth.apps.moviescore import run_movie_path
+from segdepth.apps.plotting import depth_cmap, save_figure
 from segdepth.data.calibration import calibrate_pixel_size, cubic_spacings, estimate_dose
 from segdepth.data.io import read_image
-from segdepth.apps.plotting import depth_cmap, save_figure
-from segdepth.learn.inference import load_default_model, resample
 from segdepth.data.preprocess import normalise
 from segdepth.data.store import provenance_attrs, write_netcdf_atomic
-from segdepth.apps.moviescore import run_movie_path
 from segdepth.data.tracking import shift_frames
+from segdepth.learn import metrics
+from segdepth.learn.inference import load_default_model, resample
 from segdepth.learn.validity import REASONS, summary, validity_fractions
 
 torch.set_num_threads(threads)

@@ -58,11 +58,11 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import xarray as xr
 
-from segdepth.learn.evaluation import robustness
-from segdepth.physics.generate import ABLATION_FACTORS, PRESETS, TRAIN_OUTLINES, ablation_parameters, generate_dataset
-from segdepth.learn.modelio import load_model
 from segdepth.apps.plotting import save_figure
 from segdepth.data.store import open_dataset, write_netcdf_atomic
+from segdepth.learn.evaluation import robustness
+from segdepth.learn.modelio import load_model
+from segdepth.physics.generate import ABLATION_FACTORS, PRESETS, TRAIN_OUTLINES, ablation_parameters, generate_dataset
 
 names = list(factors) or list(ABLATION_FACTORS)
 base = PRESETS[preset].with_(n_defocus=n_defocus, seed=seed, surfaces=TRAIN_OUTLINES, vacancy_max=0.2)

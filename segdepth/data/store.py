@@ -188,6 +188,31 @@ def finished_shards(directory) -> list[int]:
     return out
 
 
+# How the README's datasets are made, by the last two parts of their directory (``open_dataset``'s
+# missing-data message); any other directory: notebook 01 with ``-p output DIR``.
+_MAKE_DATASET = {
+    "data/test": "make test-split",
+    "simulated/cpu_train": "python -m segdepth.apps.notebook notebooks/01_data_generation.py "
+                           "-p output data/simulated/cpu_train -p n_structures 100 -p n_defocus 4 -p seed 0",
+    "simulated/nb01_cpu": "make data",
+    "simulated/robust_train": "make data-robust",
+    "simulated/robust_test": "make robust-test",
+    "simulated/shift_test": "make shift-test",
+    "simulated/robust_phonons_train": "make data-robust-phonons",
+}
+_MAKE_DATASET_PARENT = {"simulated/ablation": "make ablation"}  # notebook 07: one dataset per factor
+
+
+def _make_dataset_command(directory) -> str:
+    """The command that makes the dataset ``directory`` (README names; else notebook 01 with it as output)."""
+    parts = Path(directory).parts
+    if "/".join(parts[-2:]) in _MAKE_DATASET:
+        return _MAKE_DATASET["/".join(parts[-2:])]
+    if "/".join(parts[-3:-1]) in _MAKE_DATASET_PARENT:
+        return _MAKE_DATASET_PARENT["/".join(parts[-3:-1])]
+    return f"python -m segdepth.apps.notebook notebooks/01_data_generation.py -p output {Path(directory).as_posix()}"
+
+
 def open_dataset(directory, *, load: bool = False) -> xr.Dataset:
     """Open every shard of a dataset directory as one dataset along ``sample``.
 
@@ -203,7 +228,9 @@ def open_dataset(directory, *, load: bool = False) -> xr.Dataset:
         return xr.load_dataset(directory) if load else xr.open_dataset(directory)
     paths = sorted(directory.glob(SHARD_GLOB))
     if not paths:
-        raise FileNotFoundError(f"no dataset shards ({SHARD_GLOB}) in {directory}")
+        raise FileNotFoundError(
+            f"no dataset shards ({SHARD_GLOB}) in {directory}; make it with: {_make_dataset_command(directory)}"
+        )
     if load:
         parts = [xr.load_dataset(p) for p in paths]
         ds = xr.concat(parts, dim="sample", data_vars="minimal", coords="minimal", compat="override")
