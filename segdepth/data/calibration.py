@@ -63,6 +63,7 @@ __all__ = [
     "LATTICE_CONSTANTS",
     "calibrate_pixel_size",
     "cubic_spacings",
+    "parse_hkl",
     "estimate_dose",
     "power_spectrum",
 ]
@@ -91,7 +92,7 @@ def cubic_spacings(phase: str, *, lattice_constant: float | None = None, familie
         raise ValueError(f"unknown phase {phase!r}: pass lattice_constant [A] (known: {sorted(LATTICE_CONSTANTS)})")
     out = {}
     for fam in families:
-        hkl = _parse_hkl(fam)
+        hkl = parse_hkl(fam)
         if hkl is None:
             raise ValueError(f"family {fam!r} is not a set of Miller indices such as '111'")
         out[f"{phase} {fam}"] = float(a) / math.sqrt(sum(v * v for v in hkl[1]))
@@ -222,7 +223,7 @@ def _refine(logp: np.ndarray, i: int, j: int) -> tuple[float, float]:
     return i + di, j + dj
 
 
-def _parse_hkl(name) -> tuple[str, tuple[int, int, int]] | None:
+def parse_hkl(name) -> tuple[str, tuple[int, int, int]] | None:
     """``"111"``, ``"{2 0 0}"``, ``"Pt 111"`` -> (phase, (h, k, l)); ``None`` when not Miller indices."""
     text = str(name).strip()
     phase, _, last = text.rpartition(" ") if " " in text and not text.replace(" ", "").strip("{}()[]").isdigit() else (
@@ -391,9 +392,9 @@ def _rings(peaks: list[dict], tolerance: float, bin_width: float) -> _Rings:
 def _allowed_angles(spacings: dict) -> dict:
     """``{(a, b): angles}``: the angles [deg] between planes of two families of one cubic phase.
 
-    Only spacings named by Miller indices (:func:`_parse_hkl`) take part; the dict holds both orders.
+    Only spacings named by Miller indices (:func:`parse_hkl`) take part; the dict holds both orders.
     """
-    hkl = {name: _parse_hkl(name) for name in spacings}
+    hkl = {name: parse_hkl(name) for name in spacings}
     allowed = {}
     for a, b in itertools.combinations_with_replacement(spacings, 2):
         if hkl[a] is not None and hkl[b] is not None and hkl[a][0] == hkl[b][0]:

@@ -70,7 +70,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from segdepth.data.calibration import _parse_hkl, cubic_spacings
+from segdepth.data.calibration import cubic_spacings, parse_hkl
 from segdepth.data.io import check_pixel_size
 
 __all__ = [
@@ -169,7 +169,7 @@ class _Reflections:
     def from_spacings(cls, spacings: dict, tolerance: float) -> _Reflections:
         names = tuple(spacings)
         d = np.array([spacings[n] for n in names], float)
-        parsed = [_parse_hkl(n) for n in names]
+        parsed = [parse_hkl(n) for n in names]
         phase = [p[0] if p is not None else n for p, n in zip(parsed, names, strict=True)]
         role = np.where([p == _PHASE for p in phase], 1, -1)
         for i, j in itertools.combinations(range(len(names)), 2):
@@ -199,7 +199,7 @@ def _check_spacings(spacings) -> dict:
     for name, d in spacings.items():
         if isinstance(d, bool) or not isinstance(d, int | float | np.number) or not math.isfinite(d) or d <= 0:
             raise ValueError(f"spacing {name!r} must be a positive number of Angstrom, got {d!r}")
-    if not any((p := _parse_hkl(n)) is not None and p[0] == _PHASE for n in spacings):
+    if not any((p := parse_hkl(n)) is not None and p[0] == _PHASE for n in spacings):
         raise ValueError(f"spacings must include CeO2 reflections named like 'CeO2 111', got {sorted(spacings)}")
     return spacings
 

@@ -57,6 +57,8 @@ from segdepth.data.preprocess import normalise
 __all__ = [
     "MODELS_DIR",
     "image_pixel_size",
+    "input_image",
+    "model_and_card",
     "DEFAULT_MODEL",
     "PREVIOUS_DEFAULT_MODEL",
     "REFERENCE_MODEL",
@@ -318,7 +320,7 @@ class _Grid:
         return tuple(n // self.label_factor for n in self.padded)
 
 
-def _input_image(image, pixel_size=None) -> xr.DataArray:
+def input_image(image, pixel_size=None) -> xr.DataArray:
     """``image`` as :func:`predict` works on it: an ``xarray.DataArray`` ``(frame, y, x)`` or ``(y, x)``.
 
     A HyperSpy ``Signal2D`` goes through :func:`segdepth.data.hyperspy.from_signal` (pixel size from its
@@ -359,7 +361,7 @@ def _cached_default_model():
     return load_default_model()
 
 
-def _model_and_card(model, card):
+def model_and_card(model, card):
     """``(model, card)``: the shipped default (:func:`load_default_model`, loaded once) when both are ``None``."""
     if model is None and card is None:
         return _cached_default_model()
@@ -739,8 +741,8 @@ def predict(
     :func:`_maps` keeps the depth, confidence and probability (step 5).
     """
     like = image if is_signal(image) else None
-    image = _as_stack(_input_image(image, pixel_size))
-    model, card = _model_and_card(model, card)
+    image = _as_stack(input_image(image, pixel_size))
+    model, card = model_and_card(model, card)
     grid = _grid(image, model, card, tile, overlap, batch_size)  # steps 1, 3 and 4: sizes and tiles
     if lam is not None:
         lam = check_positive(lam, name="lam (dose)", units="electrons per pixel")

@@ -229,11 +229,11 @@ def predict_checked(
     at 0.2 A, or any frame resampled to 0.3 A); ``tta`` doubles the network's time.
     """
     from segdepth.data.hyperspy import is_signal
-    from segdepth.learn.inference import _input_image, _model_and_card, predict
+    from segdepth.learn.inference import input_image, model_and_card, predict
 
     like = image if is_signal(image) else None
-    image = _input_image(image, pixel_size)
-    model, card = _model_and_card(model, card)
+    image = input_image(image, pixel_size)
+    model, card = model_and_card(model, card)
     if image.ndim == 2:
         image = image.expand_dims("frame")
     prediction = predict(image, model, card, return_probabilities=True, **options)
