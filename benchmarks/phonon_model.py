@@ -1,10 +1,10 @@
 """Issue 11, next step: the robust model fine-tuned on frozen-phonon images against the robust default.
 
 Scores both on the shift test (static atoms, shifted optics, held-out outline; ``make shift-test``) and
-on a frozen-phonon shift test (the same preset with 4 configurations, seed 912, 10 structures x 2
-images) at the doses of the dose curve; writes ``data/results/robustness_phonons.{nc,md}``.
+on a frozen-phonon shift test (preset ``shift_phonons``: 4 configurations, seed 912, 10 structures x 2
+images; ``make shift-phonons-test``) at the doses of the dose curve (``make phonon-model`` runs both).
 
-    python benchmarks/phonon_model.py [--lams 0.5 1 2.5 10 25]
+    python benchmarks/phonon_model.py --test-sets data/simulated/shift_test --out data/results/robustness_phonons_static
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from segdepth.data.store import open_dataset, write_netcdf_atomic
 from segdepth.learn.evaluation import confusion_table, robustness, robustness_table
-from segdepth.learn.inference import DEFAULT_MODEL, MODELS_DIR
+from segdepth.learn.inference import DEFAULT_MODEL
 from segdepth.learn.modelio import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=[str(MODELS_DIR / "segdepth_robust_phonons_base8_bin4.safetensors"),
+    ap.add_argument("--models", nargs="+", default=["data/models/study/segdepth_robust_phonons_base8_bin4.safetensors",
                                                     str(DEFAULT_MODEL)])
     ap.add_argument("--test-sets", nargs="+", default=["data/simulated/shift_test",
                                                        "data/simulated/shift_phonons_test"])

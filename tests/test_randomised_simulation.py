@@ -672,3 +672,35 @@ def test_bad_generation_outline():
     with pytest.raises(ValueError, match="surface"):
         PRESETS["tiny"].with_(surfaces=("faceted", "hexagon"))
     assert PRESETS["tiny"].with_(surfaces=("faceted", "multi")).surfaces == ("faceted", "multi")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 5. thermal vibrations for a fraction of the structures (preset robust_phonons)
+
+
+def test_phonon_presets_and_probability_validation():
+    rp, sp = PRESETS["robust_phonons"], PRESETS["shift_phonons"]
+    assert rp.phonons == 2 and rp.phonon_probability == 0.75 and rp.with_(phonons=0, phonon_probability=1.0) == \
+        PRESETS["robust"]
+    assert sp.phonons == 4 and sp.seed not in (PRESETS["shift"].seed, PRESETS["robust"].seed)
+    assert sp.optics == OPTICS["shift"]
+    for name in ("robust_phonons", "shift_phonons"):
+        d = PRESETS[name].to_dict()
+        assert GenerationParameters.from_dict(json.loads(json.dumps(d))) == PRESETS[name]
+    assert "phonon_probability" not in PRESETS["robust"].to_dict()  # older datasets keep their parameters
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="phonon_probability"):
+            PRESETS["tiny"].with_(phonon_probability=bad)
+
+
+@pytest.mark.slow
+def test_phonon_probability_draws_per_structure_and_is_recorded():
+    params = PRESETS["tiny"].with_(n_defocus=1, phonons=1, phonon_probability=0.5, seed=0)
+    drawn = [int(np.random.default_rng([0, i, 3]).random() < 0.5) for i in range(4)]
+    assert 0 < sum(drawn) < 4  # both kinds among the first four structures of seed 0
+    samples = [make_structure_samples(params, i) for i in range(4)]
+    assert [int(s.phonons.values[0]) for s in samples] == drawn
+    static = PRESETS["tiny"].with_(n_defocus=1, seed=0)
+    for i, s in enumerate(samples):
+        same = np.array_equal(s.image.values, make_structure_samples(static, i).image.values)
+        assert same == (not drawn[i])  # vibrating structures give another image, static ones the same bytes

@@ -234,6 +234,8 @@ PRESETS["shift"] = GenerationParameters(
     gpts=1536, n_defocus=2, surfaces=(HELD_OUT_OUTLINE, "faceted", "multi"), optics=OPTICS["shift"], seed=911,
     structures_per_shard=2, **_VARIETY,
 )
+#: ``shift_phonons``: the shift test with thermal vibrations (4 frozen-phonon configurations), another seed.
+PRESETS["shift_phonons"] = PRESETS["shift"].with_(phonons=4, seed=912)
 
 
 def make_structure_samples(params: GenerationParameters, index: int) -> xr.Dataset:
