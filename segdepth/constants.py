@@ -6,6 +6,7 @@ CeO2 (fluorite, Fm-3m) seen along [110]: x = [1-10], y = [001], beam z = [110].
 from __future__ import annotations
 
 import math
+import numbers
 
 __all__ = [
     "LATTICE_CONSTANT", "PERIOD_X", "Z_CE", "Z_O", "SYMBOLS", "MAX_ATOMS", "N_CLASSES", "check_int",
@@ -34,8 +35,6 @@ def check_int(value, name: str, *, minimum: int = 1, maximum: int | None = None)
         One line naming ``name``: "must be a positive integer" (``minimum`` 1) or "must be an
         integer >= minimum" / "within minimum-maximum".
     """
-    import numbers
-
     ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if ok and value >= minimum and (maximum is None or value <= maximum):
         return int(value)

@@ -34,9 +34,10 @@ import xarray as xr
 
 from segdepth.constants import MAX_ATOMS, check_int
 from segdepth.learn.metrics import column_count_accuracy, column_counts
+from segdepth.physics.generate import GenerationParameters
 from segdepth.physics.labels import label_coordinates, make_label_maps
 from segdepth.physics.noise import check_lambda, poisson_noise
-from segdepth.physics.simulation import PAPER_SAMPLING, Microscope, check_grid, image_exit_wave, simulate_exit_wave
+from segdepth.physics.simulation import PAPER_SAMPLING, Microscope, image_exit_wave, simulate_exit_wave
 from segdepth.physics.structures import OUTLINES, build_particle, random_particle_spec
 
 __all__ = ["Explorer", "ViewFigure", "plot_view", "figure_png", "CONTROLS", "lens_for"]
@@ -152,15 +153,14 @@ class Explorer:
     def __init__(self, model=None, card=None, *, gpts: int = 1536, sampling: float = PAPER_SAMPLING, seed: int = 0,
                  cache_size: int = 8, microscope: Microscope = Microscope(), vacuum: float = 10.0,
                  threads: int | None = 1):
-        check_grid(gpts, sampling, self.binning, self.label_factor)
         check_int(cache_size, "cache_size")
         if (model is None) != (card is None):
             raise ValueError("pass both the model and its card, or neither for the shipped default model")
+        #: The simulation grid (checked as a dataset's: sampling, divisibility, room inside the vacuum).
+        self.grid = GenerationParameters(gpts=gpts, sampling=sampling, binning=self.binning,
+                                         label_factor=self.label_factor, vacuum=float(vacuum))
         self.gpts, self.sampling, self.seed = int(gpts), float(sampling), int(seed)
         self.microscope, self.vacuum = microscope, float(vacuum)
-        if self.extent <= 2 * self.vacuum + 4:
-            raise ValueError(f"field {self.extent:.1f} A (gpts={gpts}) leaves no room for crystal inside "
-                             f"{self.vacuum} A of vacuum; use gpts >= {math.ceil((2 * self.vacuum + 4) / sampling)}")
         self._model, self._card = model, card
         self.threads = None if threads is None else check_int(threads, "threads")
         self._particles = _LRU(cache_size)
@@ -176,22 +176,20 @@ class Explorer:
     @property
     def extent(self) -> float:
         """Field of view [A]."""
-        return self.gpts * self.sampling
+        return self.grid.extent
 
     @property
     def pixel_size(self) -> float:
         """Image pixel size [A] (0.053 at the paper's sampling)."""
-        return self.sampling * self.binning
+        return self.grid.pixel_size
 
     @property
     def image_shape(self) -> tuple[int, int]:
-        n = self.gpts // self.binning
-        return n, n
+        return self.grid.image_shape, self.grid.image_shape
 
     @property
     def label_shape(self) -> tuple[int, int]:
-        n = self.gpts // self.binning // self.label_factor
-        return n, n
+        return self.grid.label_shape, self.grid.label_shape
 
     @property
     def label_pixel_size(self) -> float:

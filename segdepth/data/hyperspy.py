@@ -32,10 +32,10 @@ import numpy as np
 
 from segdepth.data.io import (
     LENGTH_UNITS,
-    _square,
-    _to_float_frames,
-    _unit_to_angstrom,
     check_pixel_size,
+    square_pixel_size,
+    to_float_frames,
+    unit_to_angstrom,
 )
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def _axis_factor(axis, where: str) -> float | None:
     """Size [A] of one pixel along the uniform signal ``axis``; ``None`` when it is not calibrated."""
     if not getattr(axis, "is_uniform", True):
         raise ValueError(f"{where}: the signal axis {axis.name!r} is not uniform; resample it to a uniform axis")
-    factor = _unit_to_angstrom(axis.units, where)
+    factor = unit_to_angstrom(axis.units, where)
     if factor is None:
         return None
     scale = float(axis.scale)
@@ -143,10 +143,10 @@ def from_signal(signal, *, pixel_size=None) -> xr.DataArray:
                 f"{where}: its axes are not calibrated (units {_units_text(bare)!r}, scale "
                 f"{float(bare.scale):g}); pass pixel_size= (Angstrom per pixel) or set the axes' scale and units"
             )
-        pixel_size = _square(factor_y, factor_x, where)
+        pixel_size = square_pixel_size(factor_y, factor_x, where)
     data = np.asarray(signal.data)
     nav_shape = tuple(int(n) for n in data.shape[:-2])
-    frames = _to_float_frames(data.reshape(-1, *data.shape[-2:]), where, False)
+    frames = to_float_frames(data.reshape(-1, *data.shape[-2:]), where, False)
     n_y, n_x = frames.shape[1:]
     if factor_y is None:  # a given pixel size: centres as read_image puts them
         y, x = (np.arange(n_y) + 0.5) * pixel_size, (np.arange(n_x) + 0.5) * pixel_size
@@ -168,7 +168,7 @@ def _output_units(like) -> tuple[str, float]:
     if like is not None:
         units = like.axes_manager.signal_axes[0].units
         try:
-            factor = _unit_to_angstrom(units, "like")
+            factor = unit_to_angstrom(units, "like")
         except ValueError:
             factor = None
         if factor is not None:

@@ -78,6 +78,9 @@ __all__ = [
     "parse_crop",
     "parse_frames",
     "read_image",
+    "square_pixel_size",
+    "to_float_frames",
+    "unit_to_angstrom",
 ]
 
 #: Length units understood in file metadata, as their size in Angstrom.
@@ -181,7 +184,7 @@ def check_pixel_size(pixel_size, *, name: str = "pixel size") -> float:
     return check_positive(pixel_size, name=name, units="A")
 
 
-def _unit_to_angstrom(units, where: str) -> float | None:
+def unit_to_angstrom(units, where: str) -> float | None:
     """Size of ``units`` in Angstrom; ``None`` when the file gives no length unit."""
     if units is None:
         return None
@@ -202,7 +205,7 @@ def _unit_to_angstrom(units, where: str) -> float | None:
 
 
 def _scaled(scale, units, where: str) -> float | None:
-    factor = _unit_to_angstrom(units, where)
+    factor = unit_to_angstrom(units, where)
     if factor is None or scale is None:
         return None
     try:
@@ -214,7 +217,8 @@ def _scaled(scale, units, where: str) -> float | None:
     return value
 
 
-def _square(px_y: float | None, px_x: float | None, where: str) -> float | None:
+def square_pixel_size(px_y: float | None, px_x: float | None, where: str) -> float | None:
+    """The pixel size [A] of calibrated ``px_y``, ``px_x`` (either may be ``None``); non-square pixels are refused."""
     if px_x is None or px_y is None:
         return px_x if px_y is None else px_y
     if not math.isclose(px_x, px_y, rel_tol=1e-3):
@@ -315,7 +319,7 @@ def _tiff_pixel_size(tif, page, where: str) -> float | None:
         px_x = _scaled(_tag_value(page, 65010), _tag_value(page, 65004), where)
         px_y = _scaled(_tag_value(page, 65009), _tag_value(page, 65003), where)
         if px_x is not None or px_y is not None:
-            return _square(px_y, px_x, where)
+            return square_pixel_size(px_y, px_x, where)
     xres, yres = _tag_value(page, "XResolution"), _tag_value(page, "YResolution")
     if not xres or not yres or 0 in (xres[0], yres[0]):
         return None
@@ -332,7 +336,7 @@ def _tiff_pixel_size(tif, page, where: str) -> float | None:
             tifffile.RESUNIT.MILLIMETER: "mm",
             tifffile.RESUNIT.MICROMETER: "um",
         }.get(resunit)  # NONE and INCH (dots per inch) carry no calibration
-    return _square(_scaled(per_px_y, units, where), _scaled(per_px_x, units, where), where)
+    return square_pixel_size(_scaled(per_px_y, units, where), _scaled(per_px_x, units, where), where)
 
 
 def _read_tiff(path: Path, *, calibrate: bool, frames) -> RawImage:
@@ -393,7 +397,8 @@ def _read_netcdf(path: Path, *, calibrate: bool, frames) -> RawImage:
     where = str(path)
     pixel_size = None
     if calibrate:
-        pixel_size = _square(_coord_spacing(da, da.dims[-2], where), _coord_spacing(da, da.dims[-1], where), where)
+        spacing = [_coord_spacing(da, dim, where) for dim in da.dims[-2:]]
+        pixel_size = square_pixel_size(*spacing, where)
     if calibrate and pixel_size is None:
         for attrs in (da.attrs, ds_attrs):
             for key in ("pixel_size", "sampling"):
@@ -419,7 +424,7 @@ def _coord_spacing(da: xr.DataArray, dim, where: str) -> float | None:
     step = float(np.mean(steps))
     if not np.all(np.isfinite(steps)) or step <= 0 or not np.allclose(steps, step, rtol=1e-3, atol=0):
         raise ValueError(f"{where}: coordinate {dim!r} is not evenly spaced and increasing")
-    factor = _unit_to_angstrom(coord.attrs.get("units", "A"), where)
+    factor = unit_to_angstrom(coord.attrs.get("units", "A"), where)
     return None if factor is None else step * factor
 
 
@@ -456,7 +461,7 @@ def _read_rsciio(path: Path, *, calibrate: bool, frames, plugin: str) -> RawImag
             where = str(path)
             px_y = _scaled(axes[-2].get("scale"), axes[-2].get("units"), where)
             px_x = _scaled(axes[-1].get("scale"), axes[-1].get("units"), where)
-            pixel_size = _square(px_y, px_x, where)
+            pixel_size = square_pixel_size(px_y, px_x, where)
     return RawImage(data, pixel_size)
 
 
@@ -613,7 +618,7 @@ def _select(raw: RawImage, path: Path, frames, crop):
         elif frames is not None and frame_indices(frames, 1, path) != [0]:
             raise ValueError(f"{path}: a single image has only frame 0")
     else:
-        keys = None  # refused by _to_float_frames
+        keys = None  # refused by to_float_frames
     origin = (0, 0)
     if crop is not None and data.ndim >= 2:
         x0, x1, y0, y1 = parse_crop(crop)
@@ -632,7 +637,7 @@ def _select(raw: RawImage, path: Path, frames, crop):
 # ------------------------------------------------------------------ validation
 
 
-def _to_float_frames(data: np.ndarray, path: Path, is_rgb: bool | None) -> np.ndarray:
+def to_float_frames(data: np.ndarray, path: Path, is_rgb: bool | None) -> np.ndarray:
     """Check shape and dtype, merge equal RGB channels; return a float32 (frame, y, x) array."""
     if data.dtype.names:  # structured RGB(A) as written by DigitalMicrograph / rsciio
         names = [n for n in ("R", "G", "B") if n in data.dtype.names]
@@ -742,7 +747,7 @@ def read_image(path, *, pixel_size=None, frames=None, crop=None) -> xr.DataArray
     if failure is not None:  # raised here, with no chained reader traceback keeping the reader's files open
         raise ValueError(f"{path}: {failure}")
     data, is_rgb, keys, (cx0, cy0), total = _select(raw, path, frames, crop)
-    frames = _to_float_frames(data, path, is_rgb)
+    frames = to_float_frames(data, path, is_rgb)
     import xarray as xr
 
     for warning in caught:  # what the readers say about a file they could read (not their resource leaks)

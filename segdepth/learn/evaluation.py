@@ -17,6 +17,7 @@ import xarray as xr
 from segdepth.constants import N_CLASSES
 from segdepth.data.preprocess import bin_image, normalise
 from segdepth.learn import metrics
+from segdepth.learn.metrics import METRIC_NAMES
 from segdepth.physics.noise import poisson_noise
 
 __all__ = ["infer", "evaluate_dataset", "PAPER_TABLE_I_METRICS"]
@@ -29,8 +30,6 @@ PAPER_TABLE_I_METRICS = {
     96: (0.936, 0.830, 0.943, 0.0362),
     130: (0.888, 0.699, 0.939, 0.0175),
 }
-
-METRIC_NAMES = metrics.METRIC_NAMES
 
 
 def infer(model, clean, lam: float | None, *, seed: int, index: int = 0,
