@@ -10,7 +10,8 @@ RUN_NB := $(PY) -m segdepth.apps.notebook
 
 .PHONY: all venv browser test test-fast reproduce data train train-fast evaluate evaluate-fast reproduce-evaluate lint sync benchmark clean \
 	study study-train study-denoise study-noise quickstart real-data data-robust robust-test shift-test train-robust evaluate-robust ablation \
-	data-robust-phonons train-robust-phonons shift-phonons-test phonon-model
+	data-robust-phonons train-robust-phonons shift-phonons-test phonon-model \
+	robust-wise-phonons data-robust-static2 robust-mix train-robust-mix robust-wise
 
 all: reproduce
 
@@ -121,6 +122,41 @@ train-robust-phonons: $(STAMP)
 		-p history_out data/results/training_history_robust_phonons_base8_bin4.nc \
 		-p figure figures/training_history_robust_phonons_base8_bin4.png
 
+# Issue 11, third step (2026-12-04, second session): WiSE-FT weight interpolation of the robust default and
+# its phonon fine-tune (alpha 0.5), a static-atom set of fresh structures (preset robust, seed 3; generation
+# stopped after 140 of 200 structures), the two sets merged (structures kept distinct) and a fine-tune of
+# the interpolated model on the mixture (static and frozen-phonon images).
+MIX_MINUTES ?= 50
+robust-wise-phonons: $(STAMP)
+	$(PY) benchmarks/wise_model.py --base segdepth/models/segdepth_robust_base8_bin4.safetensors \
+		--tuned data/models/study/segdepth_robust_phonons_base8_bin4.safetensors --alpha 0.5 \
+		--out data/models/study/segdepth_robust_wise_phonons_base8_bin4.safetensors
+
+# The default since this step: 0.5 robust + 0.5 robust_mix (its card lists the lineage; README).
+robust-wise: $(STAMP)
+	$(PY) benchmarks/wise_model.py --base segdepth/models/segdepth_robust_base8_bin4.safetensors \
+		--tuned data/models/study/segdepth_robust_mix_base8_bin4.safetensors --alpha 0.5 \
+		--out segdepth/models/segdepth_robust_wise_base8_bin4.safetensors
+
+data-robust-static2: $(STAMP)
+	$(RUN_NB) notebooks/01_data_generation.py -o notebooks/executed/01_robust_static2_train.ipynb -p preset robust \
+		-p n_structures 200 -p n_defocus 4 -p vacancy_max 0.2 -p seed 3 -p output data/simulated/robust_static2_train \
+		-p figure figures/fig3_robust_static2_samples.png
+
+robust-mix: $(STAMP)
+	$(PY) -c 'from segdepth.data.store import merge_datasets; merge_datasets(["data/simulated/robust_phonons_train", \
+		"data/simulated/robust_static2_train"], "data/simulated/robust_mix_train")'
+
+train-robust-mix: $(STAMP)
+	$(RUN_NB) notebooks/02_training.py -o notebooks/executed/02_training_robust_mix.ipynb \
+		-p data data/simulated/robust_mix_train -p input_binning 4 -p base_channels 8 -p crop 512 \
+		-p lam_range '[0.2,32]' -p steps_per_epoch 150 -p epochs 200 -p max_minutes $(MIX_MINUTES) -p lr 2e-4 -p patience 10 \
+		-p init_model data/models/study/segdepth_robust_wise_phonons_base8_bin4.safetensors \
+		-p checkpoint_dir data/checkpoints/robust_mix_base8_bin4 \
+		-p model_out data/models/study/segdepth_robust_mix_base8_bin4.safetensors \
+		-p history_out data/results/training_history_robust_mix_base8_bin4.nc \
+		-p figure figures/training_history_robust_mix_base8_bin4.png
+
 shift-phonons-test: $(STAMP)
 	$(PY) -c 'from segdepth.physics.generate import PRESETS, generate_dataset; \
 		generate_dataset(PRESETS["shift_phonons"], "data/simulated/shift_phonons_test", n_structures=10, workers=2)'
@@ -132,11 +168,12 @@ phonon-model: $(STAMP)
 evaluate-robust: $(STAMP)
 	$(RUN_NB) notebooks/03_evaluation.py -o notebooks/executed/03_evaluation_robust.ipynb \
 		-p data data/simulated/robust_test \
-		-p models '["segdepth/models/segdepth_robust_base8_bin4.safetensors","segdepth/models/segdepth_fast_base8_bin4_lam2.5.safetensors"]' \
+		-p models '["segdepth/models/segdepth_robust_wise_base8_bin4.safetensors","segdepth/models/segdepth_robust_base8_bin4.safetensors","segdepth/models/segdepth_fast_base8_bin4_lam2.5.safetensors"]' -p tta true \
 		-p results data/results/evaluation_robust.nc -p examples data/results/evaluation_examples_robust.nc \
 		-p table data/results/table1_robust.md -p figure_prefix figures/robust/ \
-		-p shift_data '["data/simulated/shift_test"]' -p dose_lams '[0.25,0.5,1,2.5,5,10,25,50]' \
-		-p robustness_results data/results/robustness.nc -p robustness_table data/results/robustness.md -p record_in_card true
+		-p shift_data '["data/simulated/shift_test","data/simulated/shift_phonons_test"]' -p dose_lams '[0.25,0.5,1,2.5,5,10,25,50]' \
+		-p robustness_results data/results/robustness.nc -p robustness_table data/results/robustness.md -p record_in_card true \
+		--into-pair
 
 ablation: $(STAMP)
 	$(RUN_NB) notebooks/07_robustness.py
@@ -187,11 +224,31 @@ docs: $(STAMP)
 	$(PY) docs/book/build.py --strict
 
 # Issue 14: refresh the outputs (figures, tables, printed figures) carried by the committed .ipynb of the
-# notebooks whose default parameters make the committed results (00 quickstart, 06 real movie).
-.PHONY: notebook-outputs
+# notebooks whose default parameters make the committed results (00 quickstart, 06 real movie). 01, 02 and
+# 03 get theirs from the runs that made the robust results (make robust-test, train-robust-mix,
+# evaluate-robust); 04, 05 and 07 from `make notebook-outputs-studies`.
+.PHONY: notebook-outputs notebook-outputs-studies data-cpu-train
 notebook-outputs: $(STAMP)
 	OMP_NUM_THREADS=1 $(RUN_NB) notebooks/00_quickstart.py --into-pair
 	$(RUN_NB) notebooks/06_real_data.py --into-pair
+
+# The training set of the paper-layout model and of the issue-4 studies (README "Shipped model and results";
+# 400 images, about 25 min with 2 workers, 354 MB; not in the repository).
+data-cpu-train: $(STAMP)
+	$(RUN_NB) notebooks/01_data_generation.py -o notebooks/executed/01_cpu_train.ipynb -p output data/simulated/cpu_train \
+		-p n_structures 100 -p n_defocus 4 -p seed 0 -p figure figures/fig3_cpu_train_samples.png
+
+# 04 and 05 with the committed study results and models (04 resumes from data/results/noise_generalization.nc,
+# 05 reuses the exported study models; both need data/simulated/cpu_train), 07 the whole ablation (about 1 h).
+notebook-outputs-studies: $(STAMP)
+	$(RUN_NB) notebooks/04_noise_generalization.py -o notebooks/executed/04_noise_generalization.ipynb \
+		-p data data/simulated/cpu_train -p results data/results/noise_generalization.nc -p figure_prefix figures/ --into-pair
+	$(RUN_NB) notebooks/05_denoise_baselines.py -o notebooks/executed/05_denoise_baselines.ipynb \
+		-p data data/simulated/cpu_train -p direct_model data/models/study/base4_lam2.5.safetensors \
+		-p checkpoint_root data/checkpoints/study -p model_dir data/models/study -p reuse_models true \
+		-p results data/results/table2_denoise_baselines.nc -p table data/results/table2_denoise_baselines.md \
+		-p figure_prefix figures/ --into-pair
+	$(RUN_NB) notebooks/07_robustness.py -o notebooks/executed/07_robustness.ipynb --into-pair
 
 # Step 06: the real movie in data/raw (Figs. 10-12).
 real-data: $(STAMP)

@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=1024, help="frame edge [pixels of 5.3 pm]")
     ap.add_argument("--reference", default="segdepth/models/segdepth_base16_lam2.5.safetensors",
                     help="the paper-layout model (the baseline)")
-    ap.add_argument("--fast", nargs="*", default=["segdepth/models/segdepth_robust_base8_bin4.safetensors",
+    ap.add_argument("--fast", nargs="*", default=["segdepth/models/segdepth_robust_wise_base8_bin4.safetensors",
                                                   "segdepth/models/segdepth_fast_base8_bin4_lam2.5.safetensors"],
                     help="binned-input models (missing files are skipped)")
     ap.add_argument("--data", default="data/simulated/cpu_train", help="dataset with the models' test split")

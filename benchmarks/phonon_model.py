@@ -1,4 +1,4 @@
-"""Issue 11, next step: the robust model fine-tuned on frozen-phonon images against the robust default.
+"""Issue 11: candidate robust models (phonon fine-tune, interpolations) scored beside the robust default.
 
 Scores both on the shift test (static atoms, shifted optics, held-out outline; ``make shift-test``) and
 on a frozen-phonon shift test (preset ``shift_phonons``: 4 configurations, seed 912, 10 structures x 2
@@ -29,6 +29,8 @@ def main(argv=None) -> int:
                                                        "data/simulated/shift_phonons_test"])
     ap.add_argument("--lams", nargs="+", type=float, default=[0.5, 1.0, 2.5, 10.0, 25.0])
     ap.add_argument("--out", default="data/results/robustness_phonons")
+    ap.add_argument("--tta", action="store_true",
+                    help="score the mean of the plain and the 180-degree pass (what segdepth predict reports)")
     args = ap.parse_args(argv)
     models = {}
     for path in args.models:
@@ -36,9 +38,10 @@ def main(argv=None) -> int:
         models[Path(path).stem] = (model.eval(), card["input_binning"])
     sets = {Path(p).name: open_dataset(ROOT / p) for p in args.test_sets}
     t0 = time.perf_counter()
-    result = robustness(models, sets, args.lams, seed=1)
+    result = robustness(models, sets, args.lams, seed=1, tta=args.tta)
     sizes = ", ".join(f"{k} ({v.sizes['sample']} images)" for k, v in sets.items())
-    text = (f"Per-column exact count, {sizes}; seed 1 noise; {time.perf_counter() - t0:.0f} s\n\n"
+    passes = "mean of the plain and the 180-degree pass" if args.tta else "one network pass"
+    text = (f"Per-column exact count, {sizes}; seed 1 noise; {passes}; {time.perf_counter() - t0:.0f} s\n\n"
             + robustness_table(result) + "\n")
     for m in models:
         for t in sets:

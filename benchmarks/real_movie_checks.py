@@ -48,7 +48,8 @@ def check(model: str, band: float, validity: bool = True) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--model", nargs="+", default=["segdepth/models/segdepth_robust_base8_bin4.safetensors",
+    ap.add_argument("--model", nargs="+", default=["segdepth/models/segdepth_robust_wise_base8_bin4.safetensors",
+                                                   "segdepth/models/segdepth_robust_base8_bin4.safetensors",
                                                    "segdepth/models/segdepth_fast_base8_bin4_lam2.5.safetensors"])
     ap.add_argument("--band", type=float, default=5.0, help="height of the vacuum band [A]")
     ap.add_argument("--no-check", action="store_true", help="the network's raw output (segdepth predict --no-check)")

@@ -17,7 +17,7 @@
 # # 00 Quickstart: one simulated particle, noise at your dose, depth and confidence
 #
 # **In:** nothing but parameters and the shipped default model of `segdepth predict`
-# (`segdepth/models/segdepth_robust_base8_bin4.safetensors`; no data generation, no training). **Out:** `output`
+# (`segdepth/models/segdepth_robust_wise_base8_bin4.safetensors`; no data generation, no training). **Out:** `output`
 # (netCDF: clean and noisy image, true depth,
 # estimated depth, confidence) and `figure` (estimate and confidence beside the truth).
 #

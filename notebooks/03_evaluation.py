@@ -43,6 +43,7 @@ dose_lams = [2.5]  # doses of the dose curve of the robustness table [electrons 
 robustness_results = "data/results/fresh/robustness.nc"  # every metric per model x test set x dose
 robustness_table = "data/results/fresh/robustness.md"
 record_in_card = False  # write the robustness figures of the first model (and its envelope) into its model card
+tta = False  # score the mean of the plain and the 180-degree pass, what `segdepth predict` reports (False: one pass)
 
 # %%
 import json
@@ -84,7 +85,7 @@ for path in models:
     model, card = load_model(path)
     idx = test_indices(card)
     res = evaluate_dataset(model, ds, lam=lam, seed=seed, indices=idx, progress=True,
-                           input_binning=card.get("input_binning", 1)).drop_vars("sample")
+                           input_binning=card.get("input_binning", 1), tta=tta).drop_vars("sample")
     res = res.drop_vars([v for v in res.data_vars if v.endswith("_per_sample")])
     res = res.expand_dims(model=[Path(path).stem])
     res["base_channels"] = ("model", [card["architecture"]["base_channels"]])
@@ -94,7 +95,7 @@ for path in models:
     cards.append(card)
     loaded.append((model, idx, card.get("input_binning", 1)))
 out = xr.concat(per_model, dim="model")
-out.attrs = {"data": data, "data_parameters": json.dumps(data_params), "lam": lam, "seed": seed,
+out.attrs = {"data": data, "data_parameters": json.dumps(data_params), "lam": lam, "seed": seed, "tta": int(tta),
              "model_cards": json.dumps(cards)}
 write_netcdf_atomic(out, results)
 
@@ -278,14 +279,15 @@ save_figure(fig, figure_prefix + "fig8_saliency.png")
 if shift_data:
     test_sets = {"in-distribution": ds, **{Path(p).name: open_dataset(p, load=True) for p in shift_data}}
     rob = robustness({Path(p).stem: (m, b) for p, (m, _, b) in zip(models, loaded)}, test_sets, dose_lams,
-                     seed=seed, indices={"in-distribution": loaded[0][1]}, progress=True)
+                     seed=seed, indices={"in-distribution": loaded[0][1]}, progress=True, tta=tta)
     rob.attrs["data"] = data
     rob.attrs["shift_data"] = json.dumps(list(shift_data))
     write_netcdf_atomic(rob, robustness_results)
     rob = xr.load_dataset(robustness_results)
     text = (f"Per-column exact atom counts, in-distribution ({data}; the test split where a model was trained "
             f"on it) and shifted ({', '.join(shift_data)}); spread: largest drop below the best over lambda "
-            f"0.5-25\n\n" + format_robustness(rob))
+            f"0.5-25; " + ("mean of the plain and the 180-degree pass (as segdepth predict)" if tta else
+                           "one network pass") + "\n\n" + format_robustness(rob))
     lam_c = 2.5 if 2.5 in dose_lams else float(dose_lams[0])
     for t in rob.test_set.values:
         for m in rob.model.values:
@@ -314,7 +316,8 @@ if shift_data and record_in_card:
     card0, m0 = cards[0], Path(models[0]).stem
     dp = card0.get("data_parameters", {})
     envelope = {k: dp.get(k) for k in ("optics", "surfaces", "thickness_range", "wedge_range", "vacancy_max",
-                                       "surface_vacancy_max", "surface_short_max", "adatoms_max", "microscope")}
+                                       "surface_vacancy_max", "surface_short_max", "adatoms_max", "microscope",
+                                       "phonons", "phonon_probability")}
     envelope["dose_range"] = card0.get("dataset_lam_range") or [card0.get("dataset_lam")]
     envelope["pixel_size"] = dp.get("sampling", 0) * dp.get("binning", 0)
     figures = {}

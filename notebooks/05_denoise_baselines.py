@@ -57,6 +57,7 @@ num_threads = 2
 # outputs: the defaults go under */fresh/ (the committed study models and Table II are not overwritten)
 checkpoint_root = "data/checkpoints/fresh"
 model_dir = "data/models/fresh"
+reuse_models = False  # True: a model already exported to model_dir is used as it is (no checkpoint needed, e.g. the committed study models)
 n_test = 0  # evaluate at most this many test samples (0: all)
 test_seed = 1  # seed of the test noise
 results = "data/results/fresh/table2_denoise_baselines.nc"
@@ -101,6 +102,10 @@ split_card = {"data": data, "fractions": list(split), "seed": split_seed,
 def fit(name, **changes):
     """Train (or resume) one run and export its best model with the split it was trained on."""
     out = Path(model_dir) / f"{name}.safetensors"
+    if reuse_models and out.exists():
+        card = load_model(out)[1]
+        print(f"{name}: reused {out} (best epoch {card.get('best_epoch')}, {card['training_seconds'] / 60:.1f} min)")
+        return out
     cfg = TrainConfig(**{**common, **changes})
     train(cfg, ds.isel(sample=train_idx), ds.isel(sample=val_idx), Path(checkpoint_root) / name)
     model, card = load_model(Path(checkpoint_root) / name / "model.safetensors")

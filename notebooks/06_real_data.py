@@ -206,7 +206,7 @@ m = net.required_multiple
 x_in = np.pad(x_in, ((0, -h_r % m), (0, -w_r % m)), mode="reflect")
 saliency_at = {}
 if table.sizes["column"]:
-    best = int(table.expected_count.mean("frame").argmax())
+    best = int(table.expected_count.mean("frame").argmax("column"))
     saliency_at["column"] = (int(np.abs(y_l - float(table.y[0, best])).argmin()),
                              int(np.abs(single["x"].values - float(table.x[0, best])).argmin()))
 saliency_at["vacuum"] = (int(band.sum() // 2), single.sizes["x"] // 2)

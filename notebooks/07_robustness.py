@@ -36,7 +36,8 @@
 models = [
     "segdepth/models/segdepth_fast_base8_bin4_lam2.5.safetensors",
     "segdepth/models/segdepth_robust_base8_bin4.safetensors",
-]  # models to compare
+    "segdepth/models/segdepth_robust_wise_base8_bin4.safetensors",
+]  # models to compare (the default before issue 11, the first robust model, the default)
 factors = []  # factors of segdepth.physics.generate.ABLATION_FACTORS to run ([]: all)
 preset = "cpu"  # field of the ablation sets ("cpu": 1536 -> 768 px; "tiny" for tests)
 n_structures = 8  # particles per factor (rounded up to whole shards of 4)
@@ -45,6 +46,7 @@ phonons = 4  # frozen-phonon configurations of the "phonons" factor
 lams = [2.5, 10.0]  # test doses [electrons per pixel in vacuum]
 seed = 4242  # particles and optics draws (the same for every factor)
 noise_seed = 1  # test noise
+tta = True  # score the mean of the plain and the 180-degree pass, as segdepth predict does (False: one pass)
 workers = 2  # dask workers for the simulation (0: in-process)
 data_root = "data/simulated/ablation"  # one dataset per factor
 results = "data/results/ablation.nc"
@@ -82,7 +84,7 @@ for path in models:
     model, card = load_model(path)
     loaded[Path(path).stem] = (model, card.get("input_binning", 1))
 test_sets = {name: open_dataset(Path(data_root) / slug(name), load=True) for name in names}
-res = robustness(loaded, test_sets, lams, seed=noise_seed).rename(test_set="factor")
+res = robustness(loaded, test_sets, lams, seed=noise_seed, tta=tta).rename(test_set="factor")
 res.attrs["models"] = ", ".join(models)
 res.attrs["seed"] = seed
 write_netcdf_atomic(res, results)

@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 
 from segdepth.learn.model import UNet
-from segdepth.learn.modelio import card_path, load_model, save_model
+from segdepth.learn.modelio import card_path, interpolate_models, load_model, save_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -170,3 +170,34 @@ def test_update_card_adds_fields_atomically_and_keeps_the_architecture(tmp_path)
     with pytest.raises(ValueError, match="architecture"):
         update_card(path, {"architecture": {}})
     assert card_path(path).read_text().endswith("\n")
+
+
+def test_interpolate_models_ends_midpoint_and_batch_norm_statistics():
+    torch.manual_seed(1)
+    a, b = tiny().eval(), tiny().eval()
+    with torch.no_grad():  # distinct running statistics in b
+        b.train()
+        b(torch.rand(2, 1, 16, 16) * 5)
+        b.eval()
+    x = torch.rand(1, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(interpolate_models(a, b, 0.0)(x), a(x))
+        assert torch.allclose(interpolate_models(a, b, 1.0)(x), b(x), atol=1e-6)
+    mid = interpolate_models(a, b, 0.25).state_dict()
+    sa, sb = a.state_dict(), b.state_dict()
+    for name, value in mid.items():
+        if value.is_floating_point():
+            assert torch.allclose(value, 0.75 * sa[name] + 0.25 * sb[name], atol=1e-6), name
+        else:
+            assert torch.equal(value, sa[name]), name
+    assert any("running_var" in n and not torch.equal(sa[n], sb[n]) for n in sa)  # the statistics were mixed
+
+
+def test_interpolate_models_refuses_other_architectures_and_alphas():
+    a = tiny()
+    with pytest.raises(ValueError, match="different architectures: channels"):
+        interpolate_models(a, tiny(channels=(2, 4, 8)), 0.5)
+    with pytest.raises(ValueError, match=r"alpha must lie in \[0, 1\], got 1.5"):
+        interpolate_models(a, tiny(), 1.5)
+    with pytest.raises(ValueError, match="tuned must be a segdepth.learn.model network"):
+        interpolate_models(a, torch.nn.Conv2d(1, 1, 1), 0.5)

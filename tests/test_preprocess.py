@@ -69,3 +69,22 @@ def test_infer_bins_the_noisy_frame_not_the_clean_one():
     assert proba.shape == (11, 4, 4)
     seen = np.log(10 * proba[0] / (1 - proba[0]))  # invert softmax([x, 0 x 10])[0]
     np.testing.assert_allclose(seen, normalise(bin_image(fine, 4)), rtol=1e-5)
+
+
+def test_infer_tta_averages_with_the_rotated_pass_rotated_back():
+    """``tta``: the mean of the plain pass and the 180-degree pass, on the plain pass's pixels."""
+    clean = np.random.default_rng(2).uniform(0.5, 1.5, (8, 8)).astype(np.float32)
+
+    class Corner(torch.nn.Module):  # not rotation-equivariant: class 1 wins in the top-left corner only
+        def forward(self, x):
+            logits = torch.zeros(x.shape[0], 11, *x.shape[2:])
+            logits[:, 1, :2, :2] = 5.0
+            return logits + 0.01 * x
+
+    _, plain = infer(Corner(), clean, 2.5, seed=0)
+    _, mean = infer(Corner(), clean, 2.5, seed=0, tta=True)
+    assert plain[1, 0, 0] > 0.9 and plain[1, -1, -1] < 0.1  # the plain pass sees the corner top left
+    # the rotated pass puts it bottom right in the original orientation; the mean has both at half weight
+    assert 0.4 < mean[1, 0, 0] < 0.6 and 0.4 < mean[1, -1, -1] < 0.6
+    np.testing.assert_allclose(mean.sum(axis=0), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(mean[1, 0, 0], 0.5 * (plain[1, 0, 0] + plain[1, -1, -1]), rtol=0.05)

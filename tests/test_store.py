@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from segdepth.data.store import finished_shards, open_dataset, shard_path, write_netcdf_atomic
+from segdepth.data.store import finished_shards, merge_datasets, open_dataset, shard_path, write_netcdf_atomic
 from segdepth.physics import generate as gen
 from segdepth.physics.generate import PRESETS, GenerationParameters, generate_dataset, make_shard
 
@@ -156,3 +156,42 @@ def test_generation_on_a_cluster_given_by_address(tmp_path, monkeypatch):
                 assert float(ds.image[0, 0, 0]) == k
         with Client(cluster.scheduler_address) as client:  # the cluster is still up
             assert len(client.scheduler_info()["workers"]) == 2
+
+
+def _fake_source(directory, n_structures, *, phonons=None, parameters=None):
+    directory.mkdir()
+    (directory / "parameters.json").write_text(json.dumps(parameters or {"preset": directory.name}))
+    for shard in range(2):
+        structure = np.arange(n_structures // 2) + shard * (n_structures // 2)
+        coords = {"structure": ("sample", structure), "surface": ("sample", np.array(["flat"] * structure.size))}
+        if phonons is not None:
+            coords["phonons"] = ("sample", np.full(structure.size, phonons, np.int16))
+        ds = xr.Dataset({"image": (("sample", "y", "x"), np.random.default_rng(shard).random((structure.size, 4, 4)))},
+                        coords=coords, attrs={"parameters": json.dumps(parameters or {}), "shard": shard})
+        write_netcdf_atomic(ds, shard_path(directory, shard))
+
+
+def test_merge_datasets_keeps_structures_distinct_and_fills_missing_coordinates(tmp_path):
+    _fake_source(tmp_path / "fp", 4, phonons=2, parameters={"phonons": 2})
+    _fake_source(tmp_path / "static", 6, parameters={"phonons": None})
+    out = merge_datasets([tmp_path / "fp", tmp_path / "static"], tmp_path / "mix")
+    ds = open_dataset(out, load=True)
+    assert ds.sizes["sample"] == 10
+    assert list(ds.structure.values) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert list(ds.phonons.values) == [2] * 4 + [0] * 6
+    np.testing.assert_array_equal(ds.image.values[4:7], open_dataset(tmp_path / "static", load=True).image.values[:3])
+    params = json.loads(ds.attrs["parameters"])
+    assert params["phonons"] == 2 and [m["parameters"]["phonons"] for m in params["merged_from"]] == [2, None]
+    last = xr.load_dataset(shard_path(out, 3))
+    assert last.attrs["source"].endswith("static") and json.loads(last.attrs["source_parameters"]) == {"phonons": None}
+    # a killed merge resumes: a removed shard is written again, the others are kept
+    stamp = os.stat(shard_path(out, 0)).st_mtime_ns
+    shard_path(out, 2).unlink()
+    merge_datasets([tmp_path / "fp", tmp_path / "static"], out)
+    assert shard_path(out, 2).exists() and os.stat(shard_path(out, 0)).st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="different parameters"):
+        merge_datasets([tmp_path / "static", tmp_path / "fp"], out)
+    with pytest.raises(FileNotFoundError, match="no dataset shards"):
+        merge_datasets([tmp_path / "fp", tmp_path / "nothing"], tmp_path / "mix2")
+    with pytest.raises(ValueError, match="at least two"):
+        merge_datasets([tmp_path / "fp"], tmp_path / "mix3")

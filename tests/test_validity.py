@@ -99,6 +99,25 @@ def test_disagreement_of_the_rotated_pass_is_not_valid(half_crystal):
     assert "model disagreement" in summary(out)
 
 
+def test_the_estimate_is_the_mean_of_the_two_passes(half_crystal):
+    image, pred = half_crystal
+    # the rotated pass reads 4 atoms with 0.95 where the plain pass reads 3 with 0.9: the mean says 4
+    prob = _columns_everywhere(4, p=0.95, p0=0.04)
+    rotated = _prediction(prob)
+    rotated = rotated.copy(data={k: v.values[..., ::-1, ::-1] for k, v in rotated.data_vars.items()})
+    out = assess(image, pred, rotated=rotated, margin=None, max_disagreement=5.0)
+    mean = 0.5 * (pred["probability"].values + prob)
+    np.testing.assert_array_equal(out["depth"].values, mean.argmax(1))
+    assert (out["depth"] == 4).all()
+    np.testing.assert_allclose(out["confidence"].values, mean.max(1), rtol=1e-6)
+    np.testing.assert_allclose(out["probability"].values, mean, rtol=1e-6)
+    # the disagreement still compares the two single passes (expected counts 2.99 and 3.86 atoms)
+    expected = [float(np.tensordot(np.arange(11), q[0, :, 0, 0], 1)) for q in (pred["probability"].values, prob)]
+    np.testing.assert_allclose(out["disagreement"].values, expected[1] - expected[0], rtol=1e-5)
+    # without the rotated pass the plain reading stays
+    assert (assess(image, pred, margin=None)["depth"] == 3).all()
+
+
 def test_a_field_without_crystal_is_not_valid_and_says_so():
     image = _image(np.ones((N, N)), lam=4.0)
     with pytest.warns(UserWarning, match="no crystal lattice found in 1 of 1 frames"):

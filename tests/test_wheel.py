@@ -28,8 +28,8 @@ def test_wheel_installs_into_a_fresh_venv_and_predicts(tmp_path):
                     str(src)], check=True, capture_output=True)
     (wheel,) = dist.glob("segdepth-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "segdepth/models/segdepth_robust_base8_bin4.safetensors" in names
-    assert "segdepth/models/segdepth_robust_base8_bin4.json" in names
+    for stem in ("segdepth_robust_wise_base8_bin4", "segdepth_robust_base8_bin4"):  # the default, the first robust
+        assert f"segdepth/models/{stem}.safetensors" in names and f"segdepth/models/{stem}.json" in names
     assert "segdepth/physics/simulation.py" in names and "segdepth/learn/inference.py" in names
 
     venv = tmp_path / "venv"

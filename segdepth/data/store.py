@@ -30,6 +30,7 @@ __all__ = [
     "finished_shards",
     "open_dataset",
     "provenance_attrs",
+    "merge_datasets",
 ]
 
 SHARD_GLOB = "shard_*.nc"
@@ -242,3 +243,72 @@ def open_dataset(directory, *, load: bool = False) -> xr.Dataset:
     ds.attrs["n_shards"] = len(paths)
     return ds
 
+
+
+def _fill_value(dtype):
+    import numpy as np
+
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iub":
+        return 0
+    if dtype.kind == "f":
+        return np.nan
+    return ""
+
+
+def merge_datasets(sources, output) -> Path:
+    """Write the shards of several dataset directories as one dataset directory ``output``.
+
+    For training on datasets made with different parameters (for example static atoms and frozen
+    phonons): shards are copied in order, ``structure`` numbers are offset so that every source keeps
+    its structures distinct (a split by structure stays a split by structure), and a per-sample
+    coordinate that only some sources have is filled where absent (integers 0, floats NaN, strings
+    empty: ``phonons`` 0 means static atoms). Every shard keeps its own generation parameters as
+    ``source_parameters`` and its source as ``source``; ``parameters`` (what training records) is the
+    first source's, with ``merged_from`` listing every source's parameters. ``parameters.json`` of
+    ``output`` records the sources. Shards already in ``output`` are skipped (a killed merge resumes);
+    an ``output`` merged from other sources is refused.
+    """
+    import numpy as np
+
+    sources = [Path(s) for s in sources]
+    if len(sources) < 2:
+        raise ValueError(f"merge_datasets needs at least two source directories, got {len(sources)}")
+    shards, params = [], []
+    for src in sources:
+        paths = sorted(src.glob(SHARD_GLOB)) if src.is_dir() else []
+        if not paths:
+            raise FileNotFoundError(f"no dataset shards ({SHARD_GLOB}) in {src}")
+        pfile = src / "parameters.json"
+        params.append(json.loads(pfile.read_text()) if pfile.exists() else
+                      json.loads(xr.open_dataset(paths[0]).attrs.get("parameters", "{}")))
+        shards.append(paths)
+    coords: dict[str, object] = {}
+    offsets, offset = [], 0
+    for paths in shards:
+        offsets.append(offset)
+        with xr.open_mfdataset(paths, combine="nested", concat_dim="sample", data_vars="minimal",
+                               coords="minimal", compat="override") as ds:
+            for name, var in ds.coords.items():
+                if var.dims == ("sample",):
+                    coords.setdefault(name, var.dtype)
+            offset += int(ds["structure"].max()) + 1
+    merged = dict(params[0], merged_from=[{"source": str(s), "parameters": p} for s, p in zip(sources, params)])
+    prepare_directory(output, {"merged_from": [{"source": str(s), "n_shards": len(p)}
+                                               for s, p in zip(sources, shards)]})
+    index = 0
+    for src, paths, off, par in zip(sources, shards, offsets, params):
+        for path in paths:
+            target = shard_path(output, index)
+            index += 1
+            if target.exists():
+                continue
+            ds = xr.load_dataset(path)
+            ds = ds.assign_coords(structure=ds["structure"] + off)
+            for name, dtype in coords.items():
+                if name not in ds.coords:
+                    ds = ds.assign_coords({name: ("sample", np.full(ds.sizes["sample"], _fill_value(dtype), dtype))})
+            ds.attrs.update(parameters=json.dumps(merged, sort_keys=True), source=str(src),
+                            source_parameters=json.dumps(par, sort_keys=True), shard=index - 1)
+            write_netcdf_atomic(ds, target)
+    return Path(output)

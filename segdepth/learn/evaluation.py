@@ -33,7 +33,7 @@ PAPER_TABLE_I_METRICS = {
 
 
 def infer(model, clean, lam: float | None, *, seed: int, index: int = 0,
-          input_binning: int = 1) -> tuple[np.ndarray, np.ndarray]:
+          input_binning: int = 1, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Noisy input and class probabilities for one clean image.
 
     Parameters
@@ -51,6 +51,9 @@ def infer(model, clean, lam: float | None, *, seed: int, index: int = 0,
         trained with ``TrainConfig.input_binning``, its card's
         ``input_binning``). The noise is drawn on the grid of ``clean``, so
         models with and without binning see the same electrons.
+    tta : bool
+        Average the probabilities with those of the 180-degree-rotated input (rotated back), as
+        ``segdepth predict`` (:func:`segdepth.learn.validity.predict_checked`) reports them.
 
     Returns
     -------
@@ -65,12 +68,15 @@ def infer(model, clean, lam: float | None, *, seed: int, index: int = 0,
     model.eval()
     with torch.inference_mode():
         x = torch.from_numpy(normalise(bin_image(noisy, input_binning)))[None, None]
-        proba = torch.softmax(model(x), dim=1)[0].numpy()
-    return noisy, proba
+        proba = torch.softmax(model(x), dim=1)[0]
+        if tta:
+            turned = torch.softmax(model(torch.flip(x, (2, 3))), dim=1)[0]
+            proba = 0.5 * (proba + torch.flip(turned, (1, 2)))
+    return noisy, proba.numpy()
 
 
 def evaluate_dataset(model, ds: xr.Dataset, *, lam: float, seed: int = 0, indices=None, n_bins: int = 10,
-                     progress: bool = False, input_binning: int = 1) -> xr.Dataset:
+                     progress: bool = False, input_binning: int = 1, tta: bool = False) -> xr.Dataset:
     """Evaluate ``model`` on samples ``indices`` of a simulated dataset at dose ``lam``.
 
     Parameters
@@ -87,7 +93,7 @@ def evaluate_dataset(model, ds: xr.Dataset, *, lam: float, seed: int = 0, indice
         Samples to evaluate (default all).
     n_bins : int
         Bins of the reliability diagram.
-    input_binning : int
+    input_binning, tta : int, bool
         See :func:`infer`.
 
     Returns
@@ -112,7 +118,7 @@ def evaluate_dataset(model, ds: xr.Dataset, *, lam: float, seed: int = 0, indice
     col_pred, col_true, col_Z, col_vac = [], [], [], []
     for i in tqdm(indices, desc="evaluate", disable=not progress):
         s = ds.isel(sample=int(i))
-        _, proba = infer(model, s.image.values, lam, seed=seed, index=int(i), input_binning=input_binning)
+        _, proba = infer(model, s.image.values, lam, seed=seed, index=int(i), input_binning=input_binning, tta=tta)
         pred = proba.argmax(axis=0)
         conf = proba.max(axis=0)
         label = s.label.values.astype(np.int64)
@@ -166,7 +172,7 @@ def evaluate_dataset(model, ds: xr.Dataset, *, lam: float, seed: int = 0, indice
             "bin": ("bin", 0.5 * (diagram.edges[1:] + diagram.edges[:-1]), {"long_name": "confidence bin centre"}),
             "group": ("group", np.asarray(groups, dtype=object)),
         },
-        attrs={"lam": float(lam), "seed": int(seed), "n_samples": int(indices.size)},
+        attrs={"lam": float(lam), "seed": int(seed), "n_samples": int(indices.size), "tta": int(tta)},
     )
     return out
 
@@ -183,7 +189,7 @@ ROBUSTNESS_GROUPS = ("all", "Ce", "O", "vacancies_O")
 
 
 def robustness(models: dict, test_sets: dict, lams, *, seed: int = 1, indices: dict | None = None,
-               progress: bool = False) -> xr.Dataset:
+               progress: bool = False, tta: bool = False) -> xr.Dataset:
     """Every metric of :func:`evaluate_dataset` for each model x test set x dose.
 
     Parameters
@@ -198,6 +204,9 @@ def robustness(models: dict, test_sets: dict, lams, *, seed: int = 1, indices: d
         Seed of the test noise (the same noise for every model).
     indices : dict, optional
         test set name -> sample indices to use (default: all samples).
+    tta : bool
+        Score the mean of the plain and the 180-degree pass (:func:`infer`), what ``segdepth predict``
+        reports.
 
     Returns
     -------
@@ -218,14 +227,14 @@ def robustness(models: dict, test_sets: dict, lams, *, seed: int = 1, indices: d
             idx = None if indices is None else indices.get(tname)
             per_lam = [
                 evaluate_dataset(model, ds, lam=lam, seed=seed, indices=idx, input_binning=binning,
-                                 progress=progress)[keep].sel(group=list(ROBUSTNESS_GROUPS))
+                                 progress=progress, tta=tta)[keep].sel(group=list(ROBUSTNESS_GROUPS))
                 for lam in lams
             ]
             per_set.append(xr.concat(per_lam, dim=xr.DataArray(lams, dims="lam", attrs={"units": "e/pixel"})))
         rows.append(xr.concat(per_set, dim=xr.DataArray(list(test_sets), dims="test_set")))
     out = xr.concat(rows, dim=xr.DataArray(list(models), dims="model"))
     out["group"] = out.group.astype(str)
-    out.attrs = {"seed": int(seed), "test_sets": ", ".join(test_sets), "models": ", ".join(models)}
+    out.attrs = {"seed": int(seed), "test_sets": ", ".join(test_sets), "models": ", ".join(models), "tta": int(tta)}
     return out
 
 

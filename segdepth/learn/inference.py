@@ -61,6 +61,7 @@ __all__ = [
     "model_and_card",
     "DEFAULT_MODEL",
     "PREVIOUS_DEFAULT_MODEL",
+    "FIRST_ROBUST_MODEL",
     "REFERENCE_MODEL",
     "load_default_model",
     "predict",
@@ -72,9 +73,13 @@ __all__ = [
 #: installed wheel.
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 #: The model :func:`load_default_model` reads (absolute, inside :data:`MODELS_DIR`): the robust model
-#: (issue 11): the fast architecture (input binned 4x to the label grid, issue 6) fine-tuned on randomised
-#: optics, particles and doses (its card's ``envelope`` lists the ranges; README "The robust default").
-DEFAULT_MODEL = MODELS_DIR / "segdepth_robust_base8_bin4.safetensors"
+#: (issue 11): the fast architecture (input binned 4x to the label grid, issue 6) trained on randomised
+#: optics, particles, doses and (for part of the images) thermal vibrations, as the weight average of the
+#: first robust model and its fine-tune on static and frozen-phonon images (its card's ``envelope`` lists
+#: the ranges, ``lineage`` the steps; README "The robust default").
+DEFAULT_MODEL = MODELS_DIR / "segdepth_robust_wise_base8_bin4.safetensors"
+#: The first robust model (the default from issue 11 until the weight-averaged one), kept as a reference.
+FIRST_ROBUST_MODEL = MODELS_DIR / "segdepth_robust_base8_bin4.safetensors"
 #: The default before issue 11 (the fast model trained on the nominal microscope at lambda 2.5), kept as a
 #: reference for the shift test (``--model segdepth/models/segdepth_fast_base8_bin4_lam2.5.safetensors``).
 PREVIOUS_DEFAULT_MODEL = MODELS_DIR / "segdepth_fast_base8_bin4_lam2.5.safetensors"

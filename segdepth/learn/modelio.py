@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from segdepth.data.store import atomic_write
 from segdepth.learn.model import UNet, build_model
 
-__all__ = ["save_model", "load_model", "card_path", "update_card"]
+__all__ = ["save_model", "load_model", "card_path", "update_card", "interpolate_models"]
 
 WEIGHTS_SUFFIX = ".safetensors"
 CARD_SUFFIX = ".json"
@@ -207,3 +207,31 @@ def update_card(path: str | os.PathLike, fields: dict[str, Any]) -> Path:
     text = json.dumps(card, indent=2, sort_keys=True, default=_json_default) + "\n"
     atomic_write(cpath, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), make_parents=False)
     return cpath
+
+
+def interpolate_models(base: UNet, tuned: UNet, alpha: float) -> UNet:
+    """Weight-space interpolation ``(1 - alpha) * base + alpha * tuned`` of two networks of one architecture.
+
+    Robust fine-tuning by weight averaging ("WiSE-FT": Wortsman et al., *Robust fine-tuning of zero-shot
+    models*, CVPR 2022): when ``tuned`` was fine-tuned from ``base`` on a shifted distribution, the
+    interpolated network often holds on both distributions better than either end. Every floating-point
+    tensor is interpolated, BatchNorm running statistics included; integer tensors (BatchNorm's
+    ``num_batches_tracked``) are taken from ``base``. Returns a new network in eval mode; the inputs are
+    not changed.
+
+    Raises ``ValueError`` when the architectures differ or ``alpha`` is outside [0, 1].
+    """
+    alpha = float(alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    for name, net in (("base", base), ("tuned", tuned)):
+        if not isinstance(getattr(net, "config", None), dict):
+            raise ValueError(f"{name} must be a segdepth.learn.model network (with a config dict)")
+    diffs = _architecture_diff(tuned.config, base.config)
+    if diffs:
+        raise ValueError("cannot interpolate networks of different architectures: " + "; ".join(diffs))
+    a, b = base.state_dict(), tuned.state_dict()
+    mixed = {k: torch.lerp(v, b[k].to(v.dtype), alpha) if v.is_floating_point() else v.clone() for k, v in a.items()}
+    out = build_model(base.config)
+    out.load_state_dict(mixed, strict=True)
+    return out.eval()

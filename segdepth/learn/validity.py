@@ -20,7 +20,10 @@ runs :func:`segdepth.learn.inference.predict` and then asks three questions of e
    180 degrees (the CeO2 [110] projection is centrosymmetric and the training optics had random
    azimuths, so the rotated frame is as valid an input as the original); where the expected counts
    of the two passes, averaged over 3 x 3 label pixels, differ by more than ``max_disagreement``
-   (1 atom), the pixel is *model disagreement*: not valid.
+   (1 atom), the pixel is *model disagreement*: not valid. The reported estimate (``depth``,
+   ``confidence``, ``probability``) is then the mean of the two passes' probabilities: on the shift
+   test this counts 0.5-2 points more columns exactly than the single pass at no extra cost
+   (README, "The robust default").
 
 A frame in which no window holds a lattice gets reason *no crystal* everywhere (valid 0): a field
 of vacuum, amorphous material, or a frame too noisy to see a lattice in.
@@ -142,6 +145,15 @@ def assess(
     probability = prediction["probability"].values  # (frame, class, y, x)
     depth = prediction["depth"].values.copy()
     confidence = prediction["confidence"].values.copy()
+    p_rot = None
+    if rotated is not None:  # the estimate is the mean of the two passes (test-time augmentation)
+        p_rot = rotated["probability"].values[..., ::-1, ::-1]
+        if p_rot.shape != probability.shape:
+            raise ValueError(f"rotated prediction has shape {p_rot.shape}, expected {probability.shape}")
+        single = probability
+        probability = 0.5 * (probability + p_rot)
+        depth = probability.argmax(axis=1).astype(depth.dtype)
+        confidence = probability.max(axis=1).astype(confidence.dtype)
     crystal_lattice = grid["crystal"].values.astype(bool)
     if margin is None:
         near = np.ones_like(crystal_lattice)
@@ -160,11 +172,8 @@ def assess(
     refuted = ~grid["ceo2_110"].values.astype(bool) & crystal_lattice
     reason = np.zeros(depth.shape, np.uint8)
     reason[vacuum] = 1
-    if rotated is not None:
-        p_rot = rotated["probability"].values[..., ::-1, ::-1]
-        if p_rot.shape != probability.shape:
-            raise ValueError(f"rotated prediction has shape {p_rot.shape}, expected {probability.shape}")
-        diff = _expected(probability) - _expected(p_rot)
+    if p_rot is not None:
+        diff = _expected(single) - _expected(p_rot)
         disagreement = np.abs(ndimage.uniform_filter(diff, size=(1, 3, 3), mode="nearest")).astype(np.float32)
         reason[(disagreement > max_disagreement) & near] = 3
     else:
@@ -176,6 +185,8 @@ def assess(
 
     out = prediction.copy()
     dims = ("frame", "y", "x")
+    if p_rot is not None:
+        out["probability"] = prediction["probability"].copy(data=probability.astype(np.float32))
     out["depth"] = (dims, depth, prediction["depth"].attrs | {
         "comment": f"0 where no lattice is within {margin} A (vacuum)" if margin is not None else "unmasked"})
     out["confidence"] = (dims, confidence.astype(np.float32), prediction["confidence"].attrs)
