@@ -37,7 +37,8 @@ models = [
     "segdepth/models/segdepth_fast_base8_bin4_lam2.5.safetensors",
     "segdepth/models/segdepth_robust_base8_bin4.safetensors",
     "segdepth/models/segdepth_robust_wise_base8_bin4.safetensors",
-]  # models to compare (the default before issue 11, the first robust model, the default)
+    "data/models/study/segdepth_robust_wise_a0.5_base8_bin4.safetensors",
+]  # models to compare (the default before issue 11, the first robust model, the default, its alpha-0.5 sibling)
 factors = []  # factors of segdepth.physics.generate.ABLATION_FACTORS to run ([]: all)
 preset = "cpu"  # field of the ablation sets ("cpu": 1536 -> 768 px; "tiny" for tests)
 n_structures = 8  # particles per factor (rounded up to whole shards of 4)

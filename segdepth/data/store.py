@@ -244,7 +244,6 @@ def open_dataset(directory, *, load: bool = False) -> xr.Dataset:
     return ds
 
 
-
 def _fill_value(dtype):
     import numpy as np
 

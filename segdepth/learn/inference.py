@@ -74,9 +74,9 @@ __all__ = [
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 #: The model :func:`load_default_model` reads (absolute, inside :data:`MODELS_DIR`): the robust model
 #: (issue 11): the fast architecture (input binned 4x to the label grid, issue 6) trained on randomised
-#: optics, particles, doses and (for part of the images) thermal vibrations, as the weight average of the
-#: first robust model and its fine-tune on static and frozen-phonon images (its card's ``envelope`` lists
-#: the ranges, ``lineage`` the steps; README "The robust default").
+#: optics, particles, doses and (for part of the images) thermal vibrations, as the weight average
+#: 0.8 x the first robust model + 0.2 x its fine-tune on static and frozen-phonon images (its card's
+#: ``envelope`` lists the ranges, ``lineage`` the steps; README "The robust default").
 DEFAULT_MODEL = MODELS_DIR / "segdepth_robust_wise_base8_bin4.safetensors"
 #: The first robust model (the default from issue 11 until the weight-averaged one), kept as a reference.
 FIRST_ROBUST_MODEL = MODELS_DIR / "segdepth_robust_base8_bin4.safetensors"
