@@ -117,6 +117,8 @@ def _bad_cases(root: Path) -> list[tuple[str, list[str], str]]:
         ("text pixel size", ["image.npy", "--pixel-size", "abc"], "--pixel-size must be a positive number"),
         ("bad lambda", ["image.npy", *px, "--lambda", "-2"], "--lambda must be finite and > 0"),
         ("bad tile", ["image.npy", *px, "--tile", "ten"], "invalid int value"),
+        ("bad keep-confident", ["image.npy", *px, "--keep-confident", "1.5"],
+         "--keep-confident must be a probability in (0, 1], got 1.5"),
         ("missing model", ["image.npy", *px, "--model", "nowhere.safetensors"], "model file not found"),
         ("no lattice", [npy("noise.npy", image), *model, "--calibrate"], "noise.npy: calibration failed"),
         ("both calibrations", ["image.npy", *px, "--calibrate"], "exclude each other"),

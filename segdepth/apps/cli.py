@@ -44,6 +44,14 @@ class _Parser(argparse.ArgumentParser):
         raise CommandError(f"{message} (see '{self.prog} --help')")
 
 
+def _check_options(args) -> dict:
+    """The validity check's options from the command line (only those given, so the library's defaults hold)."""
+    options = dict(tta=args.tta, lattice_average=args.lattice_average, margin=args.margin)
+    if args.keep_confident is not None:
+        options["keep_confident"] = args.keep_confident
+    return options
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -117,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --check: the 180-degree test-time pass (default on)")
     p.add_argument("--margin", type=float, default=4.0, metavar="A",
                    help="with --check: vacuum beyond this distance from a lattice [Angstrom] (default 4)")
+    p.add_argument("--keep-confident", type=float, default=None, metavar="P",
+                   help="with --check: a column reading at least this sure (probability of a non-zero count) "
+                   "survives the vacuum mask (default 0.97, segdepth.learn.validity.KEEP_CONFIDENT)")
     p.add_argument("--lattice-average", type=int, default=5, metavar="N",
                    help="with --check: odd number of neighbouring frames averaged for the lattice maps, within a "
                    "chunk (default 5)")
@@ -190,6 +201,8 @@ def _predict_command(args: argparse.Namespace) -> int:
         raise CommandError(f"--lattice-average must be odd, got {args.lattice_average}")
     if not args.margin > 0 or args.margin != args.margin:
         raise CommandError(f"--margin must be a positive distance [A], got {args.margin}")
+    if args.keep_confident is not None and not 0 < args.keep_confident <= 1:
+        raise CommandError(f"--keep-confident must be a probability in (0, 1], got {args.keep_confident}")
     frames = parse_frames(args.frames)
     crop = parse_crop(args.crop)
 
@@ -282,7 +295,7 @@ def _predict_command(args: argparse.Namespace) -> int:
         return_probabilities=args.probabilities,
         batch_size=args.batch_size,
         fast=not args.reference,
-        check=dict(tta=args.tta, lattice_average=args.lattice_average, margin=args.margin) if args.check else None,
+        check=_check_options(args) if args.check else None,
     )
     import xarray as xr
 

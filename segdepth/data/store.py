@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import xarray as xr
 
 from segdepth import __version__
@@ -245,8 +246,6 @@ def open_dataset(directory, *, load: bool = False) -> xr.Dataset:
 
 
 def _fill_value(dtype):
-    import numpy as np
-
     dtype = np.dtype(dtype)
     if dtype.kind in "iub":
         return 0
@@ -268,8 +267,6 @@ def merge_datasets(sources, output) -> Path:
     ``output`` records the sources. Shards already in ``output`` are skipped (a killed merge resumes);
     an ``output`` merged from other sources is refused.
     """
-    import numpy as np
-
     sources = [Path(s) for s in sources]
     if len(sources) < 2:
         raise ValueError(f"merge_datasets needs at least two source directories, got {len(sources)}")

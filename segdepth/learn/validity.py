@@ -143,17 +143,18 @@ def assess(
     label_px = float(prediction.attrs["label_pixel_size"])
 
     probability = prediction["probability"].values  # (frame, class, y, x)
-    depth = prediction["depth"].values.copy()
-    confidence = prediction["confidence"].values.copy()
     p_rot = None
-    if rotated is not None:  # the estimate is the mean of the two passes (test-time augmentation)
+    if rotated is None:
+        depth = prediction["depth"].values.copy()
+        confidence = prediction["confidence"].values.copy()
+    else:  # the estimate is the mean of the two passes (test-time augmentation)
         p_rot = rotated["probability"].values[..., ::-1, ::-1]
         if p_rot.shape != probability.shape:
             raise ValueError(f"rotated prediction has shape {p_rot.shape}, expected {probability.shape}")
         single = probability
         probability = 0.5 * (probability + p_rot)
-        depth = probability.argmax(axis=1).astype(depth.dtype)
-        confidence = probability.max(axis=1).astype(confidence.dtype)
+        depth = probability.argmax(axis=1).astype(prediction["depth"].dtype)
+        confidence = probability.max(axis=1).astype(prediction["confidence"].dtype)
     crystal_lattice = grid["crystal"].values.astype(bool)
     if margin is None:
         near = np.ones_like(crystal_lattice)
