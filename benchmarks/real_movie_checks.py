@@ -7,7 +7,8 @@ over all frames, the fraction of pixels in the top ``--band`` A (vacuum in every
 the worst frame, and the mean confidence in that band and below it (the lattice). ``segdepth predict`` runs
 with its validity check (vacuum mask, other lattice, test-time disagreement) unless ``--no-check`` is given;
 the script then also prints the validity summary. ``--keep-confident P`` is passed on to ``segdepth predict``
-(the vacuum mask keeps column readings at least this sure; what it trades: README, "Where the estimate applies").
+(the vacuum mask keeps column readings at least this sure; what it trades: README, "Where the estimate applies"),
+and so is ``--lattice-average N`` (1: every frame judged on its own, as a single image would be).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MOVIE = ROOT / "data/raw/ptceo2_udvd_40frames.gif"
 
 
-def check(model: str, band: float, validity: bool = True, keep_confident: float | None = None) -> dict:
+def check(model: str, band: float, validity: bool = True, keep_confident: float | None = None,
+          lattice_average: int | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "movie.nc"
         cmd = [sys.executable, "-m", "segdepth", "predict", str(MOVIE), "--crop", "0:180,:", "--calibrate",
@@ -33,6 +35,8 @@ def check(model: str, band: float, validity: bool = True, keep_confident: float 
             cmd.append("--no-check")
         if keep_confident is not None:
             cmd += ["--keep-confident", str(keep_confident)]
+        if lattice_average is not None:
+            cmd += ["--lattice-average", str(lattice_average)]
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
         ds = xr.load_dataset(out)
     top = ds.y <= float(ds.y.min()) + band
@@ -57,9 +61,12 @@ def main(argv=None) -> int:
     ap.add_argument("--band", type=float, default=5.0, help="height of the vacuum band [A]")
     ap.add_argument("--no-check", action="store_true", help="the network's raw output (segdepth predict --no-check)")
     ap.add_argument("--keep-confident", type=float, help="segdepth predict --keep-confident (default: its default)")
+    ap.add_argument("--lattice-average", type=int,
+                    help="segdepth predict --lattice-average (default 5; 1: every frame judged on its own)")
     args = ap.parse_args(argv)
     for m in args.model:
-        r = check(m, args.band, validity=not args.no_check, keep_confident=args.keep_confident)
+        r = check(m, args.band, validity=not args.no_check, keep_confident=args.keep_confident,
+                  lattice_average=args.lattice_average)
         print(f"{Path(m).stem}: vacuum band read as depth 0 {r['vacuum_as_vacuum']:.3f} (worst frame "
               f"{r['worst_frame']:.3f}); mean confidence band {r['confidence_band']:.3f}, "
               f"lattice {r['confidence_lattice']:.3f}. {r['summary']}", flush=True)

@@ -2,13 +2,17 @@
 
 Run: ``python benchmarks/validity_checks.py [--preset robust] [--structures 4] [--lam 0.3 1 2.5 10]``.
 Simulates ``--structures`` particles of a generator preset (one image each, seed ``--seed``), adds Poisson
-noise at each dose (electrons per 0.053 A pixel), runs :func:`segdepth.learn.validity.predict_checked` with the
-default model and prints per image and dose: the fraction of labelled column pixels (true depth > 0) that
-are valid as CeO2 [110] counts (reason 0; masked vacuum does not count), their ``valid_reason`` counts,
-and the columns *lost to the mask* (the network reads a non-zero count at the column centre, the vacuum
-mask sets it to 0), and the fraction of true-vacuum pixels (true depth 0) read as non-zero. Issue 12 asks
->= 0.98 valid and no column lost. ``--keep-confident P`` sets the vacuum mask's threshold (default
-:data:`segdepth.learn.validity.KEEP_CONFIDENT`).
+noise at each dose (electrons per 0.053 A pixel), predicts every image with the default model (plain and
+180-degree pass, :func:`segdepth.learn.inference.predict`) and assesses the *same* predictions with two vacuum
+masks (:func:`segdepth.learn.validity.assess`), so that the difference is the rule's alone: the default
+(lattice, confident seeds and hysteresis, ``keep_connected`` :data:`~segdepth.learn.validity.KEEP_CONNECTED`) and
+the rule before 2026-12-05 (lattice and confident seeds only, ``keep_connected=None``). For each it prints per
+dose: the fraction of labelled column pixels (true depth > 0) that are valid as CeO2 [110] counts (reason 0;
+masked vacuum does not count), the columns *lost to the mask* (the network reads a non-zero count at the
+column centre, the mask sets it to 0), the columns counted exactly after the mask, and the fraction of
+true-vacuum pixels (true depth 0) read as non-zero. Issue 12 asks >= 0.98 valid and no column lost.
+``--keep-confident P`` sets the seed threshold of both (default :data:`~segdepth.learn.validity.KEEP_CONFIDENT`),
+``--keep-connected P`` the default rule's hysteresis threshold.
 """
 
 from __future__ import annotations
@@ -26,11 +30,12 @@ def main(argv=None) -> int:
     ap.add_argument("--structures", type=int, default=4)
     ap.add_argument("--seed", type=int, default=555)
     ap.add_argument("--lam", type=float, nargs="+", default=[0.3, 1.0, 2.5, 10.0])
-    ap.add_argument("--keep-confident", type=float, help="the vacuum mask's keep-confident threshold")
+    ap.add_argument("--keep-confident", type=float, help="the vacuum mask's seed threshold")
+    ap.add_argument("--keep-connected", type=float, help="the default rule's hysteresis threshold")
     args = ap.parse_args(argv)
 
-    from segdepth.learn.inference import load_default_model
-    from segdepth.learn.validity import KEEP_CONFIDENT, REASONS, predict_checked
+    from segdepth.learn.inference import load_default_model, predict
+    from segdepth.learn.validity import KEEP_CONFIDENT, KEEP_CONNECTED, REASONS, assess
     from segdepth.physics.generate import PRESETS, make_shard
     from segdepth.physics.noise import poisson_noise
 
@@ -43,7 +48,10 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     f = ds.attrs["label_pixel_size"]
     keep = KEEP_CONFIDENT if args.keep_confident is None else args.keep_confident
-    totals = {lam: [0, 0, 0, 0, 0, 0] for lam in args.lam}  # valid px, labelled px, lost, columns, vacuum > 0, vacuum
+    rules = {f"hysteresis {KEEP_CONNECTED if args.keep_connected is None else args.keep_connected:g}":
+             KEEP_CONNECTED if args.keep_connected is None else args.keep_connected, "lattice and seeds only": None}
+    # per rule and dose: valid px, labelled px, lost, columns, vacuum > 0, vacuum, exact
+    totals = {(rule, lam): [0, 0, 0, 0, 0, 0, 0] for rule in rules for lam in args.lam}
     for s in range(ds.sizes["sample"]):
         lab = ds.depth[s].values > 0
         count = ds.column_count[s].values
@@ -54,24 +62,30 @@ def main(argv=None) -> int:
             noisy = poisson_noise(ds.image[s].values, lam, rng=rng)
             image = xr.DataArray(noisy[None], dims=("frame", "y", "x"), coords={"y": ds.y.values, "x": ds.x.values},
                                  attrs={"pixel_size": ds.attrs["pixel_size"]})
-            out = predict_checked(image, model, card, return_probabilities=True, keep_confident=keep)
-            raw = out.probability.values[0].argmax(0)
-            lost = int(((raw[iy, ix] > 0) & (out.depth.values[0][iy, ix] == 0)).sum())
-            valid = out.valid_reason.values[0][lab] == 0  # vouched for as a CeO2 [110] count
-            reasons = np.bincount(out.valid_reason.values[0][lab], minlength=len(REASONS))
-            t = totals[lam]
-            t[0] += int(valid.sum())
-            t[1] += int(lab.sum())
-            t[2] += lost
-            t[3] += int(ok.sum())
-            t[4] += int(((ds.depth[s].values == 0) & (out.depth.values[0] > 0)).sum())
-            t[5] += int((ds.depth[s].values == 0).sum())
-            print(f"image {s} lambda {lam:g}: valid {valid.mean():.3f} of the column pixels "
-                  f"({dict(zip(REASONS.values(), reasons.tolist(), strict=True))}); lost {lost} of {ok.sum()} columns",
-                  flush=True)
-    for lam, (v, n, lost, cols, vac, nvac) in totals.items():
-        print(f"lambda {lam:g}, keep_confident {keep:g}: valid {v / n:.3f} of {n} column pixels; {lost} of {cols} "
-              f"columns lost to the mask; true-vacuum pixels read > 0: {vac / nvac:.4f}")
+            plain = predict(image, model, card, return_probabilities=True)
+            rotated = predict(image.copy(data=np.ascontiguousarray(noisy[None, ::-1, ::-1])), model, card,
+                              return_probabilities=True)  # the 180-degree pass, as predict_checked makes it
+            for rule, connected in rules.items():
+                with np.errstate(all="ignore"):
+                    out = assess(image, plain, rotated=rotated, keep_confident=keep, keep_connected=connected)
+                raw = out.probability.values[0].argmax(0)
+                depth = out.depth.values[0]
+                reason = out.valid_reason.values[0]
+                t = totals[rule, lam]
+                t[0] += int((reason[lab] == 0).sum())  # vouched for as a CeO2 [110] count
+                t[1] += int(lab.sum())
+                t[2] += int(((raw[iy, ix] > 0) & (depth[iy, ix] == 0)).sum())
+                t[3] += int(ok.sum())
+                t[4] += int(((ds.depth[s].values == 0) & (depth > 0)).sum())
+                t[5] += int((ds.depth[s].values == 0).sum())
+                t[6] += int((depth[iy, ix] == count[ok]).sum())
+                reasons = np.bincount(reason[lab], minlength=len(REASONS))
+                print(f"image {s} lambda {lam:g} {rule}: valid {(reason[lab] == 0).mean():.3f} of the column pixels "
+                      f"({dict(zip(REASONS.values(), reasons.tolist(), strict=True))})", flush=True)
+    for (rule, lam), (v, n, lost, cols, vac, nvac, exact) in totals.items():
+        print(f"lambda {lam:g}, {rule} (keep_confident {keep:g}): valid {v / n:.3f} of {n} column pixels; {lost} of "
+              f"{cols} columns lost to the mask; exact {exact / cols:.3f}; true-vacuum pixels read > 0: "
+              f"{vac / nvac:.4f}")
     print(f"total {time.perf_counter() - start:.0f} s")
     return 0
 

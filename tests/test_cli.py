@@ -119,6 +119,10 @@ def _bad_cases(root: Path) -> list[tuple[str, list[str], str]]:
         ("bad tile", ["image.npy", *px, "--tile", "ten"], "invalid int value"),
         ("bad keep-confident", ["image.npy", *px, "--keep-confident", "1.5"],
          "--keep-confident must be a probability in (0, 1], got 1.5"),
+        ("bad keep-connected", ["image.npy", *px, "--keep-connected", "often"],
+         "--keep-connected must be a probability in (0, 1] or 'none', got often"),
+        ("zero keep-connected", ["image.npy", *px, "--keep-connected", "0"],
+         "--keep-connected must be a probability in (0, 1] or 'none', got 0"),
         ("missing model", ["image.npy", *px, "--model", "nowhere.safetensors"], "model file not found"),
         ("no lattice", [npy("noise.npy", image), *model, "--calibrate"], "noise.npy: calibration failed"),
         ("both calibrations", ["image.npy", *px, "--calibrate"], "exclude each other"),
@@ -263,6 +267,13 @@ def test_predict_checks_where_the_estimate_applies_by_default(workdir, capsys):
         assert float(ds["valid"].sel(y=band).mean()) >= 0.98
         assert int(ds["valid"].min()) == 0 and int(ds["valid"].max()) == 1  # the Pt particle is not valid
         assert np.isnan(ds["disagreement"]).all()  # --no-tta
+        assert ds.attrs["validity_keep_connected"] == 0.5 and ds.attrs["validity_bridge"] == 2.0  # the defaults
+    plain = workdir / "plain.nc"
+    args = ["predict", str(MOVIE), "--out", str(plain), "--crop", "0:180,:", "--frames", "0", "--pixel-size",
+            "0.2006", "--no-progress", "--no-tta", "--lattice-average", "1", "--keep-connected", "none"]
+    assert main(args) == 0, capsys.readouterr().err
+    with xr.open_dataset(plain) as ds:
+        assert ds.attrs["validity_keep_connected"] == -1.0  # no growth
 
 
 def test_preview_of_a_streamed_movie_comes_from_its_chunk(workdir, monkeypatch, capsys):

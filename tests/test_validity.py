@@ -9,7 +9,7 @@ import xarray as xr
 from test_lattice import PX, N, _columns_image
 
 from segdepth.learn.model import UNet
-from segdepth.learn.validity import REASONS, assess, predict_checked, summary, validity_fractions
+from segdepth.learn.validity import REASONS, assess, crystal_region, predict_checked, summary, validity_fractions
 from segdepth.physics.structures import LATTICE_CONSTANT
 
 F = 4  # label pixels of 0.8 A
@@ -51,7 +51,7 @@ def half_crystal():
 
 def test_vacuum_far_from_the_lattice_reads_depth_zero(half_crystal):
     image, pred = half_crystal
-    out = assess(image, pred)
+    out = assess(image, pred, keep_connected=None)  # readings everywhere: no growth (tested below)
     y = out["y"].values
     far = y < 16.0 - 8.0  # more than the margin plus the window's reach from the crystal
     inside = (y > 20.0) & (y < 28.0)
@@ -66,10 +66,83 @@ def test_vacuum_far_from_the_lattice_reads_depth_zero(half_crystal):
     assert (raw["depth"] == 3).all() and (raw["crystal"] == 1).all()
     assert np.isnan(out["disagreement"]).all()  # no rotated pass given
     # a reading the network is sure of (p(0) = 0.01 < 0.03) is kept outside the lattice too
-    sure = assess(image, _prediction(_columns_everywhere(p0=0.01)))
+    sure = assess(image, _prediction(_columns_everywhere(p0=0.01)), keep_connected=None)
     assert (sure["depth"] == 3).all()
-    assert (assess(image, _prediction(_columns_everywhere(p0=0.01)), keep_confident=None)["depth"].values[0, far]
-            == 0).all()
+    assert (assess(image, _prediction(_columns_everywhere(p0=0.01)), keep_confident=None,
+                   keep_connected=None)["depth"].values[0, far] == 0).all()
+    # with the default hysteresis a reading field joined to the lattice is kept whole
+    assert (assess(image, pred)["depth"] == 3).all()
+
+
+def test_crystal_region_is_hysteresis_with_bridged_gaps():
+    seeds = np.zeros((1, 20, 40), bool)
+    seeds[0, :, :4] = True
+    readings = np.zeros_like(seeds)
+    readings[0, 10, 5:8] = True  # A: 1 px gap from the seeds
+    readings[0, 10, 10:12] = True  # B: 2 px gap from A
+    readings[0, 10, 15:17] = True  # C: 3 px gap from B
+    readings[0, 10, 30:33] = True  # D: far away
+    kept = {b: crystal_region(seeds, readings, bridge=b)[0, 10] for b in (0.0, 2.0, 4.0)}
+    assert not kept[0.0][5:].any()  # only touching readings join without a bridge
+    assert kept[2.0][5:8].all() and kept[2.0][10:12].all() and not kept[2.0][15:].any()
+    assert kept[4.0][15:17].all() and not kept[4.0][30:].any()
+    assert (crystal_region(seeds, readings, bridge=4.0) & ~(seeds | readings)).sum() == 0  # nothing but readings
+    seeds[0, 10, 31] = True  # a seed inside the far blob keeps it
+    assert crystal_region(seeds, readings, bridge=2.0)[0, 10, 30:33].all()
+
+
+def _blobs(frames: int, *, joined_in: tuple, isolated_in: tuple, p: float = 0.7) -> np.ndarray:
+    """Vacuum (p0 0.95) with a column-like strip joined to the crystal (y 8-16 A) and an isolated blob (y < 5 A)."""
+    vac = np.zeros((1, 11, M, M))
+    vac[:, 0] = 0.95
+    vac[:, 1] = 0.05
+    prob = np.repeat(vac, frames, axis=0)
+    y = (np.arange(M) + 0.5) * PX * F
+    middle = np.zeros(M, bool)
+    middle[M // 2 - 1 : M // 2 + 1] = True
+    reading = _columns_everywhere(2, p=p, p0=0.2)[0, :, :1, 0]  # (class, 1)
+    for frames_in, rows in ((joined_in, (y > 6.0) & (y < 17.0)), (isolated_in, y < 3.0)):
+        for f in frames_in:
+            prob[f][:, rows[:, None] & middle[None]] = reading
+    return prob
+
+
+def _movie_prediction(probability: np.ndarray) -> xr.Dataset:
+    pred = _prediction(probability[:1])
+    return xr.concat([pred] * probability.shape[0], "frame").assign_coords(frame=np.arange(probability.shape[0])).copy(
+        data={"depth": probability.argmax(1).astype(np.uint8), "confidence": probability.max(1).astype(np.float32),
+              "probability": probability.astype(np.float32)})
+
+
+def test_readings_joined_to_the_crystal_survive_the_mask(half_crystal):
+    image, _ = half_crystal
+    y = (np.arange(M) + 0.5) * PX * F
+    out = assess(image, _prediction(_blobs(1, joined_in=(0,), isolated_in=(0,))))
+    strip = (y > 6.0) & (y < 17.0)
+    assert (out["depth"].values[0, strip, M // 2 - 1 : M // 2 + 1] == 2).all()  # a weak particle edge: kept
+    assert (out["depth"].values[0, y < 3.0] == 0).all()  # a false column in vacuum: masked
+    assert (out["crystal"].values[0, strip, M // 2] == 1).all() and (out["crystal"].values[0, y < 3.0] == 0).all()
+    old = assess(image, _prediction(_blobs(1, joined_in=(0,), isolated_in=(0,))), keep_connected=None)
+    assert (old["depth"].values[0, y < 8.0] == 0).all()  # the lattice mask alone loses the edge beyond its margin
+    with pytest.raises(ValueError, match="keep_connected"):
+        assess(image, _prediction(_blobs(1, joined_in=(0,), isolated_in=())), keep_connected=1.5)
+    with pytest.raises(ValueError, match="bridge"):
+        assess(image, _prediction(_blobs(1, joined_in=(0,), isolated_in=())), bridge=-1.0)
+
+
+def test_in_a_movie_a_flickering_reading_is_masked_and_a_steady_one_kept(half_crystal):
+    image, _ = half_crystal
+    movie = xr.concat([image] * 5, "frame").assign_coords(frame=np.arange(5))
+    y = (np.arange(M) + 0.5) * PX * F
+    strip = (y > 6.0) & (y < 10.0)  # beyond the lattice's margin
+    steady = _movie_prediction(_blobs(5, joined_in=range(5), isolated_in=()))
+    out = assess(movie, steady, lattice_average=5)
+    assert (out["depth"].values[:, strip, M // 2] == 2).all()
+    flicker = _movie_prediction(_blobs(5, joined_in=(2,), isolated_in=()))  # one frame in five
+    out = assess(movie, flicker, lattice_average=5)
+    assert (out["depth"].values[:, strip, M // 2] == 0).all()
+    single = assess(movie, flicker, lattice_average=1)  # frame by frame it is kept
+    assert (single["depth"].values[2, strip, M // 2] == 2).all()
 
 
 def test_other_lattice_is_not_valid():
@@ -155,6 +228,8 @@ def test_predict_checked_end_to_end(half_crystal):
     assert "probability" not in out and out["valid"].shape == out["depth"].shape == (1, M, M)
     assert out["valid_reason"].attrs["flag_meanings"].split() == list(REASONS.values())
     assert np.isfinite(out["disagreement"]).all()  # tta on by default
-    assert (out["depth"].values[0, out["y"].values < 8.0] == 0).all()
-    kept = predict_checked(image, model, card, tta=False, return_probabilities=True, tile=64, overlap=16)
+    assert out.attrs["validity_keep_connected"] == 0.5 and out.attrs["validity_bridge"] == 2.0
+    kept = predict_checked(image, model, card, tta=False, return_probabilities=True, tile=64, overlap=16,
+                           keep_connected=None)
     assert "probability" in kept and np.isnan(kept["disagreement"]).all()
+    assert (kept["depth"].values[0, kept["y"].values < 8.0] == 0).all()  # an untrained model's readings, masked

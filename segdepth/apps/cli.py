@@ -49,6 +49,8 @@ def _check_options(args) -> dict:
     options = dict(tta=args.tta, lattice_average=args.lattice_average, margin=args.margin)
     if args.keep_confident is not None:
         options["keep_confident"] = args.keep_confident
+    if args.keep_connected is not None:
+        options["keep_connected"] = None if args.keep_connected == "none" else float(args.keep_connected)
     return options
 
 
@@ -128,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-confident", type=float, default=None, metavar="P",
                    help="with --check: a column reading at least this sure (probability of a non-zero count) "
                    "survives the vacuum mask (default 0.97, segdepth.learn.validity.KEEP_CONFIDENT)")
+    p.add_argument("--keep-connected", default=None, metavar="P",
+                   help="with --check: a column reading at least this sure joined to the lattice or to a confident "
+                   "reading (gaps up to 2 A) survives the vacuum mask too (hysteresis; in a movie over "
+                   "--lattice-average frames; default 0.5, segdepth.learn.validity.KEEP_CONNECTED; 'none': no growth)")
     p.add_argument("--lattice-average", type=int, default=5, metavar="N",
                    help="with --check: odd number of neighbouring frames averaged for the lattice maps, within a "
                    "chunk (default 5)")
@@ -203,6 +209,13 @@ def _predict_command(args: argparse.Namespace) -> int:
         raise CommandError(f"--margin must be a positive distance [A], got {args.margin}")
     if args.keep_confident is not None and not 0 < args.keep_confident <= 1:
         raise CommandError(f"--keep-confident must be a probability in (0, 1], got {args.keep_confident}")
+    if args.keep_connected is not None and args.keep_connected != "none":
+        try:
+            connected = float(args.keep_connected)
+        except ValueError:
+            connected = math.nan
+        if not 0 < connected <= 1:
+            raise CommandError(f"--keep-connected must be a probability in (0, 1] or 'none', got {args.keep_connected}")
     frames = parse_frames(args.frames)
     crop = parse_crop(args.crop)
 

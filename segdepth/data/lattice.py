@@ -85,6 +85,7 @@ __all__ = [
     "default_spacings",
     "local_lattice",
     "on_grid",
+    "temporal_mean",
     "zone_angles",
 ]
 
@@ -231,7 +232,7 @@ def _frames(image, pixel_size):
     return arr, pixel_size, y, x, frame
 
 
-def _temporal_mean(frames: np.ndarray, average: int) -> np.ndarray:
+def temporal_mean(frames: np.ndarray, average: int) -> np.ndarray:
     """Mean of each frame with its ``average - 1`` nearest neighbours in time (fewer at the ends)."""
     if average == 1:
         return frames
@@ -495,7 +496,7 @@ def local_lattice(
         raise ValueError(f"pixel size {pixel_size} A is too coarse for spacings down to {refs.spacing.min():.3f} A")
     origin_y, origin_x = y[0] - pixel_size / 2, x[0] - pixel_size / 2
     maps = []
-    for one in _temporal_mean(frames, average):
+    for one in temporal_mean(frames, average):
         work, px = _working_image(one, pixel_size)
         coarse, cy, cx = _coarse_scores(work, px, refs, window=window, step=step, tolerance=tolerance,
                                         threshold=threshold, angle_tolerance=angle_tolerance)
