@@ -704,3 +704,64 @@ def test_phonon_probability_draws_per_structure_and_is_recorded():
     for i, s in enumerate(samples):
         same = np.array_equal(s.image.values, make_structure_samples(static, i).image.values)
         assert same == (not drawn[i])  # vibrating structures give another image, static ones the same bytes
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Which simulator: the focal spread as an incoherent defocus average or as abTEM's quasi-coherent envelope
+
+
+@pytest.mark.slow
+def test_quasi_coherent_envelope_is_another_image_and_agrees_without_spread(small):
+    _, wave, ref = small
+    spread = OPTICS["train"].defocus_spread[1]
+    incoherent = image_exit_wave(wave, [OVERFOCUS], microscope=Microscope(defocus_spread=spread, defocus_samples=15))
+    quasi = image_exit_wave(wave, [OVERFOCUS], microscope=Microscope(defocus_spread=spread, coherence="quasi"))
+    assert quasi.shape == ref.shape and np.all(np.isfinite(quasi))
+    assert abs(float(quasi.mean()) - float(incoherent.mean())) < 0.02  # both conserve the vacuum level
+    assert _rel(quasi, incoherent) > 0.05  # a different approximation, a different image
+    # without a focal spread both are the coherent image
+    a = image_exit_wave(wave, [OVERFOCUS], microscope=Microscope(defocus_spread=0.0, defocus_samples=1))
+    b = image_exit_wave(wave, [OVERFOCUS], microscope=Microscope(defocus_spread=0.0, coherence="quasi"))
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_coherence_model_is_validated_and_omitted_from_old_files():
+    with pytest.raises(ValueError, match="coherence"):
+        Microscope(coherence="partial")
+    assert "coherence" not in Microscope().to_dict()
+    assert Microscope(coherence="quasi").to_dict()["coherence"] == "quasi"
+    with pytest.raises(ValueError, match="quasi_coherent"):
+        OpticsRanges(quasi_coherent=1.5)
+
+
+def test_quasi_coherent_probability_draws_per_image_and_keeps_old_streams():
+    base = Microscope()
+    old, new = np.random.default_rng(11), np.random.default_rng(11)
+    for _ in range(20):  # probability 0 draws nothing: the same stream as before the option existed
+        assert OPTICS["train"].draw(old, base) == dataclasses.replace(OPTICS["train"], quasi_coherent=0.0).draw(new,
+                                                                                                                 base)
+    rng = np.random.default_rng(5)
+    half = dataclasses.replace(OPTICS["train"], quasi_coherent=0.5)
+    kinds = [half.draw(rng, base)[1].coherence for _ in range(400)]
+    assert set(kinds) == {"incoherent", "quasi"} and 0.4 < kinds.count("quasi") / 400 < 0.6
+    every = dataclasses.replace(OPTICS["shift"], quasi_coherent=1.0)
+    assert {every.draw(rng, base)[1].coherence for _ in range(20)} == {"quasi"}
+    assert OpticsRanges.from_dict(half.to_dict()) == half
+    assert PRESETS["shift_quasi"].optics.quasi_coherent == 1.0 and PRESETS["robust_quasi"].optics.quasi_coherent == 0.5
+    assert PRESETS["shift_quasi"].surfaces == PRESETS["shift"].surfaces
+    assert PRESETS["shift_quasi"].seed not in {PRESETS[p].seed for p in ("robust", "robust_quasi", "shift",
+                                                                         "robust_low_spread")}
+    low = PRESETS["robust_low_spread"].optics
+    assert low.defocus_spread == (0.0, 10.0) and low.quasi_coherent == 0.5  # coherent images are possible
+    assert PRESETS["robust_low_spread"].seed != PRESETS["robust_quasi"].seed
+
+
+@pytest.mark.slow
+def test_dataset_records_the_coherence_model_of_each_image():
+    params = PRESETS["tiny"].with_(optics=dataclasses.replace(OPTICS["train"], quasi_coherent=1.0), n_defocus=2,
+                                  surfaces=("flat",), thickness_range=(3, 4))
+    ds = make_structure_samples(params, 0)
+    assert ds["quasi_coherent"].values.tolist() == [1.0, 1.0]
+    plain = make_structure_samples(params.with_(optics=OPTICS["train"]), 0)
+    assert plain["quasi_coherent"].values.tolist() == [0.0, 0.0]
+    assert np.abs(plain.image.values - ds.image.values).max() > 1e-3  # the same structure, another simulator

@@ -236,6 +236,17 @@ PRESETS["shift"] = GenerationParameters(
 )
 #: ``shift_phonons``: the shift test with thermal vibrations (4 frozen-phonon configurations), another seed.
 PRESETS["shift_phonons"] = PRESETS["shift"].with_(phonons=4, seed=912)
+#: Which simulator (2026-12-05): ``robust_quasi`` the robust distribution with half the images made with
+#: abTEM's quasi-coherent focal-spread envelope instead of the incoherent defocus average and half the
+#: structures through 2 frozen-phonon configurations; ``shift_quasi`` the shift test with every image
+#: made the quasi-coherent way (another seed).
+PRESETS["robust_quasi"] = PRESETS["robust"].with_(
+    optics=replace(OPTICS["train"], quasi_coherent=0.5), phonons=2, phonon_probability=0.5, seed=5)
+PRESETS["shift_quasi"] = PRESETS["shift"].with_(optics=replace(OPTICS["shift"], quasi_coherent=1.0), seed=914)
+#: ``robust_low_spread``: ``robust_quasi`` with focal spreads of 0-10 A (0: a fully coherent image, which
+#: simulations without temporal coherence make; the training range above starts at 8 A), seed 6.
+PRESETS["robust_low_spread"] = PRESETS["robust_quasi"].with_(
+    optics=replace(OPTICS["train"], quasi_coherent=0.5, defocus_spread=(0.0, 10.0)), seed=6)
 
 
 def make_structure_samples(params: GenerationParameters, index: int) -> xr.Dataset:
@@ -357,6 +368,7 @@ OPTICS_COORDS = {
     "detector_blur": ("px", "detector Gaussian blur (image pixels)"),
     "detector_gain": ("", "vacuum-level gain error"),
     "detector_offset": ("vacuum = 1", "vacuum-level offset error"),
+    "quasi_coherent": ("", "focal spread as abTEM's quasi-coherent envelope (1) or an incoherent defocus average (0)"),
 }
 
 
@@ -369,6 +381,7 @@ def _optics_coords(lenses, detectors, mistilt) -> dict:
     values["detector_blur"] = [d.blur for d in detectors]
     values["detector_gain"] = [d.gain for d in detectors]
     values["detector_offset"] = [d.offset for d in detectors]
+    values["quasi_coherent"] = [float(m.coherence == "quasi") for m in lenses]
     return {
         name: ("sample", np.asarray(values[name], np.float32), {"units": unit, "long_name": long})
         for name, (unit, long) in OPTICS_COORDS.items()
