@@ -30,6 +30,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from segdepth.learn.inference import load_default_model, predict
+    from segdepth.learn.metrics import column_counts
     from segdepth.learn.modelio import load_model
     from segdepth.physics.generate import PRESETS
     from segdepth.physics.noise import poisson_noise
@@ -66,14 +67,10 @@ def main(argv=None) -> int:
                     turned = predict(np.ascontiguousarray(noisy[::-1, ::-1]), model, card,
                                      pixel_size=params.pixel_size, return_probabilities=True)
                     prob = 0.5 * (plain.probability.values[0] + turned.probability.values[0][:, ::-1, ::-1])
-                    depth = prob.argmax(0)
-                    step = float(plain.attrs["label_pixel_size"])
-                    iy = np.clip(np.round((structure.column_y - plain.y.values[0]) / step).astype(int), 0,
-                                 depth.shape[0] - 1)
-                    ix = np.clip(np.round((structure.column_x - plain.x.values[0]) / step).astype(int), 0,
-                                 depth.shape[1] - 1)
+                    counts = column_counts(prob.argmax(0), structure.column_x, structure.column_y,
+                                           plain.x.values, plain.y.values)
                     h = hits[name, kind, lam]
-                    h[0] += int((depth[iy, ix] == structure.column_count).sum())
+                    h[0] += int((counts == structure.column_count).sum())
                     h[1] += structure.n_columns
     for (name, kind, lam), (exact, n) in hits.items():
         print(f"{name}: {kind} focal spread, lambda {lam:g}: exact {exact / n:.3f} of {n} columns")

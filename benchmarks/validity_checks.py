@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from segdepth.learn.inference import load_default_model, predict
-    from segdepth.learn.validity import KEEP_CONFIDENT, KEEP_CONNECTED, REASONS, assess
+    from segdepth.learn.validity import KEEP_CONFIDENT, KEEP_CONNECTED, REASONS, assess, rotated_180
     from segdepth.physics.generate import PRESETS, make_shard
     from segdepth.physics.noise import poisson_noise
 
@@ -48,8 +48,8 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     f = ds.attrs["label_pixel_size"]
     keep = KEEP_CONFIDENT if args.keep_confident is None else args.keep_confident
-    rules = {f"hysteresis {KEEP_CONNECTED if args.keep_connected is None else args.keep_connected:g}":
-             KEEP_CONNECTED if args.keep_connected is None else args.keep_connected, "lattice and seeds only": None}
+    connected = KEEP_CONNECTED if args.keep_connected is None else args.keep_connected
+    rules = {f"hysteresis {connected:g}": connected, "lattice and seeds only": None}
     # per rule and dose: valid px, labelled px, lost, columns, vacuum > 0, vacuum, exact
     totals = {(rule, lam): [0, 0, 0, 0, 0, 0, 0] for rule in rules for lam in args.lam}
     for s in range(ds.sizes["sample"]):
@@ -63,8 +63,7 @@ def main(argv=None) -> int:
             image = xr.DataArray(noisy[None], dims=("frame", "y", "x"), coords={"y": ds.y.values, "x": ds.x.values},
                                  attrs={"pixel_size": ds.attrs["pixel_size"]})
             plain = predict(image, model, card, return_probabilities=True)
-            rotated = predict(image.copy(data=np.ascontiguousarray(noisy[None, ::-1, ::-1])), model, card,
-                              return_probabilities=True)  # the 180-degree pass, as predict_checked makes it
+            rotated = predict(rotated_180(image), model, card, return_probabilities=True)  # as predict_checked
             for rule, connected in rules.items():
                 with np.errstate(all="ignore"):
                     out = assess(image, plain, rotated=rotated, keep_confident=keep, keep_connected=connected)

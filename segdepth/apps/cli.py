@@ -50,8 +50,21 @@ def _check_options(args) -> dict:
     if args.keep_confident is not None:
         options["keep_confident"] = args.keep_confident
     if args.keep_connected is not None:
-        options["keep_connected"] = None if args.keep_connected == "none" else float(args.keep_connected)
+        options["keep_connected"] = _keep_connected(args.keep_connected)
     return options
+
+
+def _keep_connected(text: str) -> float | None:
+    """``--keep-connected``: a probability in (0, 1], or ``none`` (no growth)."""
+    if text == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 1:
+        raise CommandError(f"--keep-connected must be a probability in (0, 1] or 'none', got {text}")
+    return value
 
 
 def _one_line(text: str) -> str:
@@ -209,13 +222,8 @@ def _predict_command(args: argparse.Namespace) -> int:
         raise CommandError(f"--margin must be a positive distance [A], got {args.margin}")
     if args.keep_confident is not None and not 0 < args.keep_confident <= 1:
         raise CommandError(f"--keep-confident must be a probability in (0, 1], got {args.keep_confident}")
-    if args.keep_connected is not None and args.keep_connected != "none":
-        try:
-            connected = float(args.keep_connected)
-        except ValueError:
-            connected = math.nan
-        if not 0 < connected <= 1:
-            raise CommandError(f"--keep-connected must be a probability in (0, 1] or 'none', got {args.keep_connected}")
+    if args.keep_connected is not None:
+        _keep_connected(args.keep_connected)  # refused here, before anything is read
     frames = parse_frames(args.frames)
     crop = parse_crop(args.crop)
 

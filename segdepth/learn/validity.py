@@ -14,11 +14,12 @@ runs :func:`segdepth.learn.inference.predict` and then asks three questions of e
    ``keep_confident``, 0.97) are seeds like the lattice, and every column reading (probability >=
    ``keep_connected``, 0.5: every pixel the network reads as non-zero) joined to a seed through
    other readings, across gaps up to ``bridge`` (2 A), is kept. Measured on the shift preset
-   (``benchmarks/validity_checks.py``): the lattice mask with seeds alone lost 2-24 of 248 columns
-   the network read, with the hysteresis none. In a movie the column probability that decides is
-   averaged over the same ``lattice_average`` frames as the lattice maps: the network's false columns
-   in vacuum flicker from frame to frame, a column does not (the real movie's vacuum band: single-frame
-   hysteresis keeps false columns in 5 % of the band's pixels in its worst frame, over 5 frames 0.9 %).
+   (``benchmarks/validity_checks.py``, 4 particles each of seeds 911 and 913, lambda 0.3-10): the lattice
+   mask with seeds alone lost up to 29 of 248 and 17 of 277 columns the network read, with the
+   hysteresis none. In a movie the column probability that decides is averaged over the same
+   ``lattice_average`` frames as the lattice maps: the network's false columns in vacuum flicker
+   from frame to frame, a column does not (the real movie's vacuum band: single-frame hysteresis
+   keeps false columns in 5 % of the band's pixels in its worst frame, over 5 frames 0.9 %).
 2. **Is the lattice CeO2 seen along [110]?** Where the local power spectrum holds a spacing or an
    angle that refutes it (Pt {111}, a spacing between the CeO2 rings, a wrong angle between two
    reflections), the pixel is *other lattice*: not valid.
@@ -51,7 +52,7 @@ import xarray as xr
 from scipy import ndimage
 
 __all__ = ["BRIDGE", "KEEP_CONFIDENT", "KEEP_CONNECTED", "MARGIN", "MAX_DISAGREEMENT", "REASONS", "assess",
-           "crystal_region", "predict_checked", "summary", "validity_fractions"]
+           "crystal_region", "predict_checked", "rotated_180", "summary", "validity_fractions"]
 
 #: Distance [A] from the nearest lattice window beyond which a pixel is vacuum (depth reported as 0).
 MARGIN = 4.0
@@ -73,7 +74,7 @@ def _expected(probability: np.ndarray) -> np.ndarray:
     return np.tensordot(classes, probability, axes=([0], [-3]))
 
 
-def _rotated(image: xr.DataArray) -> xr.DataArray:
+def rotated_180(image: xr.DataArray) -> xr.DataArray:
     """The frames rotated by 180 degrees on the same coordinates."""
     return image.copy(data=np.ascontiguousarray(image.values[..., ::-1, ::-1]))
 
@@ -300,7 +301,7 @@ def predict_checked(
     if image.ndim == 2:
         image = image.expand_dims("frame")
     prediction = predict(image, model, card, return_probabilities=True, **options)
-    rotated = predict(_rotated(image), model, card, return_probabilities=True, **options) if tta else None
+    rotated = predict(rotated_180(image), model, card, return_probabilities=True, **options) if tta else None
     out = assess(image, prediction, rotated=rotated, lattice_average=lattice_average, margin=margin,
                  max_disagreement=max_disagreement, keep_confident=keep_confident, keep_connected=keep_connected,
                  bridge=bridge)
