@@ -12,7 +12,8 @@ RUN_NB := $(PY) -m segdepth.apps.notebook
 	study study-train study-denoise study-noise quickstart real-data data-robust robust-test shift-test train-robust evaluate-robust ablation \
 	data-robust-phonons train-robust-phonons shift-phonons-test phonon-model \
 	robust-wise-phonons data-robust-static2 robust-mix train-robust-mix robust-wise robust-wise-a0.5 \
-	data-robust-quasi shift-quasi-test train-robust-quasi data-robust-low-spread robust-quasi-mix evaluate-quasi
+	data-robust-quasi shift-quasi-test train-robust-quasi data-robust-low-spread robust-quasi-mix evaluate-quasi \
+	data-robust-wide-spread shift-coherent-test robust-wide-mix train-robust-wide evaluate-wide
 
 all: reproduce
 
@@ -189,6 +190,42 @@ data-robust-low-spread: $(STAMP)
 robust-quasi-mix: $(STAMP)
 	$(PY) -c 'from segdepth.data.store import merge_datasets; merge_datasets(["data/simulated/robust_quasi_train", \
 		"data/simulated/robust_low_spread_train"], "data/simulated/robust_quasi_mix_train")'
+
+# Coherent images (no focal spread) cost the default a quarter of its counts; robust_wide_spread: focal
+# spreads of 0-40 A, the incoherent way, half the structures vibrating (seed 7), merged with robust_low_spread.
+WIDE_STRUCTURES ?= 150
+data-robust-wide-spread: $(STAMP)
+	$(RUN_NB) notebooks/01_data_generation.py -o notebooks/executed/01_robust_wide_spread_train.ipynb \
+		-p preset robust_wide_spread -p n_structures $(WIDE_STRUCTURES) -p n_defocus 4 -p vacancy_max 0.2 -p seed 7 \
+		-p output data/simulated/robust_wide_spread_train -p figure figures/fig3_robust_wide_spread_samples.png
+
+shift-coherent-test: $(STAMP)
+	$(PY) -c 'from segdepth.physics.generate import PRESETS, generate_dataset; \
+		generate_dataset(PRESETS["shift_coherent"], "data/simulated/shift_coherent_test", n_structures=10, workers=2)'
+
+robust-wide-mix: $(STAMP)
+	$(PY) -c 'from segdepth.data.store import merge_datasets; merge_datasets(["data/simulated/robust_wide_spread_train", \
+		"data/simulated/robust_low_spread_train"], "data/simulated/robust_wide_mix_train")'
+
+WIDE_MINUTES ?= 40
+train-robust-wide: $(STAMP)
+	$(RUN_NB) notebooks/02_training.py -o notebooks/executed/02_training_robust_wide.ipynb \
+		-p data data/simulated/robust_wide_mix_train -p input_binning 4 -p base_channels 8 -p crop 512 \
+		-p lam_range '[0.2,32]' -p steps_per_epoch 150 -p epochs 200 -p max_minutes $(WIDE_MINUTES) -p lr 2e-4 -p patience 10 \
+		-p init_model segdepth/models/segdepth_robust_wise_base8_bin4.safetensors \
+		-p checkpoint_dir data/checkpoints/robust_wide_base8_bin4 \
+		-p model_out data/models/study/segdepth_robust_wide_base8_bin4.safetensors \
+		-p history_out data/results/training_history_robust_wide_base8_bin4.nc \
+		-p figure figures/training_history_robust_wide_base8_bin4.png
+
+# The wide-spread fine-tune beside the default: static, quasi-coherent and frozen-phonon shift tests, then the
+# simulator benchmark with coherent images.
+evaluate-wide: $(STAMP)
+	$(PY) benchmarks/phonon_model.py --models data/models/study/segdepth_robust_wide_base8_bin4.safetensors \
+		segdepth/models/segdepth_robust_wise_base8_bin4.safetensors --test-sets data/simulated/shift_test \
+		data/simulated/shift_quasi_test data/simulated/shift_phonons_test data/simulated/shift_coherent_test --tta \
+		--lams 0.25 0.5 1 2.5 5 10 25 50 --out data/results/robustness_wide
+	$(PY) benchmarks/simulator_shift.py --model default data/models/study/segdepth_robust_wide_base8_bin4.safetensors
 
 shift-quasi-test: $(STAMP)
 	$(PY) -c 'from segdepth.physics.generate import PRESETS, generate_dataset; \

@@ -1,14 +1,19 @@
-"""Which simulator made the image? The same exit waves through three models of the focal spread, scored.
+"""Which simulator made the image? The same particles through other simulator choices, scored.
 
-Run: ``python benchmarks/simulator_shift.py [--structures 6] [--spread 21] [--model PATH ...]`` (about 3 min
-on 2 cores). ``--structures`` particles of the ``robust`` preset's outlines (static atoms, no vacancies, seed
-77) are simulated once each (exit wave) and imaged with the paper's nominal lens (Cs -9 um, C5 5 mm, 40 mrad
-aperture) at a random overfocus of 2-8 nm and a focal spread of ``--spread`` A (standard deviation), three
+Run: ``python benchmarks/simulator_shift.py [--structures 6] [--spread 21] [--model PATH ...] [--kinds ...]``
+(about 3 min on 2 cores; 7 with the exit-wave variants). ``--structures`` particles of the ``robust``
+preset's outlines (static atoms, no vacancies, seed 77) are simulated once each (exit wave) and imaged with
+the paper's nominal lens (Cs -9 um, C5 5 mm, 40 mrad aperture) at a random overfocus of 2-8 nm and a focal
+spread of ``--spread`` A (standard deviation), three
 ways: ``incoherent`` (intensities averaged over 15 Gaussian defocus values: this project's generator),
 ``quasi`` (abTEM's quasi-coherent envelope, ``abtem.CTF(focal_spread=sqrt(2) * spread)``, which many HRTEM
 simulations use) and ``coherent`` (no focal spread). Each image gets Poisson noise at lambda 2.5 and 10
 (the same noise draws for every model) and every model counts the atoms at the true column centres (mean of
 the plain and the 180-degree pass, as ``segdepth predict``). Prints the fraction of columns counted exactly.
+
+Three more kinds change the exit wave instead of the lens (imaged the ``incoherent`` way): ``kirkland``
+(Kirkland's atomic potentials instead of Lobato's), ``thin_slices`` (two slices per atomic plane, 0.957 A,
+instead of one) and ``finite`` (abTEM's finite projection of each atom into the slices).
 """
 
 from __future__ import annotations
@@ -18,7 +23,11 @@ import time
 
 import numpy as np
 
-KINDS = ("incoherent", "quasi", "coherent")
+LENS_KINDS = ("incoherent", "quasi", "coherent")
+#: Exit-wave variants (imaged with the incoherent lens): keyword arguments of ``simulate_exit_wave``.
+WAVE_KINDS = {"kirkland": {"parametrization": "kirkland"}, "thin_slices": {"slice_thickness": 1.913 / 2},
+              "finite": {"projection": "finite"}}
+KINDS = LENS_KINDS + tuple(WAVE_KINDS)
 
 
 def main(argv=None) -> int:
@@ -27,7 +36,9 @@ def main(argv=None) -> int:
     ap.add_argument("--spread", type=float, default=21.0, help="focal spread, standard deviation [A]")
     ap.add_argument("--lam", type=float, nargs="+", default=[2.5, 10.0])
     ap.add_argument("--model", nargs="+", default=["default"], help="model files ('default': the shipped default)")
+    ap.add_argument("--kinds", nargs="+", default=list(LENS_KINDS), choices=KINDS, help="simulator variants")
     args = ap.parse_args(argv)
+    kinds = tuple(dict.fromkeys(["incoherent", *args.kinds]))
 
     from segdepth.learn.inference import load_default_model, predict
     from segdepth.learn.metrics import column_counts
@@ -44,7 +55,7 @@ def main(argv=None) -> int:
               "quasi": Microscope(defocus_spread=args.spread, coherence="quasi"),
               "coherent": Microscope(defocus_spread=0.0, defocus_samples=1)}
     noise = np.random.default_rng(1)
-    hits = {(m, k, lam): [0, 0] for m in models for k in KINDS for lam in args.lam}
+    hits = {(m, k, lam): [0, 0] for m in models for k in kinds for lam in args.lam}
     for i in range(args.structures):
         rng = np.random.default_rng([77, i])
         spec = random_particle_spec((params.extent, params.extent), rng=rng, surfaces=params.surfaces,
@@ -54,11 +65,16 @@ def main(argv=None) -> int:
         wave = simulate_exit_wave(structure, gpts=params.gpts, sampling=params.sampling,
                                   slice_thickness=params.slice_thickness)
         overfocus = float(rng.uniform(20.0, 80.0))
-        images = {k: image_exit_wave(wave, overfocus, microscope=lens, binning=params.binning)[0]
-                  for k, lens in lenses.items()}
-        print(f"structure {i} ({spec.surface}, {structure.n_columns} columns, overfocus {overfocus:.0f} A): rms "
-              f"quasi - incoherent {np.sqrt(np.mean((images['quasi'] - images['incoherent']) ** 2)):.3f}, contrast "
-              f"{images['incoherent'].std():.3f}", flush=True)
+        images = {k: image_exit_wave(wave, overfocus, microscope=lenses[k], binning=params.binning)[0]
+                  for k in kinds if k in lenses}
+        for kind in (k for k in kinds if k in WAVE_KINDS):
+            options = {"slice_thickness": params.slice_thickness, **WAVE_KINDS[kind]}
+            other = simulate_exit_wave(structure, gpts=params.gpts, sampling=params.sampling, **options)
+            images[kind] = image_exit_wave(other, overfocus, microscope=lenses["incoherent"], binning=params.binning)[0]
+        rms = ", ".join(f"{k} {np.sqrt(np.mean((im - images['incoherent']) ** 2)):.4f}"
+                        for k, im in images.items() if k != "incoherent")
+        print(f"structure {i} ({spec.surface}, {structure.n_columns} columns, overfocus {overfocus:.0f} A): "
+              f"contrast {images['incoherent'].std():.3f}; rms difference from incoherent: {rms}", flush=True)
         for kind, image in images.items():
             for lam in args.lam:
                 noisy = poisson_noise(image, lam, rng=noise)
@@ -73,7 +89,8 @@ def main(argv=None) -> int:
                     h[0] += int((counts == structure.column_count).sum())
                     h[1] += structure.n_columns
     for (name, kind, lam), (exact, n) in hits.items():
-        print(f"{name}: {kind} focal spread, lambda {lam:g}: exact {exact / n:.3f} of {n} columns")
+        what = f"{kind} focal spread" if kind in LENS_KINDS else f"{kind} exit wave"
+        print(f"{name}: {what}, lambda {lam:g}: exact {exact / n:.3f} of {n} columns")
     print(f"total {time.perf_counter() - start:.0f} s")
     return 0
 

@@ -212,6 +212,18 @@ def test_frozen_phonons_change_the_image_and_are_seeded(small):
     assert _rel(other, image) > 0.01
 
 
+@pytest.mark.slow
+def test_potential_parametrization_and_projection_reach_the_wave(small):
+    """Other simulators' potential choices (benchmarks/simulator_shift.py) change the image a little, not much."""
+    st, _, ref = small
+    for options in ({"parametrization": "kirkland"}, {"projection": "finite"}):
+        image = image_exit_wave(simulate_exit_wave(st, gpts=GPTS, **options), [OVERFOCUS])
+        assert 1e-3 < _rel(image, ref) < 0.2, options
+    for bad in ({"parametrization": "doyle"}, {"projection": "exact"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            simulate_exit_wave(st, gpts=GPTS, **bad)
+
+
 @pytest.mark.parametrize("bad", [-1, True, 1.5])
 def test_bad_phonons(bad):
     with pytest.raises(ValueError, match="phonons"):
@@ -754,6 +766,25 @@ def test_quasi_coherent_probability_draws_per_image_and_keeps_old_streams():
     low = PRESETS["robust_low_spread"].optics
     assert low.defocus_spread == (0.0, 10.0) and low.quasi_coherent == 0.5  # coherent images are possible
     assert PRESETS["robust_low_spread"].seed != PRESETS["robust_quasi"].seed
+
+
+def test_wide_spread_and_coherent_shift_presets():
+    """Coherent images in training (focal spread from 0) and a coherent shift test apart from every training seed."""
+    wide, coherent = PRESETS["robust_wide_spread"], PRESETS["shift_coherent"]
+    assert wide.optics.defocus_spread == (0.0, 40.0) and wide.optics.quasi_coherent == 0.0
+    assert wide.surfaces == PRESETS["robust"].surfaces and HELD_OUT_OUTLINE not in wide.surfaces
+    assert coherent.optics.defocus_spread == (0.0, 0.0) and coherent.surfaces == PRESETS["shift"].surfaces
+    assert dataclasses.replace(coherent.optics, defocus_spread=OPTICS["shift"].defocus_spread) == OPTICS["shift"]
+    training = {PRESETS[p].seed for p in ("robust", "robust_quasi", "robust_low_spread", "robust_wide_spread")}
+    tests = {PRESETS[p].seed for p in ("shift", "shift_quasi", "shift_phonons", "shift_coherent")}
+    assert len(training) == 4 and len(tests) == 4 and not training & tests
+    rng = np.random.default_rng(3)
+    spreads = [wide.optics.draw(rng, Microscope())[1].defocus_spread for _ in range(200)]
+    assert min(spreads) < 4.0 and max(spreads) > 36.0
+    lenses = [coherent.optics.draw(rng, Microscope())[1] for _ in range(5)]
+    assert {(m.defocus_spread, m.coherence) for m in lenses} == {(0.0, "incoherent")}
+    for name in ("robust_wide_spread", "shift_coherent"):
+        assert GenerationParameters.from_dict(json.loads(json.dumps(PRESETS[name].to_dict()))) == PRESETS[name]
 
 
 @pytest.mark.slow

@@ -320,8 +320,13 @@ def check_grid(gpts: int, sampling: float, binning: int, label_factor: int = 4) 
         )
 
 
+#: abTEM's named atomic-potential parametrizations (the generator uses ``"lobato"``).
+PARAMETRIZATIONS = ("lobato", "kirkland", "peng", "ewald")
+
+
 def _potential(structure: Structure, gpts: int, sampling: float, slice_thickness: float, *, phonons: int = 0,
-               sigmas: dict[str, float] | None = None, seed: int = 0):
+               sigmas: dict[str, float] | None = None, seed: int = 0, parametrization: str = "lobato",
+               projection: str = "infinite"):
     import abtem
 
     atoms = structure.atoms.copy()
@@ -337,7 +342,7 @@ def _potential(structure: Structure, gpts: int, sampling: float, slice_thickness
     if phonons:
         atoms = abtem.FrozenPhonons(atoms, num_configs=int(phonons), sigmas=dict(sigmas), seed=int(seed))
     return abtem.Potential(
-        atoms, gpts=gpts, slice_thickness=slice_thickness, projection="infinite", parametrization="lobato"
+        atoms, gpts=gpts, slice_thickness=slice_thickness, projection=projection, parametrization=parametrization
     )
 
 
@@ -351,6 +356,8 @@ def simulate_exit_wave(
     phonons: int = 0,
     phonon_sigmas: dict[str, float] | None = None,
     phonon_seed: int = 0,
+    parametrization: str = "lobato",
+    projection: str = "infinite",
 ):
     """Multislice exit wave of a plane wave through ``structure`` (computed, abTEM Waves).
 
@@ -371,13 +378,23 @@ def simulate_exit_wave(
         (``abtem.FrozenPhonons``, rms displacements ``phonon_sigmas`` [A],
         default :data:`PHONON_SIGMAS`); the exit wave then carries an ensemble
         axis that :func:`image_exit_wave` averages incoherently.
+    parametrization : {"lobato", "kirkland", ...}
+        abTEM's atomic-potential parametrization (the generator uses Lobato's).
+    projection : {"infinite", "finite"}
+        abTEM's projection of each atom's potential into the slices (``"finite"``
+        integrates it over each slice; slower).
     """
     import abtem
 
     check_grid(gpts, sampling, 1, 1)
     check_int(phonons, "phonons", minimum=0)
+    if projection not in ("infinite", "finite"):
+        raise ValueError(f"projection must be 'infinite' or 'finite', got {projection!r}")
+    if parametrization not in PARAMETRIZATIONS:
+        raise ValueError(f"parametrization must be one of {', '.join(PARAMETRIZATIONS)}, got {parametrization!r}")
     potential = _potential(structure, gpts, sampling, slice_thickness, phonons=phonons,
-                           sigmas=phonon_sigmas or PHONON_SIGMAS, seed=phonon_seed)
+                           sigmas=phonon_sigmas or PHONON_SIGMAS, seed=phonon_seed,
+                           parametrization=parametrization, projection=projection)
     wave = abtem.PlaneWave(energy=energy)
     # abTEM builds a dask graph; compute it in this thread even inside a dask.distributed
     # worker (submitting it to the cluster from within a task would wait on itself)
