@@ -8,6 +8,17 @@ STAMP := $(VENV)/.segdepth-installed
 TORCH := torch==2.13.0
 RUN_NB := $(PY) -m segdepth.apps.notebook
 
+# One fine-tune of the robust lineage (base 8, binned input, crop 512, doses 0.2-32, 150 steps an epoch) through
+# notebook 02: $(call FINETUNE,name,data,minutes,lr,patience,init model); everything it writes is named after name.
+FINETUNE = $(RUN_NB) notebooks/02_training.py -o notebooks/executed/02_training_robust_$(1).ipynb \
+	-p data $(2) -p input_binning 4 -p base_channels 8 -p crop 512 \
+	-p lam_range '[0.2,32]' -p steps_per_epoch 150 -p epochs 200 -p max_minutes $(3) -p lr $(4) -p patience $(5) \
+	-p init_model $(6) \
+	-p checkpoint_dir data/checkpoints/robust_$(1)_base8_bin4 \
+	-p model_out data/models/study/segdepth_robust_$(1)_base8_bin4.safetensors \
+	-p history_out data/results/training_history_robust_$(1)_base8_bin4.nc \
+	-p figure figures/training_history_robust_$(1)_base8_bin4.png
+
 .PHONY: all venv browser test test-fast reproduce data train train-fast evaluate evaluate-fast reproduce-evaluate lint sync benchmark clean \
 	study study-train study-denoise study-noise quickstart real-data data-robust robust-test shift-test train-robust evaluate-robust ablation \
 	data-robust-phonons train-robust-phonons shift-phonons-test phonon-model \
@@ -115,14 +126,7 @@ data-robust-phonons: $(STAMP)
 		-p output data/simulated/robust_phonons_train -p figure figures/fig3_robust_phonons_samples.png
 
 train-robust-phonons: $(STAMP)
-	$(RUN_NB) notebooks/02_training.py -o notebooks/executed/02_training_robust_phonons.ipynb \
-		-p data data/simulated/robust_phonons_train -p input_binning 4 -p base_channels 8 -p crop 512 \
-		-p lam_range '[0.2,32]' -p steps_per_epoch 150 -p epochs 200 -p max_minutes $(PHONON_MINUTES) -p lr 3e-4 -p patience 12 \
-		-p init_model segdepth/models/segdepth_robust_base8_bin4.safetensors \
-		-p checkpoint_dir data/checkpoints/robust_phonons_base8_bin4 \
-		-p model_out data/models/study/segdepth_robust_phonons_base8_bin4.safetensors \
-		-p history_out data/results/training_history_robust_phonons_base8_bin4.nc \
-		-p figure figures/training_history_robust_phonons_base8_bin4.png
+	$(call FINETUNE,phonons,data/simulated/robust_phonons_train,$(PHONON_MINUTES),3e-4,12,segdepth/models/segdepth_robust_base8_bin4.safetensors)
 
 # Issue 11, third step (2026-12-04, second session): WiSE-FT weight interpolation of the robust default and
 # its phonon fine-tune (alpha 0.5), a static-atom set of fresh structures (preset robust, seed 3; generation
@@ -156,14 +160,7 @@ robust-mix: $(STAMP)
 		"data/simulated/robust_static2_train"], "data/simulated/robust_mix_train")'
 
 train-robust-mix: $(STAMP)
-	$(RUN_NB) notebooks/02_training.py -o notebooks/executed/02_training_robust_mix.ipynb \
-		-p data data/simulated/robust_mix_train -p input_binning 4 -p base_channels 8 -p crop 512 \
-		-p lam_range '[0.2,32]' -p steps_per_epoch 150 -p epochs 200 -p max_minutes $(MIX_MINUTES) -p lr 2e-4 -p patience 10 \
-		-p init_model data/models/study/segdepth_robust_wise_phonons_base8_bin4.safetensors \
-		-p checkpoint_dir data/checkpoints/robust_mix_base8_bin4 \
-		-p model_out data/models/study/segdepth_robust_mix_base8_bin4.safetensors \
-		-p history_out data/results/training_history_robust_mix_base8_bin4.nc \
-		-p figure figures/training_history_robust_mix_base8_bin4.png --into-pair
+	$(call FINETUNE,mix,data/simulated/robust_mix_train,$(MIX_MINUTES),2e-4,10,data/models/study/segdepth_robust_wise_phonons_base8_bin4.safetensors) --into-pair
 
 shift-phonons-test: $(STAMP)
 	$(PY) -c 'from segdepth.physics.generate import PRESETS, generate_dataset; \
@@ -212,14 +209,7 @@ robust-wide-mix: $(STAMP)
 
 WIDE_MINUTES ?= 40
 train-robust-wide: $(STAMP)
-	$(RUN_NB) notebooks/02_training.py -o notebooks/executed/02_training_robust_wide.ipynb \
-		-p data data/simulated/robust_wide_mix_train -p input_binning 4 -p base_channels 8 -p crop 512 \
-		-p lam_range '[0.2,32]' -p steps_per_epoch 150 -p epochs 200 -p max_minutes $(WIDE_MINUTES) -p lr 2e-4 -p patience 10 \
-		-p init_model segdepth/models/segdepth_robust_wise_base8_bin4.safetensors \
-		-p checkpoint_dir data/checkpoints/robust_wide_base8_bin4 \
-		-p model_out data/models/study/segdepth_robust_wide_base8_bin4.safetensors \
-		-p history_out data/results/training_history_robust_wide_base8_bin4.nc \
-		-p figure figures/training_history_robust_wide_base8_bin4.png
+	$(call FINETUNE,wide,data/simulated/robust_wide_mix_train,$(WIDE_MINUTES),2e-4,10,segdepth/models/segdepth_robust_wise_base8_bin4.safetensors)
 
 # Its weight average with the default (WiSE-FT's alpha 0.5, fixed before scoring).
 robust-wide-wise: $(STAMP)
@@ -243,14 +233,7 @@ shift-quasi-test: $(STAMP)
 		generate_dataset(PRESETS["shift_quasi"], "data/simulated/shift_quasi_test", n_structures=10, workers=2)'
 
 train-robust-quasi: $(STAMP)
-	$(RUN_NB) notebooks/02_training.py -o notebooks/executed/02_training_robust_quasi.ipynb \
-		-p data data/simulated/robust_quasi_mix_train -p input_binning 4 -p base_channels 8 -p crop 512 \
-		-p lam_range '[0.2,32]' -p steps_per_epoch 150 -p epochs 200 -p max_minutes $(QUASI_MINUTES) -p lr 2e-4 -p patience 10 \
-		-p init_model segdepth/models/segdepth_robust_wise_base8_bin4.safetensors \
-		-p checkpoint_dir data/checkpoints/robust_quasi_base8_bin4 \
-		-p model_out data/models/study/segdepth_robust_quasi_base8_bin4.safetensors \
-		-p history_out data/results/training_history_robust_quasi_base8_bin4.nc \
-		-p figure figures/training_history_robust_quasi_base8_bin4.png
+	$(call FINETUNE,quasi,data/simulated/robust_quasi_mix_train,$(QUASI_MINUTES),2e-4,10,segdepth/models/segdepth_robust_wise_base8_bin4.safetensors)
 
 # The quasi fine-tune beside the default on the static, quasi-coherent and frozen-phonon shift tests (8 doses,
 # test-time averaging; needs shift-test, shift-quasi-test, shift-phonons-test), and the simulator benchmark.

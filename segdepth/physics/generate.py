@@ -250,12 +250,12 @@ PRESETS["robust_low_spread"] = PRESETS["robust_quasi"].with_(
 #: ``robust_wide_spread`` (2026-12-05): the robust distribution with focal spreads of 0-40 A, all imaged the
 #: incoherent way (0: a coherent image, as a simulation without temporal coherence makes; the paper lists
 #: none), half the structures through 2 frozen-phonon configurations, seed 7.
+PRESETS["robust_wide_spread"] = PRESETS["robust"].with_(
+    optics=replace(OPTICS["train"], defocus_spread=(0.0, 40.0)), phonons=2, phonon_probability=0.5, seed=7)
 #: ``shift_coherent``: the shift test without temporal coherence (focal spread 0, every other shifted range
 #: kept), another seed: how a simulation at the paper's listed settings, which name no focal spread, looks.
 PRESETS["shift_coherent"] = PRESETS["shift"].with_(optics=replace(OPTICS["shift"], defocus_spread=(0.0, 0.0)),
                                                    seed=915)
-PRESETS["robust_wide_spread"] = PRESETS["robust"].with_(
-    optics=replace(OPTICS["train"], defocus_spread=(0.0, 40.0)), phonons=2, phonon_probability=0.5, seed=7)
 
 
 def make_structure_samples(params: GenerationParameters, index: int) -> xr.Dataset:

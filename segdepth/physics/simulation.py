@@ -29,7 +29,7 @@ from segdepth.physics.structures import Structure
 __all__ = [
     "Microscope", "Detector", "OpticsRanges", "OPTICS", "PAPER_SAMPLING", "check_grid", "simulate_exit_wave",
     "image_exit_wave", "simulate_images", "apply_detector", "tilt_structure", "bin_image", "PHONON_SIGMAS",
-    "COHERENCE_MODELS",
+    "COHERENCE_MODELS", "PARAMETRIZATIONS", "PROJECTIONS",
 ]
 
 PAPER_SAMPLING = 0.0265  # simulation sampling of the paper [A]: 2048 px binned 2x to 5.3 pm
@@ -322,6 +322,8 @@ def check_grid(gpts: int, sampling: float, binning: int, label_factor: int = 4) 
 
 #: abTEM's named atomic-potential parametrizations (the generator uses ``"lobato"``).
 PARAMETRIZATIONS = ("lobato", "kirkland", "peng", "ewald")
+#: abTEM's projections of an atom's potential into the slices (the generator uses ``"infinite"``).
+PROJECTIONS = ("infinite", "finite")
 
 
 def _potential(structure: Structure, gpts: int, sampling: float, slice_thickness: float, *, phonons: int = 0,
@@ -388,8 +390,8 @@ def simulate_exit_wave(
 
     check_grid(gpts, sampling, 1, 1)
     check_int(phonons, "phonons", minimum=0)
-    if projection not in ("infinite", "finite"):
-        raise ValueError(f"projection must be 'infinite' or 'finite', got {projection!r}")
+    if projection not in PROJECTIONS:
+        raise ValueError(f"projection must be one of {', '.join(PROJECTIONS)}, got {projection!r}")
     if parametrization not in PARAMETRIZATIONS:
         raise ValueError(f"parametrization must be one of {', '.join(PARAMETRIZATIONS)}, got {parametrization!r}")
     potential = _potential(structure, gpts, sampling, slice_thickness, phonons=phonons,
