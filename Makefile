@@ -24,7 +24,8 @@ FINETUNE = $(RUN_NB) notebooks/02_training.py -o notebooks/executed/02_training_
 	data-robust-phonons train-robust-phonons shift-phonons-test phonon-model \
 	robust-wise-phonons data-robust-static2 robust-mix train-robust-mix robust-wise robust-wise-a0.5 \
 	data-robust-quasi shift-quasi-test train-robust-quasi data-robust-low-spread robust-quasi-mix evaluate-quasi \
-	data-robust-wide-spread shift-coherent-test robust-wide-mix train-robust-wide robust-wide-wise evaluate-wide
+	data-robust-wide-spread shift-coherent-test robust-wide-mix train-robust-wide robust-wide-wise evaluate-wide \
+	data-robust-static3 robust-flat-mix robust-wise-flat train-robust-flat train-robust-plain3 robust-flat-wise evaluate-flat
 
 all: reproduce
 
@@ -227,6 +228,52 @@ evaluate-wide: $(STAMP)
 		--lams 0.25 0.5 1 2.5 5 10 25 50 --out data/results/robustness_wide
 	$(PY) benchmarks/simulator_shift.py --model default data/models/study/segdepth_robust_wide_base8_bin4.safetensors \
 		data/models/study/segdepth_robust_wide_wise_base8_bin4.safetensors
+
+# Issue 11 (2026-12-05, third session): the input divided by its local mean (UNet flatten_sigma, 1.5 A; the
+# quasi-coherent envelope darkens thick regions by ~15 %, which the default reads as 1-1.7 atoms more). robust-wise-flat:
+# the default with that layer and its own weights; data-robust-static3: fresh static structures of the default's
+# distribution (seed 8); robust-flat-mix: them and robust_wide_spread (vibrating atoms, spreads 0-40 A), no
+# quasi-coherent image; train-robust-flat: a fine-tune in the new representation; robust-flat-wise: its average with
+# robust-wise-flat; train-robust-plain3: the control without the layer. Run on 2026-12-05: generation 27.5 min (200
+# structures, 800 images), merge 70 s (1,400 images); timings of the fine-tunes in the README. Rule fixed before scoring: a candidate replaces the default only if its exact count averaged over
+# lambda 1 / 2.5 / 10 and the four shift tests (static, vibrating, coherent, quasi-coherent: one shifted microscope,
+# four simulators) is higher, and on the static shift test it loses at most 1 point at lambda 2.5 and at 10.
+FLAT_STRUCTURES ?= 200
+FLAT_MINUTES ?= 50
+data-robust-static3: $(STAMP)
+	$(RUN_NB) notebooks/01_data_generation.py -o notebooks/executed/01_robust_static3_train.ipynb -p preset robust \
+		-p n_structures $(FLAT_STRUCTURES) -p n_defocus 4 -p vacancy_max 0.2 -p seed 8 \
+		-p output data/simulated/robust_static3_train -p figure figures/fig3_robust_static3_samples.png
+
+robust-flat-mix: $(STAMP)
+	$(PY) -c 'from segdepth.data.store import merge_datasets; merge_datasets(["data/simulated/robust_static3_train", \
+		"data/simulated/robust_wide_spread_train"], "data/simulated/robust_flat_mix_train")'
+
+robust-wise-flat: $(STAMP)
+	$(PY) benchmarks/flatten_model.py --model segdepth/models/segdepth_robust_wise_base8_bin4.safetensors --sigma 1.5 \
+		--out data/models/study/segdepth_robust_wise_flat_base8_bin4.safetensors
+
+train-robust-flat: $(STAMP)
+	$(call FINETUNE,flat,data/simulated/robust_flat_mix_train,$(FLAT_MINUTES),2e-4,10,data/models/study/segdepth_robust_wise_flat_base8_bin4.safetensors) -p flatten 1.5
+
+# The control: the same fine-tune without the layer (same data, rate, patience; from the default's weights).
+train-robust-plain3: $(STAMP)
+	$(call FINETUNE,plain3,data/simulated/robust_flat_mix_train,$(FLAT_MINUTES),2e-4,10,segdepth/models/segdepth_robust_wise_base8_bin4.safetensors)
+
+robust-flat-wise: $(STAMP)
+	$(PY) benchmarks/wise_model.py --base data/models/study/segdepth_robust_wise_flat_base8_bin4.safetensors \
+		--tuned data/models/study/segdepth_robust_flat_base8_bin4.safetensors --alpha 0.5 \
+		--out data/models/study/segdepth_robust_flat_wise_base8_bin4.safetensors
+
+FLAT_MODELS := data/models/study/segdepth_robust_wise_flat_base8_bin4.safetensors \
+	data/models/study/segdepth_robust_flat_base8_bin4.safetensors \
+	data/models/study/segdepth_robust_flat_wise_base8_bin4.safetensors \
+	data/models/study/segdepth_robust_plain3_base8_bin4.safetensors
+evaluate-flat: $(STAMP)
+	$(PY) benchmarks/phonon_model.py --models $(FLAT_MODELS) segdepth/models/segdepth_robust_wise_base8_bin4.safetensors \
+		--test-sets data/simulated/shift_test data/simulated/shift_quasi_test data/simulated/shift_phonons_test \
+		data/simulated/shift_coherent_test --tta --lams 0.25 0.5 1 2.5 5 10 25 50 --out data/results/robustness_flat
+	$(PY) benchmarks/simulator_shift.py --model default $(FLAT_MODELS)
 
 shift-quasi-test: $(STAMP)
 	$(PY) -c 'from segdepth.physics.generate import PRESETS, generate_dataset; \

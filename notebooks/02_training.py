@@ -35,6 +35,7 @@ lam_range = []  # [lo, hi]: log-uniform dose range instead of a fixed lam (dose-
 epochs = 60  # maximum epochs
 crop = 256  # training crop [image pixels], a multiple of 64 * input_binning
 input_binning = 1  # 4: the fast model (input binned 4x to the label grid; no head downsampling)
+flatten = 0.0  # divide the input by its Gaussian local mean of this sigma [A] first (0: not; model.LocalMeanDivide)
 batch_size = 4  # crops per step
 steps_per_epoch = 0  # cap on steps per epoch (0: one pass over the training split)
 lr = 1e-3  # initial Adam learning rate
@@ -76,6 +77,8 @@ n_head = (4 // input_binning).bit_length() - 1  # head downsampling blocks: 2 (p
 model_kwargs = {"head_channels": list(head_channels)[:n_head]} if head_channels else {}
 if input_binning > 1:
     model_kwargs["output_factor"] = 4 // input_binning
+if flatten:  # [A] -> network input pixels
+    model_kwargs["flatten_sigma"] = flatten / (float(ds.attrs["pixel_size"]) * input_binning)
 cfg = TrainConfig(
     base_channels=base_channels,
     model_kwargs=model_kwargs,

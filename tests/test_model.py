@@ -8,6 +8,7 @@ import torch
 
 from segdepth.learn.model import (
     PAPER_TABLE_I,
+    LocalMeanDivide,
     MedianFilter2d,
     UNet,
     count_parameters,
@@ -257,3 +258,38 @@ def test_old_configs_without_output_factor_load_as_the_paper_layout():
     config = dict(tiny().config)
     del config["output_factor"]
     assert UNet.from_config(config).output_factor == 4
+
+
+def test_local_mean_divide_removes_slow_intensity_and_keeps_lattice():
+    """A lattice on a slowly varying illumination: the layer returns the lattice contrast on a flat level 1."""
+    from scipy.ndimage import gaussian_filter
+
+    y, x = np.mgrid[0:96, 0:96].astype(np.float64)
+    lattice = 1 + 0.1 * np.cos(2 * np.pi * x / 4) * np.cos(2 * np.pi * y / 4)  # period 4 px
+    ramp = 0.5 + x / 96  # illumination 0.5 -> 1.5 across the field
+    layer = LocalMeanDivide(3.0)
+    out = layer(torch.from_numpy(ramp * lattice)[None, None].float())[0, 0].double().numpy()
+    inner = out[12:-12, 12:-12]  # away from the replicated border
+    assert abs(inner.mean() - 1) < 0.01
+    assert np.abs(inner - lattice[12:-12, 12:-12]).max() < 0.03  # the ramp is gone, the lattice is not
+    # scale invariance, and the local mean equals scipy's Gaussian (same truncation at 3 sigma, nearest border)
+    image = torch.rand(1, 1, 40, 40) + 0.5
+    assert torch.allclose(layer(3.7 * image), layer(image), atol=1e-5)
+    ref = gaussian_filter(image[0, 0].double().numpy(), 3.0, mode="nearest", truncate=3.0)
+    np.testing.assert_allclose(layer.local_mean(image)[0, 0].numpy(), ref, rtol=1e-5)
+    with pytest.raises(ValueError, match="sigma must be a finite number of pixels > 0"):
+        LocalMeanDivide(0)
+
+
+def test_flatten_sigma_adds_a_layer_without_weights_and_round_trips():
+    plain, flat = tiny(), tiny(flatten_sigma=2.5)
+    assert "flatten_sigma" not in plain.config  # cards of models without the layer are unchanged
+    assert flat.config["flatten_sigma"] == 2.5
+    assert flat.state_dict().keys() == plain.state_dict().keys()
+    flat.load_state_dict(plain.state_dict())
+    x = torch.rand(1, 1, 16, 16) + 0.5
+    plain.eval(), flat.eval()
+    assert torch.allclose(flat(3 * x), flat(x), atol=1e-5)  # what reaches the encoder is x / local mean
+    assert torch.allclose(flat(x), plain(flat.flatten(x)), atol=1e-6)
+    again = UNet.from_config(json.loads(json.dumps(flat.config)))
+    assert again.config == flat.config and again.flatten is not None

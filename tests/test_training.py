@@ -14,7 +14,7 @@ from safetensors import safe_open
 
 from segdepth.learn import training
 from segdepth.learn.distributed import SingleProcess, current_processes
-from segdepth.learn.modelio import load_model
+from segdepth.learn.modelio import load_model, save_model
 from segdepth.learn.training import (
     DataConfig,
     ModelConfig,
@@ -446,3 +446,14 @@ def test_init_weights_starts_from_a_trained_model_and_refuses_another_architectu
                         init_weights=str(out / "model.safetensors"))
     with pytest.raises(ValueError, match="init_weights"):
         initial_model(other)
+    # the input flattening has no weights: a model without it starts one with it
+    flattened = initial_model(tiny_config(model_kwargs={**TINY_MODEL, "flatten_sigma": 2.0},
+                                          init_weights=str(out / "model.safetensors")))
+    assert flattened.config["flatten_sigma"] == 2.0
+    for name, value in trained.state_dict().items():
+        assert torch.allclose(flattened.state_dict()[name].float(), value.float(), atol=1e-3), name
+    # ... but weights trained on flattened inputs do not start a run without the layer
+    flat_path = tmp_path / "flat.safetensors"
+    save_model(flattened, flat_path, {"note": "test"})
+    with pytest.raises(ValueError, match="init_weights"):
+        initial_model(tiny_config(init_weights=str(flat_path)))

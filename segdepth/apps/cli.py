@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", metavar="INPUT", help="image file")
     p.add_argument("--out", "-o", required=True, metavar="OUT.nc", help="output netCDF file (written atomically)")
     p.add_argument("--model", metavar="PATH", help="model file (.safetensors with its card); default: the shipped "
-                   "fast model (input binned 4x to the label grid)")
+                   "robust model (segdepth.learn.inference.DEFAULT_MODEL; input binned to 0.212 A)")
     p.add_argument("--reference", action="store_true", help="the checked reference path instead: the shipped "
                    "paper-layout model in plain eager float32 (about 50x slower)")
     p.add_argument("--pixel-size", metavar="A", help="pixel size of INPUT [Angstrom]; overrides the file's calibration")

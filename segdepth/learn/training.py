@@ -671,9 +671,17 @@ def initial_model(cfg: TrainConfig, *, init_weights: bool = True) -> torch.nn.Mo
 
 
 def _load_same_architecture(model: torch.nn.Module, path: str) -> None:
-    """Copy the weights of the model stored at ``path`` into ``model`` (same configuration required)."""
+    """Copy the weights of the model stored at ``path`` into ``model`` (same configuration required).
+
+    One exception: a model without the input flattening (``flatten_sigma``, a layer without weights) may
+    start a run that adds it (fine-tuning into that representation); the reverse is refused, since weights
+    trained on flattened inputs do not read raw ones.
+    """
     trained = load_model(path)[0]
-    if type(trained) is not type(model) or getattr(trained, "config", None) != getattr(model, "config", None):
+    config = getattr(trained, "config", None)
+    if isinstance(config, dict) and "flatten_sigma" not in config and "flatten_sigma" in getattr(model, "config", {}):
+        config = {**config, "flatten_sigma": model.config["flatten_sigma"]}
+    if type(trained) is not type(model) or config != getattr(model, "config", None):
         raise ValueError(
             f"init_weights {path} holds a {type(trained).__name__} with configuration "
             f"{getattr(trained, 'config', None)}, not the {type(model).__name__} {getattr(model, 'config', None)} "
