@@ -24,6 +24,8 @@ Variants, each adding to the one above it:
 
 The last line times ``segdepth.learn.inference.predict`` end to end with its defaults (default model,
 resampling, normalisation, softmax) on a 1024 x 1024 frame. A markdown table goes to ``--out``.
+``--end-to-end-only --compare MODEL ...`` times only that, and then other models end to end, one frame per
+call, their runs interleaved with the default's (``--fast`` does not change the end-to-end model).
 """
 
 from __future__ import annotations
@@ -152,6 +154,36 @@ def end_to_end(frames, pixel, repeats, base_seconds):
     return rows
 
 
+def end_to_end_compare(frames, pixel, repeats, paths):
+    """``predict`` end to end, one frame per call, for the default model and each model of ``paths``, the runs
+    interleaved (default, then each other model, ``repeats`` times) so that a slow spell of a shared machine hits
+    them alike; prints each median and its speed relative to the default."""
+    import xarray as xr
+
+    from segdepth.learn.inference import DEFAULT_MODEL, predict
+    from segdepth.learn.model import optimise_for_inference
+    from segdepth.learn.modelio import load_model
+
+    frame = xr.DataArray(frames[0], dims=("y", "x"), attrs={"pixel_size": pixel})
+    nets = {}
+    for path in [str(DEFAULT_MODEL), *paths]:
+        model, card = load_model(path)
+        nets[Path(path).stem] = (optimise_for_inference(model), card)
+    times = {name: [] for name in nets}
+    for net, card in nets.values():
+        predict(frame, net, card)  # warm-up
+    for _ in range(repeats):
+        for name, (net, card) in nets.items():
+            t0 = time.perf_counter()
+            predict(frame, net, card)
+            times[name].append(time.perf_counter() - t0)
+    base = float(np.median(times[DEFAULT_MODEL.stem]))
+    for name, values in times.items():
+        seconds = float(np.median(values))
+        print(f"end to end, one frame per call, interleaved ({name}) {seconds:7.3f} s/frame {1 / seconds:6.2f} fps "
+              f"{base / seconds:5.2f}x the default", flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -168,6 +200,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1, help="seed of the test noise")
     ap.add_argument("--no-compile", action="store_true", help="leave out the torch.compile variants")
     ap.add_argument("--end-to-end-only", action="store_true", help="time only segdepth.learn.inference end to end")
+    ap.add_argument("--compare", nargs="+", default=[], metavar="MODEL",
+                    help="with --end-to-end-only: also time these models end to end, interleaved with the default")
     ap.add_argument("--baseline-only", action="store_true",
                     help="of the paper model, time only the baseline (the other variants take ~10 min)")
     ap.add_argument("--out", default="data/results/inference_speed.md", help="markdown table ('' for none)")
@@ -204,6 +238,8 @@ def main(argv=None) -> int:
 
     if args.end_to_end_only:
         end_to_end(frames * args.lam, pixel, args.repeats, None)
+        if args.compare:
+            end_to_end_compare(frames * args.lam, pixel, args.repeats, args.compare)
         return 0
     rows, base = [], None
     for name, fn, batch in variants(reference, fast, compile_=not args.no_compile, baseline_only=args.baseline_only):
