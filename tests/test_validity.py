@@ -233,3 +233,25 @@ def test_predict_checked_end_to_end(half_crystal):
                            keep_connected=None)
     assert "probability" in kept and np.isnan(kept["disagreement"]).all()
     assert (kept["depth"].values[0, kept["y"].values < 8.0] == 0).all()  # an untrained model's readings, masked
+
+
+def test_predict_checked_rotated_pass_with_another_model(half_crystal):
+    """A second model for the 180-degree pass: the estimate is the two models' mean, the disagreement theirs."""
+    image, _ = half_crystal
+    model, card = _tiny_model()
+    same = predict_checked(image, model, card, tile=64, overlap=16, return_probabilities=True)
+    twin = predict_checked(image, model, card, tile=64, overlap=16, return_probabilities=True,
+                           rotated_model=model, rotated_card=dict(card))
+    np.testing.assert_allclose(twin["probability"], same["probability"], atol=1e-6)  # the same model: no change
+    torch.manual_seed(1)
+    other = UNet(n_scales=1, channels=(2, 4), head_channels=(4, 4), median_size=1)
+    mixed = predict_checked(image, model, card, tile=64, overlap=16, return_probabilities=True,
+                            rotated_model=other, rotated_card=dict(card))
+    assert not np.allclose(mixed["probability"], same["probability"], atol=1e-4)
+    assert not np.allclose(mixed["disagreement"], same["disagreement"], atol=1e-4)
+    with pytest.raises(ValueError, match="both rotated_model and rotated_card"):
+        predict_checked(image, model, card, rotated_model=other)
+    with pytest.raises(ValueError, match="tta=True"):
+        predict_checked(image, model, card, tta=False, rotated_model=other, rotated_card=dict(card))
+    with pytest.raises(ValueError, match="another grid: sampling"):
+        predict_checked(image, model, card, rotated_model=other, rotated_card={**card, "sampling": 2 * PX})

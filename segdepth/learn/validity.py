@@ -281,6 +281,8 @@ def predict_checked(
     keep_connected: float | None = KEEP_CONNECTED,
     bridge: float = BRIDGE,
     return_probabilities: bool = False,
+    rotated_model=None,
+    rotated_card: dict | None = None,
     **options,
 ) -> xr.Dataset:
     """:func:`segdepth.learn.inference.predict` followed by :func:`assess` (and a 180-degree pass when ``tta``).
@@ -291,6 +293,12 @@ def predict_checked(
     signals (:func:`segdepth.data.hyperspy.to_signals`: ``depth``, ``confidence``, ``valid``, ``valid_reason``)
     instead of the dataset. Costs: the lattice maps take about 1.4 s per frame on 2 cores (a 180 x 180 frame
     at 0.2 A, or any frame resampled to 0.3 A); ``tta`` doubles the network's time.
+
+    ``rotated_model`` and ``rotated_card`` (both or neither; with ``tta``): another model for the 180-degree pass,
+    so that the reported probabilities are a two-model ensemble's and ``disagreement`` is between the two models
+    (for example the default and the same weights reading the input divided by its local mean,
+    ``data/models/study/segdepth_robust_wise_flat_base8_bin4``; README, "The input divided by its local mean").
+    It must predict on the same grid (same pixel size and label factor in its card).
     """
     from segdepth.data.hyperspy import is_signal
     from segdepth.learn.inference import input_image, model_and_card, predict
@@ -300,8 +308,20 @@ def predict_checked(
     model, card = model_and_card(model, card)
     if image.ndim == 2:
         image = image.expand_dims("frame")
+    if (rotated_model is None) != (rotated_card is None):
+        raise ValueError("pass both rotated_model and rotated_card, or neither (the same model for both passes)")
+    if rotated_model is not None:
+        if not tta:
+            raise ValueError("rotated_model needs the 180-degree pass (tta=True)")
+        for key in ("sampling", "label_factor"):
+            if rotated_card.get(key) != card.get(key):
+                raise ValueError(f"rotated_model predicts on another grid: {key} {rotated_card.get(key)!r} in its "
+                                 f"card, {card.get(key)!r} in the model's")
+    else:
+        rotated_model, rotated_card = model, card
     prediction = predict(image, model, card, return_probabilities=True, **options)
-    rotated = predict(rotated_180(image), model, card, return_probabilities=True, **options) if tta else None
+    rotated = (predict(rotated_180(image), rotated_model, rotated_card, return_probabilities=True, **options)
+               if tta else None)
     out = assess(image, prediction, rotated=rotated, lattice_average=lattice_average, margin=margin,
                  max_disagreement=max_disagreement, keep_confident=keep_confident, keep_connected=keep_connected,
                  bridge=bridge)
@@ -309,7 +329,8 @@ def predict_checked(
         out = out.drop_vars(["probability", "depth_class"])
     arguments = {"tta": bool(tta), "lattice_average": int(lattice_average), "margin": margin,
                  "max_disagreement": float(max_disagreement), "keep_confident": keep_confident,
-                 "keep_connected": keep_connected, "bridge": float(bridge)}
+                 "keep_connected": keep_connected, "bridge": float(bridge),
+                 "two_models": rotated_model is not model}
     import json
 
     out.attrs["validity_arguments"] = json.dumps(arguments)
