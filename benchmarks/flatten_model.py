@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from segdepth.learn.inference import model_pixel_size
 from segdepth.learn.model import UNet
 from segdepth.learn.modelio import load_model, save_model
 
@@ -32,7 +33,7 @@ def main(argv=None) -> int:
     source, card = load_model(ROOT / args.model)
     if not isinstance(source, UNet):
         raise SystemExit(f"error: {args.model} holds a {type(source).__name__}, not a UNet")
-    pixel = float(card["sampling"][0] if isinstance(card.get("sampling"), list) else card["sampling"])
+    pixel = model_pixel_size(card)
     model = UNet.from_config({**source.config, "flatten_sigma": args.sigma / pixel})
     model.load_state_dict(source.state_dict())
     card = {k: v for k, v in card.items() if k not in DROP}

@@ -57,6 +57,7 @@ from segdepth.data.preprocess import normalise
 __all__ = [
     "MODELS_DIR",
     "image_pixel_size",
+    "model_pixel_size",
     "input_image",
     "model_and_card",
     "DEFAULT_MODEL",
@@ -203,7 +204,7 @@ def _card_value(card: dict, *keys, default=None):
     return default
 
 
-def _model_pixel_size(card: dict) -> float:
+def model_pixel_size(card: dict) -> float:
     """Pixel size [A] the model was trained at, from its card (``sampling`` and its units)."""
     value = _card_value(card, "sampling", "pixel_size")
     if value is None:
@@ -432,17 +433,17 @@ def _grid(image: xr.DataArray, model, card: dict, tile, overlap, batch_size) -> 
     """Check the arguments of :func:`predict` and lay out its resampling, padding and tiles (steps 1, 3, 4)."""
     shape = image.shape[1:]
     pixel_size = image_pixel_size(image)
-    model_pixel_size = _model_pixel_size(card)
+    model_pixel = model_pixel_size(card)
     label_factor = int(_card_value(card, "label_factor", default=getattr(model, "output_factor", 4)))
     m = int(getattr(model, "required_multiple", label_factor))
     tile_used, overlap_used = _rounded_tiling(tile, overlap, batch_size, m)
     _check_field(shape, pixel_size)
-    resampled = _resampled_shape(shape, pixel_size, model_pixel_size, label_factor)
+    resampled = _resampled_shape(shape, pixel_size, model_pixel, label_factor)
     padded = tuple(-(-n // m) * m for n in resampled)
     tile_h, starts_y, owned_y = _tile_layout(padded[0], tile_used, overlap_used, m, label_factor)
     tile_w, starts_x, owned_x = _tile_layout(padded[1], tile_used, overlap_used, m, label_factor)
     tiles = tuple(_Tile(sy, oy, sx, ox) for sy, oy in zip(starts_y, owned_y) for sx, ox in zip(starts_x, owned_x))
-    return _Grid(pixel_size, model_pixel_size, label_factor, tile_used, overlap_used, shape, resampled, padded,
+    return _Grid(pixel_size, model_pixel, label_factor, tile_used, overlap_used, shape, resampled, padded,
                  (tile_h, tile_w), tiles)
 
 
