@@ -5,6 +5,8 @@ on a frozen-phonon shift test (preset ``shift_phonons``: 4 configurations, seed 
 images; ``make shift-phonons-test``) at the doses of the dose curve (``make phonon-model`` runs both).
 
     python benchmarks/phonon_model.py --test-sets data/simulated/shift_test --out data/results/robustness_phonons_static
+
+``--pair MODEL ROTATED`` scores a two-model 180-degree pass (``segdepth predict --rotated-model``).
 """
 
 from __future__ import annotations
@@ -31,16 +33,33 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="data/results/robustness_phonons")
     ap.add_argument("--tta", action="store_true",
                     help="score the mean of the plain and the 180-degree pass (what segdepth predict reports)")
+    ap.add_argument("--pair", nargs=2, action="append", default=[], metavar=("MODEL", "ROTATED"),
+                    help="also score MODEL with ROTATED making its 180-degree pass (segdepth predict "
+                    "--rotated-model; needs --tta), named MODEL+ROTATED; may be repeated")
     args = ap.parse_args(argv)
-    models = {}
-    for path in args.models:
-        model, card = load_model(ROOT / path)
-        models[Path(path).stem] = (model.eval(), card["input_binning"])
+    if args.pair and not args.tta:
+        ap.error("--pair needs --tta (ROTATED makes the 180-degree pass)")
+    loaded = {}
+
+    def load(path):
+        if path not in loaded:
+            model, card = load_model(ROOT / path)
+            loaded[path] = (model.eval(), card["input_binning"])
+        return loaded[path]
+
+    models = {Path(path).stem: load(path) for path in args.models}
+    for first, second in args.pair:
+        (model, binning), (rotated, rotated_binning) = load(first), load(second)
+        if rotated_binning != binning:
+            ap.error(f"--pair {first} {second}: input binning {binning} and {rotated_binning} differ")
+        models[f"{Path(first).stem}+{Path(second).stem}"] = (model, binning, rotated)
     sets = {Path(p).name: open_dataset(ROOT / p) for p in args.test_sets}
     t0 = time.perf_counter()
     result = robustness(models, sets, args.lams, seed=1, tta=args.tta)
     sizes = ", ".join(f"{k} ({v.sizes['sample']} images)" for k, v in sets.items())
     passes = "mean of the plain and the 180-degree pass" if args.tta else "one network pass"
+    if args.pair:
+        passes += " (A+B: B makes the 180-degree pass of A, on the same noisy frame)"
     text = (f"Per-column exact count, {sizes}; seed 1 noise; {passes}; {time.perf_counter() - t0:.0f} s\n\n"
             + robustness_table(result) + "\n")
     for m in models:

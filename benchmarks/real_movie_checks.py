@@ -8,7 +8,8 @@ the worst frame, and the mean confidence in that band and below it (the lattice)
 with its validity check (vacuum mask, other lattice, test-time disagreement) unless ``--no-check`` is given;
 the script then also prints the validity summary. ``--keep-confident P`` is passed on to ``segdepth predict``
 (the vacuum mask keeps column readings at least this sure; what it trades: README, "Where the estimate applies"),
-and so is ``--lattice-average N`` (1: every frame judged on its own, as a single image would be).
+and so are ``--lattice-average N`` (1: every frame judged on its own, as a single image would be) and
+``--rotated-model PATH`` (another model makes the 180-degree pass).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ MOVIE = ROOT / "data/raw/ptceo2_udvd_40frames.gif"
 
 
 def check(model: str, band: float, validity: bool = True, keep_confident: float | None = None,
-          lattice_average: int | None = None) -> dict:
+          lattice_average: int | None = None, rotated_model: str | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "movie.nc"
         cmd = [sys.executable, "-m", "segdepth", "predict", str(MOVIE), "--crop", "0:180,:", "--calibrate",
@@ -37,6 +38,8 @@ def check(model: str, band: float, validity: bool = True, keep_confident: float 
             cmd += ["--keep-confident", str(keep_confident)]
         if lattice_average is not None:
             cmd += ["--lattice-average", str(lattice_average)]
+        if rotated_model is not None:
+            cmd += ["--rotated-model", rotated_model]
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
         ds = xr.load_dataset(out)
     top = ds.y <= float(ds.y.min()) + band
@@ -63,11 +66,13 @@ def main(argv=None) -> int:
     ap.add_argument("--keep-confident", type=float, help="segdepth predict --keep-confident (default: its default)")
     ap.add_argument("--lattice-average", type=int,
                     help="segdepth predict --lattice-average (default 5; 1: every frame judged on its own)")
+    ap.add_argument("--rotated-model", help="segdepth predict --rotated-model (the 180-degree pass of every --model)")
     args = ap.parse_args(argv)
     for m in args.model:
         r = check(m, args.band, validity=not args.no_check, keep_confident=args.keep_confident,
-                  lattice_average=args.lattice_average)
-        print(f"{Path(m).stem}: vacuum band read as depth 0 {r['vacuum_as_vacuum']:.3f} (worst frame "
+                  lattice_average=args.lattice_average, rotated_model=args.rotated_model)
+        name = Path(m).stem + ("" if args.rotated_model is None else f"+{Path(args.rotated_model).stem}")
+        print(f"{name}: vacuum band read as depth 0 {r['vacuum_as_vacuum']:.3f} (worst frame "
               f"{r['worst_frame']:.3f}); mean confidence band {r['confidence_band']:.3f}, "
               f"lattice {r['confidence_lattice']:.3f}. {r['summary']}", flush=True)
     return 0

@@ -34,6 +34,10 @@ def workdir(tmp_path_factory):
     torch.manual_seed(0)
     model = UNet(n_scales=1, channels=(2, 4), head_channels=(4, 4), median_size=1)
     save_model(model, root / "tiny.safetensors", {"sampling": MODEL_PIXEL, "label_factor": 4, "lam": 5.0})
+    torch.manual_seed(1)
+    other = UNet(n_scales=1, channels=(2, 4), head_channels=(4, 4), median_size=1)
+    save_model(other, root / "other.safetensors", {"sampling": MODEL_PIXEL, "label_factor": 4, "lam": 5.0})
+    save_model(other, root / "coarse.safetensors", {"sampling": 2 * MODEL_PIXEL, "label_factor": 4, "lam": 5.0})
     rng = np.random.default_rng(0)
     image = (rng.poisson(5.0, (64, 48)) / 5.0 + 0.05).astype(np.float32)
     np.save(root / "image.npy", image)
@@ -133,6 +137,14 @@ def _bad_cases(root: Path) -> list[tuple[str, list[str], str]]:
         ("unknown phase", ["image.npy", "--calibrate", "Au"], "unknown phase"),
         ("corrupt model", ["image.npy", *px, "--model", "corrupt.safetensors"], "could not read weights"),
         ("reference and model", ["image.npy", *px, "--reference", *model], "--reference and --model exclude"),
+        ("rotated model without tta", ["image.npy", *px, *model, "--rotated-model", "tiny.safetensors", "--no-tta"],
+         "--rotated-model needs the validity check's 180-degree pass"),
+        ("rotated model without check", ["image.npy", *px, *model, "--rotated-model", "tiny.safetensors",
+                                         "--no-check"], "--rotated-model needs the validity check's 180-degree pass"),
+        ("missing rotated model", ["image.npy", *px, *model, "--rotated-model", "nowhere.safetensors"],
+         "nowhere.safetensors: rotated model file not found"),
+        ("rotated model on another grid", ["image.npy", *px, *model, "--rotated-model", "coarse.safetensors"],
+         "predicts on another grid: sampling 0.2 in its card, 0.1 in the model's"),
     ]
     cases = [(name, ["predict", args[0], "--out", "out/OUT.nc", *args[1:]], message) for name, args, message in cases]
     (root / "out").mkdir(exist_ok=True)
@@ -274,6 +286,36 @@ def test_predict_checks_where_the_estimate_applies_by_default(workdir, capsys):
     assert main(args) == 0, capsys.readouterr().err
     with xr.open_dataset(plain) as ds:
         assert ds.attrs["validity_keep_connected"] == -1.0  # no growth
+
+
+def test_rotated_model_makes_the_180_degree_pass(workdir, capsys):
+    """--rotated-model: the probabilities are the two models' mean (not the model's own two passes), recorded in the
+    output; a finished chunk of a run with one second model is not reused for a run with another."""
+    frame = np.load(workdir / "image.npy")
+    np.save(workdir / "square.npy", np.tile(frame, (3, 4))[:160, :160])  # 16 A: larger than the lattice window
+    base = ["predict", str(workdir / "square.npy"), "--pixel-size", str(MODEL_PIXEL), "--model",
+            str(workdir / "tiny.safetensors"), "--probabilities", "--no-progress", "--tile", "64", "--overlap", "16",
+            "--lattice-average", "1"]
+    runs = {}
+    for name, extra in (("same", []), ("twin", ["--rotated-model", str(workdir / "tiny.safetensors")]),
+                        ("pair", ["--rotated-model", str(workdir / "other.safetensors")])):
+        out = workdir / f"rotated_{name}.nc"
+        assert main([*base, "--out", str(out), *extra]) == 0, capsys.readouterr().err
+        runs[name] = xr.load_dataset(out)
+    np.testing.assert_allclose(runs["twin"]["probability"], runs["same"]["probability"], atol=1e-6)
+    assert not np.allclose(runs["pair"]["probability"], runs["same"]["probability"], atol=1e-4)
+    assert runs["pair"].attrs["rotated_model"].endswith("other.safetensors")
+    assert '"two_models": true' in runs["pair"].attrs["validity_arguments"]
+    assert "rotated_model" not in runs["same"].attrs
+
+    from segdepth.learn.inference import _parts_key
+    from segdepth.learn.modelio import load_model
+
+    first, second = (load_model(workdir / f"{n}.safetensors")[0] for n in ("tiny", "other"))
+    card = {"sampling": MODEL_PIXEL}
+    keys = {_parts_key(card, 1, None, {"tta": True, "rotated_model": m, "rotated_card": card}, {})
+            for m in (first, second, first)}
+    assert len(keys) == 2  # the same second model gives the same key, another one another
 
 
 def test_preview_of_a_streamed_movie_comes_from_its_chunk(workdir, monkeypatch, capsys):

@@ -88,3 +88,29 @@ def test_infer_tta_averages_with_the_rotated_pass_rotated_back():
     assert 0.4 < mean[1, 0, 0] < 0.6 and 0.4 < mean[1, -1, -1] < 0.6
     np.testing.assert_allclose(mean.sum(axis=0), 1.0, rtol=1e-6)
     np.testing.assert_allclose(mean[1, 0, 0], 0.5 * (plain[1, 0, 0] + plain[1, -1, -1]), rtol=0.05)
+
+
+def test_infer_rotated_model_makes_the_180_degree_pass_on_the_same_noisy_frame():
+    """``rotated_model``: the second pass is the other model's, on the same electrons (not a second noise draw)."""
+    clean = np.random.default_rng(3).uniform(0.5, 1.5, (8, 8)).astype(np.float32)
+
+    class Class(torch.nn.Module):  # logits: the normalised input in class k, zeros elsewhere
+        def __init__(self, k):
+            super().__init__()
+            self.k = k
+
+        def forward(self, x):
+            logits = torch.zeros(x.shape[0], 11, *x.shape[2:])
+            logits[:, self.k] = x[:, 0]
+            return logits
+
+    noisy, mean = infer(Class(1), clean, 2.5, seed=0, tta=True, rotated_model=Class(2))
+    x = normalise(noisy)
+    # softmax of [x in one class, 0 in ten], both passes at the same pixel: x in class 1 by one, in class 2 by the other
+    expected = 0.5 * (np.exp(x) + 1) / (np.exp(x) + 10)
+    np.testing.assert_allclose(mean[1], expected, rtol=1e-5)
+    np.testing.assert_allclose(mean[2], expected, rtol=1e-5)
+    _, same = infer(Class(1), clean, 2.5, seed=0, tta=True, rotated_model=Class(1))
+    np.testing.assert_allclose(same, infer(Class(1), clean, 2.5, seed=0, tta=True)[1], rtol=1e-6)
+    with pytest.raises(ValueError, match="tta=True"):
+        infer(Class(1), clean, 2.5, seed=0, rotated_model=Class(2))

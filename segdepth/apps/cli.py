@@ -138,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "--no-check writes the network's raw output, about 3x faster")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                    help="with --check: the 180-degree test-time pass (default on)")
+    p.add_argument("--rotated-model", metavar="PATH",
+                   help="with --check and --tta: another model (same pixel size and output grid) makes the "
+                   "180-degree pass, so the reported probabilities are a two-model ensemble's and the disagreement "
+                   "is between the two models (README, 'Which model for which images')")
     p.add_argument("--margin", type=float, default=4.0, metavar="A",
                    help="with --check: vacuum beyond this distance from a lattice [Angstrom] (default 4)")
     p.add_argument("--keep-confident", type=float, default=None, metavar="P",
@@ -220,6 +224,10 @@ def _predict_command(args: argparse.Namespace) -> int:
         raise CommandError(f"--lattice-average must be odd, got {args.lattice_average}")
     if not args.margin > 0 or args.margin != args.margin:
         raise CommandError(f"--margin must be a positive distance [A], got {args.margin}")
+    if args.rotated_model is not None and not (args.check and args.tta):
+        raise CommandError("--rotated-model needs the validity check's 180-degree pass (drop --no-check / --no-tta)")
+    if args.rotated_model is not None and not Path(args.rotated_model).is_file():
+        raise CommandError(f"{args.rotated_model}: rotated model file not found")
     if args.keep_confident is not None and not 0 < args.keep_confident <= 1:
         raise CommandError(f"--keep-confident must be a probability in (0, 1], got {args.keep_confident}")
     if args.keep_connected is not None:
@@ -283,6 +291,17 @@ def _predict_command(args: argparse.Namespace) -> int:
         from segdepth.learn.modelio import load_model
 
         model, card = load_model(model_path)
+    check = _check_options(args) if args.check else None
+    if args.rotated_model is not None:
+        from segdepth.learn.modelio import load_model
+
+        rotated_model, rotated_card = load_model(Path(args.rotated_model))
+        for key in ("sampling", "label_factor"):
+            if rotated_card.get(key) != card.get(key):
+                raise CommandError(f"--rotated-model {args.rotated_model} predicts on another grid: {key} "
+                                   f"{rotated_card.get(key)!r} in its card, {card.get(key)!r} in the model's")
+        check.update(rotated_model=rotated_model.eval(), rotated_card=rotated_card)
+        attrs["rotated_model"] = str(args.rotated_model)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
 
     preview_image = []  # the preview frame's input, kept when its chunk is read
@@ -316,7 +335,7 @@ def _predict_command(args: argparse.Namespace) -> int:
         return_probabilities=args.probabilities,
         batch_size=args.batch_size,
         fast=not args.reference,
-        check=_check_options(args) if args.check else None,
+        check=check,
     )
     import xarray as xr
 

@@ -47,7 +47,8 @@ _THRESHOLDS = (0.5, 0.9)
 
 
 def run_movie_path(image: xr.DataArray, model, card: dict, *, lam: float | None = None, average: int = 5,
-                   lattice_average: int = 5, tta: bool = True, p_change: float = 0.05) -> dict:
+                   lattice_average: int = 5, tta: bool = True, p_change: float = 0.05,
+                   rotated: tuple | None = None) -> dict:
     """Notebook 06's path on a movie ``(frame, y, x)`` (coordinates or ``attrs["pixel_size"]`` in A).
 
     1. :func:`segdepth.learn.validity.predict_checked` of every frame (probabilities kept), dose ``lam``;
@@ -63,10 +64,13 @@ def run_movie_path(image: xr.DataArray, model, card: dict, *, lam: float | None 
 
     Returns a dict with ``prediction`` (single frames), ``alignment``, ``average_prediction`` (None when
     ``average <= 1``), ``region`` (bool, label grid), ``estimate``, ``columns``, ``tracked`` and ``smoothed``.
+    ``rotated``: ``(model, card)`` of another model for the 180-degree pass (``predict_checked(rotated_model=...)``).
     """
     from segdepth.learn.validity import predict_checked
 
     check = {"tta": tta, "lattice_average": lattice_average}
+    if rotated is not None:
+        check.update(rotated_model=rotated[0], rotated_card=rotated[1])
     n_frames = image.sizes["frame"]
     with np.errstate(all="ignore"):
         single = predict_checked(image, model, card, lam=lam, return_probabilities=True, **check)

@@ -33,7 +33,7 @@ PAPER_TABLE_I_METRICS = {
 
 
 def infer(model, clean, lam: float | None, *, seed: int, index: int = 0,
-          input_binning: int = 1, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+          input_binning: int = 1, tta: bool = False, rotated_model=None) -> tuple[np.ndarray, np.ndarray]:
     """Noisy input and class probabilities for one clean image.
 
     Parameters
@@ -54,6 +54,9 @@ def infer(model, clean, lam: float | None, *, seed: int, index: int = 0,
     tta : bool
         Average the probabilities with those of the 180-degree-rotated input (rotated back), as
         ``segdepth predict`` (:func:`segdepth.learn.validity.predict_checked`) reports them.
+    rotated_model : torch.nn.Module, optional
+        With ``tta``: the model of the 180-degree pass (same ``input_binning``), fed the same noisy
+        frame turned (``predict_checked(rotated_model=...)``, ``segdepth predict --rotated-model``).
 
     Returns
     -------
@@ -63,20 +66,25 @@ def infer(model, clean, lam: float | None, *, seed: int, index: int = 0,
         On the model's output grid (the label grid).
         Softmax probabilities.
     """
+    if rotated_model is not None and not tta:
+        raise ValueError("rotated_model needs the 180-degree pass (tta=True)")
+    rotated_model = model if rotated_model is None else rotated_model
     clean = np.asarray(clean, dtype=np.float32)
     noisy = clean if lam is None else poisson_noise(clean, lam, rng=np.random.default_rng([seed, index]))
     model.eval()
+    rotated_model.eval()
     with torch.inference_mode():
         x = torch.from_numpy(normalise(bin_image(noisy, input_binning)))[None, None]
         proba = torch.softmax(model(x), dim=1)[0]
         if tta:
-            turned = torch.softmax(model(torch.flip(x, (2, 3))), dim=1)[0]
+            turned = torch.softmax(rotated_model(torch.flip(x, (2, 3))), dim=1)[0]
             proba = 0.5 * (proba + torch.flip(turned, (1, 2)))
     return noisy, proba.numpy()
 
 
 def evaluate_dataset(model, ds: xr.Dataset, *, lam: float, seed: int = 0, indices=None, n_bins: int = 10,
-                     progress: bool = False, input_binning: int = 1, tta: bool = False) -> xr.Dataset:
+                     progress: bool = False, input_binning: int = 1, tta: bool = False,
+                     rotated_model=None) -> xr.Dataset:
     """Evaluate ``model`` on samples ``indices`` of a simulated dataset at dose ``lam``.
 
     Parameters
@@ -93,7 +101,7 @@ def evaluate_dataset(model, ds: xr.Dataset, *, lam: float, seed: int = 0, indice
         Samples to evaluate (default all).
     n_bins : int
         Bins of the reliability diagram.
-    input_binning, tta : int, bool
+    input_binning, tta, rotated_model : int, bool, torch.nn.Module
         See :func:`infer`.
 
     Returns
@@ -118,7 +126,8 @@ def evaluate_dataset(model, ds: xr.Dataset, *, lam: float, seed: int = 0, indice
     col_pred, col_true, col_Z, col_vac = [], [], [], []
     for i in tqdm(indices, desc="evaluate", disable=not progress):
         s = ds.isel(sample=int(i))
-        _, proba = infer(model, s.image.values, lam, seed=seed, index=int(i), input_binning=input_binning, tta=tta)
+        _, proba = infer(model, s.image.values, lam, seed=seed, index=int(i), input_binning=input_binning, tta=tta,
+                         rotated_model=rotated_model)
         pred = proba.argmax(axis=0)
         conf = proba.max(axis=0)
         label = s.label.values.astype(np.int64)
@@ -195,7 +204,8 @@ def robustness(models: dict, test_sets: dict, lams, *, seed: int = 1, indices: d
     Parameters
     ----------
     models : dict
-        name -> ``(model, input_binning)``.
+        name -> ``(model, input_binning)``, or ``(model, input_binning, rotated_model)`` for a model whose
+        180-degree pass another model makes (needs ``tta``; :func:`infer`).
     test_sets : dict
         name -> simulated dataset (for example ``in-distribution`` and ``shift``).
     lams : sequence of float
@@ -221,13 +231,15 @@ def robustness(models: dict, test_sets: dict, lams, *, seed: int = 1, indices: d
         raise ValueError("lams must hold at least one dose")
     keep = list(METRIC_NAMES) + ["ece", "column_exact", "column_within_one", "column_n", "column_confusion"]
     rows = []
-    for mname, (model, binning) in models.items():
+    for mname, (model, binning, *rotated) in models.items():
+        rotated_model = rotated[0] if rotated else None
         per_set = []
         for tname, ds in test_sets.items():
             idx = None if indices is None else indices.get(tname)
             per_lam = [
                 evaluate_dataset(model, ds, lam=lam, seed=seed, indices=idx, input_binning=binning,
-                                 progress=progress, tta=tta)[keep].sel(group=list(ROBUSTNESS_GROUPS))
+                                 progress=progress, tta=tta, rotated_model=rotated_model)[keep].sel(
+                    group=list(ROBUSTNESS_GROUPS))
                 for lam in lams
             ]
             per_set.append(xr.concat(per_lam, dim=xr.DataArray(lams, dims="lam", attrs={"units": "e/pixel"})))

@@ -797,10 +797,24 @@ def _create_variables(nc, ds: xr.Dataset, n_frames: int, compress: bool) -> None
     nc.setncatts({k: v for k, v in ds.attrs.items() if v is not None})
 
 
+def _weights_digest(model) -> str:
+    """A SHA-256 of a model's parameters and buffers (names and bytes)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def _parts_key(card: dict, n_frames: int, attrs: dict | None, check: dict | None, options: dict) -> str:
     """What a finished chunk depends on: a resumed run reuses chunks only when all of it is the same."""
     import hashlib
 
+    if check is not None:  # a second model is known by its card (and its weights' sums), not by its repr
+        check = {k: v for k, v in check.items() if k != "rotated_model"} | (
+            {"rotated_weights": _weights_digest(check["rotated_model"])} if "rotated_model" in check else {})
     blob = json.dumps({"card": card, "n_frames": n_frames, "attrs": attrs or {}, "check": check,
                        "options": options}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -889,6 +903,8 @@ def predict_to_netcdf(frames, model, card: dict, path, *, n_frames: int, attrs: 
         shutil.rmtree(parts)
     _prepare_parts(parts, _parts_key(card, n_frames, attrs, check, options))
     model = _inference_network(model, options.get("fast", True))  # once for the whole series
+    if check is not None and check.get("rotated_model") is not None:
+        check = check | {"rotated_model": _inference_network(check["rotated_model"], options.get("fast", True))}
 
     bar = tqdm(total=n_frames, unit="frame", desc="segdepth", disable=not progress, file=sys.stderr)
     files, done = [], 0
