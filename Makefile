@@ -252,21 +252,21 @@ robust-flat-mix: $(STAMP)
 
 robust-wise-flat: $(STAMP)
 	$(PY) benchmarks/flatten_model.py --model segdepth/models/segdepth_robust_wise_base8_bin4.safetensors --sigma 1.5 \
-		--out data/models/study/segdepth_robust_wise_flat_base8_bin4.safetensors
+		--out segdepth/models/segdepth_robust_wise_flat_base8_bin4.safetensors
 
 train-robust-flat: $(STAMP)
-	$(call FINETUNE,flat,data/simulated/robust_flat_mix_train,$(FLAT_MINUTES),2e-4,10,data/models/study/segdepth_robust_wise_flat_base8_bin4.safetensors) -p flatten 1.5
+	$(call FINETUNE,flat,data/simulated/robust_flat_mix_train,$(FLAT_MINUTES),2e-4,10,segdepth/models/segdepth_robust_wise_flat_base8_bin4.safetensors) -p flatten 1.5
 
 # The control: the same fine-tune without the layer (same data, rate, patience; from the default's weights).
 train-robust-plain3: $(STAMP)
 	$(call FINETUNE,plain3,data/simulated/robust_flat_mix_train,$(FLAT_MINUTES),2e-4,10,segdepth/models/segdepth_robust_wise_base8_bin4.safetensors)
 
 robust-flat-wise: $(STAMP)
-	$(PY) benchmarks/wise_model.py --base data/models/study/segdepth_robust_wise_flat_base8_bin4.safetensors \
+	$(PY) benchmarks/wise_model.py --base segdepth/models/segdepth_robust_wise_flat_base8_bin4.safetensors \
 		--tuned data/models/study/segdepth_robust_flat_base8_bin4.safetensors --alpha 0.5 \
 		--out data/models/study/segdepth_robust_flat_wise_base8_bin4.safetensors
 
-FLAT_MODELS := data/models/study/segdepth_robust_wise_flat_base8_bin4.safetensors \
+FLAT_MODELS := segdepth/models/segdepth_robust_wise_flat_base8_bin4.safetensors \
 	data/models/study/segdepth_robust_flat_base8_bin4.safetensors \
 	data/models/study/segdepth_robust_flat_wise_base8_bin4.safetensors \
 	data/models/study/segdepth_robust_plain3_base8_bin4.safetensors
@@ -296,13 +296,14 @@ fresh-shift-tests: $(STAMP)
 		workers=2) for k, s in (("shift", 931), ("shift_quasi", 934), ("shift_coherent", 935), ("shift_phonons", 932))]'
 
 # The pair beside its two members on the fresh tests (8 doses), and on the real movie (needs fresh-shift-tests).
-TWO_FLAT := data/models/study/segdepth_robust_wise_flat_base8_bin4.safetensors
+TWO_FLAT := segdepth/models/segdepth_robust_wise_flat_base8_bin4.safetensors
 evaluate-two: $(STAMP)
 	$(PY) benchmarks/phonon_model.py --models segdepth/models/segdepth_robust_wise_base8_bin4.safetensors $(TWO_FLAT) \
 		--pair segdepth/models/segdepth_robust_wise_base8_bin4.safetensors $(TWO_FLAT) --test-sets $(FRESH_SETS) --tta \
 		--lams 0.25 0.5 1 2.5 5 10 25 50 --out data/results/robustness_two
 	$(PY) benchmarks/real_movie_checks.py --model segdepth/models/segdepth_robust_wise_base8_bin4.safetensors \
 		--rotated-model $(TWO_FLAT)
+	$(PY) benchmarks/simulator_shift.py --model default default-pair
 
 shift-quasi-test: $(STAMP)
 	$(PY) -c 'from segdepth.physics.generate import PRESETS, generate_dataset; \

@@ -8,7 +8,7 @@ models read as thickness. Used as is (test time only), or as the start of a fine
 (``benchmarks/wise_model.py``). The card is the source's, with ``flattening`` recording the source and sigma.
 
     python benchmarks/flatten_model.py --model segdepth/models/segdepth_robust_wise_base8_bin4.safetensors \\
-        --sigma 1.5 --out data/models/study/segdepth_robust_wise_flat_base8_bin4.safetensors
+        --sigma 1.5 --out segdepth/models/segdepth_robust_wise_flat_base8_bin4.safetensors
 """
 
 from __future__ import annotations

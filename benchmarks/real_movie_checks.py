@@ -1,7 +1,9 @@
 """No-ground-truth checks of a model on the real Pt/CeO2 movie: the vacuum band at the top of the field.
 
-Run: ``python benchmarks/real_movie_checks.py [--model PATH ...]`` (default: the shipped default and the
-previous default). For each model, ``segdepth predict`` runs on ``data/raw/ptceo2_udvd_40frames.gif``
+Run: ``python benchmarks/real_movie_checks.py [--model PATH ...]`` (default: ``default``, what
+``segdepth predict`` runs without ``--model``: the default with its second model in the 180-degree pass; then
+the default's weights alone, the first robust model and the previous default). For each model,
+``segdepth predict`` runs on ``data/raw/ptceo2_udvd_40frames.gif``
 (raw left half, pixel size calibrated from the CeO2 and Pt lattices, dose estimated) and the script prints,
 over all frames, the fraction of pixels in the top ``--band`` A (vacuum in every frame) estimated as depth 0,
 the worst frame, and the mean confidence in that band and below it (the lattice). ``segdepth predict`` runs
@@ -31,7 +33,7 @@ def check(model: str, band: float, validity: bool = True, keep_confident: float 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "movie.nc"
         cmd = [sys.executable, "-m", "segdepth", "predict", str(MOVIE), "--crop", "0:180,:", "--calibrate",
-               "CeO2,Pt", "--lambda", "auto", "--model", model, "--out", str(out)]
+               "CeO2,Pt", "--lambda", "auto", "--out", str(out)] + ([] if model == "default" else ["--model", model])
         if not validity:
             cmd.append("--no-check")
         if keep_confident is not None:
@@ -58,7 +60,8 @@ def check(model: str, band: float, validity: bool = True, keep_confident: float 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--model", nargs="+", default=["segdepth/models/segdepth_robust_wise_base8_bin4.safetensors",
+    ap.add_argument("--model", nargs="+", default=["default",
+                                                   "segdepth/models/segdepth_robust_wise_base8_bin4.safetensors",
                                                    "segdepth/models/segdepth_robust_base8_bin4.safetensors",
                                                    "segdepth/models/segdepth_fast_base8_bin4_lam2.5.safetensors"])
     ap.add_argument("--band", type=float, default=5.0, help="height of the vacuum band [A]")
@@ -68,6 +71,8 @@ def main(argv=None) -> int:
                     help="segdepth predict --lattice-average (default 5; 1: every frame judged on its own)")
     ap.add_argument("--rotated-model", help="segdepth predict --rotated-model (the 180-degree pass of every --model)")
     args = ap.parse_args(argv)
+    if args.rotated_model is not None and "default" in args.model:
+        ap.error("--rotated-model applies to models given as files, not to 'default'")
     for m in args.model:
         r = check(m, args.band, validity=not args.no_check, keep_confident=args.keep_confident,
                   lattice_average=args.lattice_average, rotated_model=args.rotated_model)

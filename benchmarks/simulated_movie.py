@@ -88,7 +88,8 @@ def main(argv=None) -> int:
     movie = simulate_movie(structure, schedule, gpts=args.gpts, dose=dose, rng=rng)
     t_sim = time.perf_counter() - start
     model, card = load_default_model()
-    score, result = run_simulated_movie(movie, model, card, average=args.average)
+    score, result = run_simulated_movie(movie, model, card, average=args.average,
+                                        rotated=load_default_model(rotated=True))  # as segdepth predict
     t_path = time.perf_counter() - start - t_sim
     dose_estimated = float(estimate_dose(movie["image"].values))
     tracked, smoothed = result["tracked"], result["smoothed"]

@@ -10,7 +10,9 @@ ways: ``incoherent`` (intensities averaged over 15 Gaussian defocus values: this
 simulations use) and ``coherent`` (no focal spread). Each image gets Poisson noise at lambda 2.5 and 10
 (the same noise draws for every model, and one seeded stream per particle and dose for every kind: the
 kinds are compared on paired noise) and every model counts the atoms at the true column centres (mean of the plain
-and the 180-degree pass, as ``segdepth predict``). Prints the fraction of columns counted exactly. The
+and the 180-degree pass, as ``segdepth predict``; ``--model default`` makes both passes with the default's
+weights, ``default-pair`` the second with its second model, ``DEFAULT_ROTATED_MODEL``, as ``segdepth predict``
+without ``--model`` since 2026-12-05). Prints the fraction of columns counted exactly. The
 counts still move a little between runs of the same command (one particle, lambda 10: 47, 49 and 47 of 71
 columns in three runs, all seeds fixed, so some floating-point result of the simulation or the network differs
 between runs).
@@ -39,7 +41,9 @@ def main(argv=None) -> int:
     ap.add_argument("--structures", type=int, default=6)
     ap.add_argument("--spread", type=float, default=21.0, help="focal spread, standard deviation [A]")
     ap.add_argument("--lam", type=float, nargs="+", default=[2.5, 10.0])
-    ap.add_argument("--model", nargs="+", default=["default"], help="model files ('default': the shipped default)")
+    ap.add_argument("--model", nargs="+", default=["default"],
+                    help="model files ('default': the shipped default in both passes; 'default-pair': the default "
+                    "and its second model in the 180-degree pass)")
     ap.add_argument("--kinds", nargs="+", default=list(LENS_KINDS), choices=KINDS, help="simulator variants")
     args = ap.parse_args(argv)
     kinds = tuple(dict.fromkeys(["incoherent", *args.kinds]))
@@ -53,7 +57,13 @@ def main(argv=None) -> int:
     from segdepth.physics.structures import build_particle, random_particle_spec
 
     start = time.perf_counter()
-    models = {m: load_default_model() if m == "default" else load_model(m) for m in args.model}
+    def pair(m):  # (model, card) of the plain pass, (model, card) of the 180-degree pass
+        if m == "default-pair":
+            return load_default_model(), load_default_model(rotated=True)
+        first = load_default_model() if m == "default" else load_model(m)
+        return first, first
+
+    models = {m: pair(m) for m in args.model}
     params = PRESETS["robust"]
     lenses = {"incoherent": Microscope(defocus_spread=args.spread, defocus_samples=15),
               "quasi": Microscope(defocus_spread=args.spread, coherence="quasi"),
@@ -81,9 +91,9 @@ def main(argv=None) -> int:
         for kind, image in images.items():
             for j, lam in enumerate(args.lam):  # one noise stream per (particle, dose), the same for every kind
                 noisy = poisson_noise(image, lam, rng=np.random.default_rng([1, i, j]))
-                for name, (model, card) in models.items():
+                for name, ((model, card), (second, second_card)) in models.items():
                     plain = predict(noisy, model, card, pixel_size=params.pixel_size, return_probabilities=True)
-                    turned = predict(np.ascontiguousarray(noisy[::-1, ::-1]), model, card,
+                    turned = predict(np.ascontiguousarray(noisy[::-1, ::-1]), second, second_card,
                                      pixel_size=params.pixel_size, return_probabilities=True)
                     prob = 0.5 * (plain.probability.values[0] + turned.probability.values[0][:, ::-1, ::-1])
                     counts = column_counts(prob.argmax(0), structure.column_x, structure.column_y,

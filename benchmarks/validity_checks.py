@@ -12,7 +12,11 @@ masked vacuum does not count), the columns *lost to the mask* (the network reads
 column centre, the mask sets it to 0), the columns counted exactly after the mask, and the fraction of
 true-vacuum pixels (true depth 0) read as non-zero. Issue 12 asks >= 0.98 valid and no column lost.
 ``--keep-confident P`` sets the seed threshold of both (default :data:`~segdepth.learn.validity.KEEP_CONFIDENT`),
-``--keep-connected P`` the default rule's hysteresis threshold.
+``--keep-connected P`` the default rule's hysteresis threshold. ``--data DIR [--images N]`` takes the first N images
+of a simulated dataset (for example ``make fresh-shift-tests``) instead of simulating, ``--default-rule-only`` skips
+the rule before 2026-12-05, ``--rotated-model same`` makes the 180-degree pass with the default itself. Also
+printed: what the valid map buys, the exact count among the columns vouched for (reason 0 at the column centre)
+and among those flagged as a model disagreement.
 """
 
 from __future__ import annotations
@@ -32,6 +36,11 @@ def main(argv=None) -> int:
     ap.add_argument("--lam", type=float, nargs="+", default=[0.3, 1.0, 2.5, 10.0])
     ap.add_argument("--keep-confident", type=float, help="the vacuum mask's seed threshold")
     ap.add_argument("--keep-connected", type=float, help="the default rule's hysteresis threshold")
+    ap.add_argument("--data", help="a simulated dataset directory instead of simulating --structures particles")
+    ap.add_argument("--images", type=int, help="with --data: its first N images (default all)")
+    ap.add_argument("--default-rule-only", action="store_true", help="only the default vacuum rule")
+    ap.add_argument("--rotated-model", choices=("default", "same"), default="default",
+                    help="the 180-degree pass: the default's second model (as segdepth predict) or the default itself")
     args = ap.parse_args(argv)
 
     from segdepth.learn.inference import load_default_model, predict
@@ -40,18 +49,29 @@ def main(argv=None) -> int:
     from segdepth.physics.noise import poisson_noise
 
     start = time.perf_counter()
-    params = PRESETS[args.preset].with_(n_defocus=1, structures_per_shard=args.structures, seed=args.seed)
-    ds = make_shard(params, 0)
-    elapsed = time.perf_counter() - start
-    print(f"simulated {args.structures} images ({args.preset}, seed {args.seed}) in {elapsed:.0f} s")
+    if args.data:
+        from segdepth.data.store import open_dataset
+
+        ds = open_dataset(args.data)
+        ds = ds.isel(sample=slice(0, args.images)).load()
+        print(f"{ds.sizes['sample']} images of {args.data}")
+    else:
+        params = PRESETS[args.preset].with_(n_defocus=1, structures_per_shard=args.structures, seed=args.seed)
+        ds = make_shard(params, 0)
+        elapsed = time.perf_counter() - start
+        print(f"simulated {args.structures} images ({args.preset}, seed {args.seed}) in {elapsed:.0f} s")
     model, card = load_default_model()
+    second, second_card = (model, card) if args.rotated_model == "same" else load_default_model(rotated=True)
     rng = np.random.default_rng(0)
     f = ds.attrs["label_pixel_size"]
     keep = KEEP_CONFIDENT if args.keep_confident is None else args.keep_confident
     connected = KEEP_CONNECTED if args.keep_connected is None else args.keep_connected
     rules = {f"hysteresis {connected:g}": connected, "lattice and seeds only": None}
-    # per rule and dose: valid px, labelled px, lost, columns, vacuum > 0, vacuum, exact
-    totals = {(rule, lam): [0, 0, 0, 0, 0, 0, 0] for rule in rules for lam in args.lam}
+    if args.default_rule_only:
+        rules.pop("lattice and seeds only")
+    # per rule and dose: valid px, labelled px, lost, columns, vacuum > 0, vacuum, exact,
+    # valid columns, exact valid columns, disagreement columns, exact disagreement columns
+    totals = {(rule, lam): [0] * 11 for rule in rules for lam in args.lam}
     for s in range(ds.sizes["sample"]):
         lab = ds.depth[s].values > 0
         count = ds.column_count[s].values
@@ -63,7 +83,7 @@ def main(argv=None) -> int:
             image = xr.DataArray(noisy[None], dims=("frame", "y", "x"), coords={"y": ds.y.values, "x": ds.x.values},
                                  attrs={"pixel_size": ds.attrs["pixel_size"]})
             plain = predict(image, model, card, return_probabilities=True)
-            rotated = predict(rotated_180(image), model, card, return_probabilities=True)  # as predict_checked
+            rotated = predict(rotated_180(image), second, second_card, return_probabilities=True)  # as predict_checked
             for rule, connected in rules.items():
                 with np.errstate(all="ignore"):
                     out = assess(image, plain, rotated=rotated, keep_confident=keep, keep_connected=connected)
@@ -77,14 +97,22 @@ def main(argv=None) -> int:
                 t[3] += int(ok.sum())
                 t[4] += int(((ds.depth[s].values == 0) & (depth > 0)).sum())
                 t[5] += int((ds.depth[s].values == 0).sum())
-                t[6] += int((depth[iy, ix] == count[ok]).sum())
+                right = depth[iy, ix] == count[ok]
+                t[6] += int(right.sum())
+                at = reason[iy, ix]
+                t[7] += int((at == 0).sum())
+                t[8] += int(right[at == 0].sum())
+                disagree = at == list(REASONS.values()).index("model_disagreement")
+                t[9] += int(disagree.sum())
+                t[10] += int(right[disagree].sum())
                 reasons = np.bincount(reason[lab], minlength=len(REASONS))
                 print(f"image {s} lambda {lam:g} {rule}: valid {(reason[lab] == 0).mean():.3f} of the column pixels "
                       f"({dict(zip(REASONS.values(), reasons.tolist(), strict=True))})", flush=True)
-    for (rule, lam), (v, n, lost, cols, vac, nvac, exact) in totals.items():
+    for (rule, lam), (v, n, lost, cols, vac, nvac, exact, vcols, vexact, dcols, dexact) in totals.items():
         print(f"lambda {lam:g}, {rule} (keep_confident {keep:g}): valid {v / n:.3f} of {n} column pixels; {lost} of "
               f"{cols} columns lost to the mask; exact {exact / cols:.3f}; true-vacuum pixels read > 0: "
-              f"{vac / nvac:.4f}")
+              f"{vac / nvac:.4f}; exact among the {vcols} columns vouched for {vexact / max(vcols, 1):.3f}, among the "
+              f"{dcols} flagged as model disagreement {dexact / max(dcols, 1):.3f}")
     print(f"total {time.perf_counter() - start:.0f} s")
     return 0
 

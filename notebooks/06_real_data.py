@@ -106,11 +106,14 @@ if model:
     from segdepth.learn.modelio import load_model
 
     net, card = load_model(model)
+    rotated = None  # the model makes both passes
 else:
     net, card = load_default_model()
+    rotated = load_default_model(rotated=True) if tta else None  # the default's second model (segdepth predict)
 # the whole path in one call (the one the simulated movie is scored with): validity-checked single frames, drift,
 # aligned running averages, columns in the valid CeO2 region, tracking and hidden-Markov smoothing
-path = run_movie_path(movie, net, card, lam=dose, average=average, lattice_average=lattice_average, tta=tta)
+path = run_movie_path(movie, net, card, lam=dose, average=average, lattice_average=lattice_average, tta=tta,
+                      rotated=rotated)
 single, alignment = path["prediction"], path["alignment"]
 avg = path["average_prediction"] if path["average_prediction"] is not None else single
 print("single frames:", summary(single))

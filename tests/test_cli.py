@@ -318,6 +318,27 @@ def test_rotated_model_makes_the_180_degree_pass(workdir, capsys):
     assert len(keys) == 2  # the same second model gives the same key, another one another
 
 
+def test_default_model_checks_with_its_second_model(workdir, capsys):
+    """Without --model the 180-degree pass is the default's second model (DEFAULT_ROTATED_MODEL); 'same' and
+    --model use one model for both passes."""
+    import json
+
+    runs = {}
+    for name, extra in (("default", []), ("same", ["--rotated-model", "same"])):
+        out = workdir / f"second_{name}.nc"
+        args = ["predict", str(MOVIE), "--out", str(out), "--crop", "0:180,:", "--frames", "0", "--pixel-size",
+                "0.2006", "--lambda", "4", "--no-progress", "--lattice-average", "1", "--probabilities", *extra]
+        assert main(args) == 0, capsys.readouterr().err
+        runs[name] = xr.load_dataset(out)
+    assert runs["default"].attrs["rotated_model"] == "default"
+    assert json.loads(runs["default"].attrs["validity_arguments"])["two_models"] is True
+    assert "rotated_model" not in runs["same"].attrs
+    assert json.loads(runs["same"].attrs["validity_arguments"])["two_models"] is False
+    # the plain pass is shared, so the two estimates differ only by the second pass: somewhere, not everywhere
+    diff = np.abs(runs["default"]["probability"] - runs["same"]["probability"]).max("depth_class")
+    assert 0.01 < float(diff.max()) and float((diff < 0.05).mean()) > 0.5
+
+
 def test_preview_of_a_streamed_movie_comes_from_its_chunk(workdir, monkeypatch, capsys):
     """--chunk: the preview frame (in the last chunk) is taken from the chunk as it is read, not read again."""
     from PIL import Image

@@ -73,8 +73,8 @@ def test_top_level_names_are_the_stage_objects():
 
 
 def test_shipped_models_live_in_the_package():
-    from segdepth.learn.inference import DEFAULT_MODEL, MODELS_DIR, REFERENCE_MODEL
+    from segdepth.learn.inference import DEFAULT_MODEL, DEFAULT_ROTATED_MODEL, MODELS_DIR, REFERENCE_MODEL
 
     assert MODELS_DIR.parent == __import__("pathlib").Path(segdepth.__file__).parent
-    for path in (DEFAULT_MODEL, REFERENCE_MODEL):
+    for path in (DEFAULT_MODEL, REFERENCE_MODEL, DEFAULT_ROTATED_MODEL):
         assert path.is_file() and path.with_suffix(".json").is_file()

@@ -282,3 +282,40 @@ def test_training_mode_is_restored_and_a_series_is_optimised_once(saved, rng, tm
     assert calls == [1]
     predict(image, model, card, fast=False)
     assert calls == [1]  # the eager reference is not optimised
+
+
+def test_default_second_model_is_the_default_reading_the_flattened_input():
+    """DEFAULT_ROTATED_MODEL: the default's weights (to float16 storage) behind the weight-free local-mean layer
+    of 1.5 A, on the default's grid."""
+    from segdepth.learn.model import LocalMeanDivide
+
+    model, card = load_default_model()
+    second, second_card = load_default_model(rotated=True)
+    assert second_card["sampling"] == card["sampling"] and second_card["label_factor"] == card["label_factor"]
+    assert second_card["flattening"]["sigma_A"] == 1.5
+    assert any(isinstance(m, LocalMeanDivide) for m in second.modules())
+    assert not any(isinstance(m, LocalMeanDivide) for m in model.modules())
+    weights, other = model.state_dict(), second.state_dict()
+    assert weights.keys() == other.keys()
+    for name, tensor in weights.items():
+        torch.testing.assert_close(other[name].float(), tensor.float(), rtol=1e-3, atol=1e-3, msg=name)
+    with pytest.raises(ValueError, match="exclude each other"):
+        load_default_model(reference=True, rotated=True)
+
+
+def test_predict_checked_pairs_the_default_with_its_second_model(rng):
+    """predict_checked with the shipped default: the second pass is DEFAULT_ROTATED_MODEL unless 'same' is asked;
+    a model passed explicitly makes both passes."""
+    from segdepth.learn.validity import predict_checked
+
+    model, card = load_default_model()
+    image = noisy(rng, (1, 128, 128), pixel_size=card["sampling"])
+    used = {}
+    for name, kwargs in (("default", {}), ("same", {"rotated_model": "same"}), ("explicit", {"model": model,
+                                                                                             "card": card})):
+        with pytest.warns(UserWarning, match="no crystal lattice"):  # shot noise only: nothing to vouch for
+            out = predict_checked(image, lattice_average=1, **kwargs)
+        used[name] = json.loads(out.attrs["validity_arguments"])["two_models"]
+    assert used == {"default": True, "same": False, "explicit": False}
+    with pytest.raises(ValueError, match="a model or 'same'"):
+        predict_checked(image, rotated_model="other")

@@ -133,15 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
                    help="where the estimate applies (default on): lattice maps of the frames (vacuum beyond --margin "
                    "of any lattice is reported as depth 0; a lattice that is not CeO2 [110] is not valid), a second "
-                   "pass on the frame rotated by 180 degrees (where the two disagree by more than 1 atom: not "
-                   "valid); writes crystal, valid, valid_reason, lattice_score, ceo2_score, disagreement. "
+                   "pass on the frame rotated by 180 degrees (--rotated-model; where the two disagree by more than 1 "
+                   "atom: not valid); writes crystal, valid, valid_reason, lattice_score, ceo2_score, disagreement. "
                    "--no-check writes the network's raw output, about 3x faster")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                    help="with --check: the 180-degree test-time pass (default on)")
     p.add_argument("--rotated-model", metavar="PATH",
-                   help="with --check and --tta: another model (same pixel size and output grid) makes the "
-                   "180-degree pass, so the reported probabilities are a two-model ensemble's and the disagreement "
-                   "is between the two models (README, 'Which model for which images')")
+                   help="with --check and --tta: the model (same pixel size and output grid) of the 180-degree pass, "
+                   "so the reported probabilities are a two-model ensemble's and the disagreement is between the "
+                   "two models; 'same': the model itself. Default: with the default model its second model "
+                   "(segdepth.learn.inference.DEFAULT_ROTATED_MODEL, the same weights reading the input divided by "
+                   "its local mean; README, \"The default's second pass\"), with --model the model itself")
     p.add_argument("--margin", type=float, default=4.0, metavar="A",
                    help="with --check: vacuum beyond this distance from a lattice [Angstrom] (default 4)")
     p.add_argument("--keep-confident", type=float, default=None, metavar="P",
@@ -226,7 +228,7 @@ def _predict_command(args: argparse.Namespace) -> int:
         raise CommandError(f"--margin must be a positive distance [A], got {args.margin}")
     if args.rotated_model is not None and not (args.check and args.tta):
         raise CommandError("--rotated-model needs the validity check's 180-degree pass (drop --no-check / --no-tta)")
-    if args.rotated_model is not None and not Path(args.rotated_model).is_file():
+    if args.rotated_model not in (None, "same") and not Path(args.rotated_model).is_file():
         raise CommandError(f"{args.rotated_model}: rotated model file not found")
     if args.keep_confident is not None and not 0 < args.keep_confident <= 1:
         raise CommandError(f"--keep-confident must be a probability in (0, 1], got {args.keep_confident}")
@@ -292,10 +294,15 @@ def _predict_command(args: argparse.Namespace) -> int:
 
         model, card = load_model(model_path)
     check = _check_options(args) if args.check else None
-    if args.rotated_model is not None:
+    if args.rotated_model is None and args.model is None and not args.reference and args.check and args.tta:
+        args.rotated_model = "default"  # the default model's second pass
+    if args.rotated_model not in (None, "same"):
         from segdepth.learn.modelio import load_model
 
-        rotated_model, rotated_card = load_model(Path(args.rotated_model))
+        if args.rotated_model == "default":
+            rotated_model, rotated_card = load_default_model(rotated=True)
+        else:
+            rotated_model, rotated_card = load_model(Path(args.rotated_model))
         for key in ("sampling", "label_factor"):
             if rotated_card.get(key) != card.get(key):
                 raise CommandError(f"--rotated-model {args.rotated_model} predicts on another grid: {key} "

@@ -14,7 +14,8 @@ __getattr__, __dir__, __all__ = attach(__name__, {
     ".modelio": ["save_model", "load_model"],
     ".metrics": ["summarise", "confusion_matrix", "expected_calibration_error", "reliability_diagram"],
     ".evaluation": ["evaluate_dataset", "infer"],
-    ".inference": ["DEFAULT_MODEL", "REFERENCE_MODEL", "load_default_model", "predict", "predict_to_netcdf"],
+    ".inference": ["DEFAULT_MODEL", "DEFAULT_ROTATED_MODEL", "REFERENCE_MODEL",
+                    "load_default_model", "predict", "predict_to_netcdf"],
     ".validity": ["predict_checked", "assess"],
     ".distributed": [],
 })

@@ -61,6 +61,7 @@ __all__ = [
     "input_image",
     "model_and_card",
     "DEFAULT_MODEL",
+    "DEFAULT_ROTATED_MODEL",
     "PREVIOUS_DEFAULT_MODEL",
     "FIRST_ROBUST_MODEL",
     "REFERENCE_MODEL",
@@ -79,6 +80,11 @@ MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 #: 0.8 x the first robust model + 0.2 x its fine-tune on static and frozen-phonon images (its card's
 #: ``envelope`` lists the ranges, ``lineage`` the steps; README "The robust default").
 DEFAULT_MODEL = MODELS_DIR / "segdepth_robust_wise_base8_bin4.safetensors"
+#: The model of the default's 180-degree pass in the validity check (:func:`segdepth.learn.validity.predict_checked`,
+#: ``segdepth predict``; since 2026-12-05): the default's weights reading the input divided by its Gaussian
+#: local mean (1.5 A, :class:`segdepth.learn.model.LocalMeanDivide`), so the reported probabilities average two
+#: representations of the same frame (README "The default's second pass"; ``make evaluate-two``).
+DEFAULT_ROTATED_MODEL = MODELS_DIR / "segdepth_robust_wise_flat_base8_bin4.safetensors"
 #: The first robust model (the default from issue 11 until the weight-averaged one), kept as a reference.
 FIRST_ROBUST_MODEL = MODELS_DIR / "segdepth_robust_base8_bin4.safetensors"
 #: The default before issue 11 (the fast model trained on the nominal microscope at lambda 2.5), kept as a
@@ -92,7 +98,7 @@ _MAX_PIXELS = 2**28  # largest resampled frame we accept (16384 x 16384)
 MIN_FIELD = 3.0
 
 
-def load_default_model(*, reference: bool = False):
+def load_default_model(*, reference: bool = False, rotated: bool = False):
     """Load a model shipped with the repository.
 
     Parameters
@@ -101,6 +107,8 @@ def load_default_model(*, reference: bool = False):
         ``False``: :data:`DEFAULT_MODEL` (the robust fast model). ``True``:
         :data:`REFERENCE_MODEL` (the paper's layout; run it with
         ``predict(..., fast=False)`` for the eager reference path).
+    rotated : bool
+        :data:`DEFAULT_ROTATED_MODEL` instead (the default's 180-degree pass in the validity check).
 
     Returns
     -------
@@ -112,7 +120,9 @@ def load_default_model(*, reference: bool = False):
     FileNotFoundError
         When the model file is absent.
     """
-    path = REFERENCE_MODEL if reference else DEFAULT_MODEL
+    if reference and rotated:
+        raise ValueError("reference and rotated exclude each other (the reference path has no second model)")
+    path = REFERENCE_MODEL if reference else DEFAULT_ROTATED_MODEL if rotated else DEFAULT_MODEL
     if not path.is_file():
         raise FileNotFoundError(
             f"default model {path} not found; train it first (see README) or pass a model file with --model"
@@ -362,15 +372,16 @@ def input_image(image, pixel_size=None) -> xr.DataArray:
     return out
 
 
-@functools.lru_cache(maxsize=1)
-def _cached_default_model():
-    return load_default_model()
+@functools.lru_cache(maxsize=2)
+def _cached_default_model(rotated: bool = False):
+    return load_default_model(rotated=rotated)
 
 
-def model_and_card(model, card):
-    """``(model, card)``: the shipped default (:func:`load_default_model`, loaded once) when both are ``None``."""
+def model_and_card(model, card, *, rotated: bool = False):
+    """``(model, card)``: the shipped default (:func:`load_default_model`, loaded once) when both are ``None``
+    (``rotated``: the default's second model, :data:`DEFAULT_ROTATED_MODEL`)."""
     if model is None and card is None:
-        return _cached_default_model()
+        return _cached_default_model(rotated)
     if model is None or card is None:
         raise ValueError("pass both the model and its card (segdepth.load_model returns both), or neither "
                          "for the shipped default model")

@@ -295,16 +295,24 @@ def predict_checked(
     at 0.2 A, or any frame resampled to 0.3 A); ``tta`` doubles the network's time.
 
     ``rotated_model`` and ``rotated_card`` (both or neither; with ``tta``): another model for the 180-degree pass,
-    so that the reported probabilities are a two-model ensemble's and ``disagreement`` is between the two models
-    (for example the default and the same weights reading the input divided by its local mean,
-    ``data/models/study/segdepth_robust_wise_flat_base8_bin4``; README, "The input divided by its local mean").
-    It must predict on the same grid (same pixel size and label factor in its card).
+    so that the reported probabilities are a two-model ensemble's and ``disagreement`` is between the two models.
+    It must predict on the same grid (same pixel size and label factor in its card). With the shipped default
+    (``model`` and ``card`` ``None``) and ``tta`` the second pass is the default's by default:
+    :data:`segdepth.learn.inference.DEFAULT_ROTATED_MODEL`, the same weights reading the input divided by its
+    local mean (README, "The default's second pass"); pass ``rotated_model="same"`` for the default's own
+    180-degree pass. A model passed explicitly makes both passes unless ``rotated_model`` is given.
     """
     from segdepth.data.hyperspy import is_signal
     from segdepth.learn.inference import input_image, model_and_card, predict
 
     like = image if is_signal(image) else None
     image = input_image(image, pixel_size)
+    if isinstance(rotated_model, str):
+        if rotated_model != "same" or rotated_card is not None:
+            raise ValueError(f"rotated_model must be a model or 'same', got {rotated_model!r}")
+        rotated_model = None
+    elif rotated_model is None and rotated_card is None and model is None and card is None and tta:
+        rotated_model, rotated_card = model_and_card(None, None, rotated=True)
     model, card = model_and_card(model, card)
     if image.ndim == 2:
         image = image.expand_dims("frame")
