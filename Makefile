@@ -28,7 +28,7 @@ MERGE = $(PY) -c 'from segdepth.data.store import merge_datasets; merge_datasets
 	robust-wise-phonons data-robust-static2 robust-mix train-robust-mix robust-wise robust-wise-a0.5 \
 	data-robust-quasi shift-quasi-test train-robust-quasi data-robust-low-spread robust-quasi-mix evaluate-quasi \
 	data-robust-wide-spread shift-coherent-test robust-wide-mix train-robust-wide robust-wide-wise evaluate-wide \
-	fresh-shift-tests evaluate-two \
+	fresh-shift-tests evaluate-two fresh2-shift-tests evaluate-second \
 	data-robust-static3 robust-flat-mix robust-wise-flat train-robust-flat train-robust-plain3 robust-flat-wise evaluate-flat
 
 all: reproduce
@@ -297,6 +297,7 @@ fresh-shift-tests: $(STAMP)
 
 # The pair beside its two members on the fresh tests (8 doses), and on the real movie (needs fresh-shift-tests).
 TWO_FLAT := segdepth/models/segdepth_robust_wise_flat_base8_bin4.safetensors
+DEFAULT := segdepth/models/segdepth_robust_wise_base8_bin4.safetensors
 evaluate-two: $(STAMP)
 	$(PY) benchmarks/phonon_model.py --models segdepth/models/segdepth_robust_wise_base8_bin4.safetensors $(TWO_FLAT) \
 		--pair segdepth/models/segdepth_robust_wise_base8_bin4.safetensors $(TWO_FLAT) --test-sets $(FRESH_SETS) --tta \
@@ -304,6 +305,32 @@ evaluate-two: $(STAMP)
 	$(PY) benchmarks/real_movie_checks.py --model segdepth/models/segdepth_robust_wise_base8_bin4.safetensors \
 		--rotated-model $(TWO_FLAT)
 	$(PY) benchmarks/simulator_shift.py --model default default-pair
+
+# Issue 11 (2026-12-05, fourth session, second step): a specialised second model. Since the default reads every
+# frame first, the second pass may come from a model that is better on other simulators and worse on the default's
+# own images. Candidates (existing study models, both with the local-mean layer): the layer fine-tune
+# (segdepth_robust_flat: stronger on vibrating atoms, weaker on the nominal lens) and its 0.5 / 0.5 average
+# (segdepth_robust_flat_wise). Scored on four more fresh shift tests (seeds 941-945, never used) beside the
+# adopted pair. Rule fixed before scoring: a candidate replaces DEFAULT_ROTATED_MODEL only if its pair's exact count
+# averaged over lambda 1 / 2.5 / 10 and the four new tests is higher than the adopted pair's, it loses at most 1
+# point against it on the new static test at lambda 2.5 and at 10 and on the nominal lens's incoherent images
+# (benchmarks/simulator_shift.py) at lambda 2.5 and at 10, and the real movie's vacuum band still reads depth 0
+# in >= 0.98 of its pixels in every frame.
+FRESH2_SETS := data/simulated/fresh2_shift_test data/simulated/fresh2_shift_quasi_test \
+	data/simulated/fresh2_shift_phonons_test data/simulated/fresh2_shift_coherent_test
+fresh2-shift-tests: $(STAMP)
+	$(PY) -c 'from segdepth.physics.generate import PRESETS, generate_dataset; \
+		[generate_dataset(PRESETS[k].with_(seed=s), f"data/simulated/fresh2_{k}_test", n_structures=$(FRESH_STRUCTURES), \
+		workers=2) for k, s in (("shift", 941), ("shift_quasi", 944), ("shift_coherent", 945), ("shift_phonons", 942))]'
+
+SECOND_CANDIDATES := data/models/study/segdepth_robust_flat_base8_bin4.safetensors \
+	data/models/study/segdepth_robust_flat_wise_base8_bin4.safetensors
+evaluate-second: $(STAMP)
+	$(PY) benchmarks/phonon_model.py --models --pair $(DEFAULT) $(TWO_FLAT) \
+		$(foreach m,$(SECOND_CANDIDATES),--pair $(DEFAULT) $(m)) --test-sets $(FRESH2_SETS) --tta \
+		--lams 0.5 1 2.5 10 25 --out data/results/robustness_second
+	$(foreach m,$(SECOND_CANDIDATES),$(PY) benchmarks/real_movie_checks.py --model $(DEFAULT) --rotated-model $(m);)
+	$(PY) benchmarks/simulator_shift.py --model default-pair $(foreach m,$(SECOND_CANDIDATES),$(DEFAULT)+$(m))
 
 shift-quasi-test: $(STAMP)
 	$(PY) -c 'from segdepth.physics.generate import PRESETS, generate_dataset; \

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["data/models/study/segdepth_robust_phonons_base8_bin4.safetensors",
+    ap.add_argument("--models", nargs="*", default=["data/models/study/segdepth_robust_phonons_base8_bin4.safetensors",
                                                     str(DEFAULT_MODEL)])
     ap.add_argument("--test-sets", nargs="+", default=["data/simulated/shift_test",
                                                        "data/simulated/shift_phonons_test"])
@@ -37,6 +37,8 @@ def main(argv=None) -> int:
                     help="also score MODEL with ROTATED making its 180-degree pass (segdepth predict "
                     "--rotated-model; needs --tta), named MODEL+ROTATED; may be repeated")
     args = ap.parse_args(argv)
+    if not args.models and not args.pair:
+        ap.error("nothing to score: give --models and/or --pair")
     if args.pair and not args.tta:
         ap.error("--pair needs --tta (ROTATED makes the 180-degree pass)")
     loaded = {}
