@@ -12,7 +12,8 @@ simulations use) and ``coherent`` (no focal spread). Each image gets Poisson noi
 kinds are compared on paired noise) and every model counts the atoms at the true column centres (mean of the plain
 and the 180-degree pass, as ``segdepth predict``; ``--model default`` makes both passes with the default's
 weights, ``default-pair`` the second with its second model, ``DEFAULT_ROTATED_MODEL``, as ``segdepth predict``
-without ``--model`` since 2026-12-05; ``FIRST+SECOND``, two model files, the second with ``SECOND``). Prints the fraction of columns counted exactly. The
+without ``--model`` since 2026-12-05; ``FIRST+SECOND``, two model files, the second with ``SECOND``).
+Prints the fraction of columns counted exactly. The
 counts still move a little between runs of the same command (one particle, lambda 10: 47, 49 and 47 of 71
 columns in three runs, all seeds fixed, so some floating-point result of the simulation or the network differs
 between runs).
@@ -43,7 +44,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lam", type=float, nargs="+", default=[2.5, 10.0])
     ap.add_argument("--model", nargs="+", default=["default"],
                     help="model files ('default': the shipped default in both passes; 'default-pair': the default "
-                    "and its second model in the 180-degree pass; 'FIRST+SECOND': SECOND makes FIRST's 180-degree pass)")
+                    "and its second model in the 180-degree pass; 'FIRST+SECOND': SECOND makes FIRST's 180-degree "
+                    "pass)")
     ap.add_argument("--kinds", nargs="+", default=list(LENS_KINDS), choices=KINDS, help="simulator variants")
     args = ap.parse_args(argv)
     kinds = tuple(dict.fromkeys(["incoherent", *args.kinds]))
