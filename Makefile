@@ -28,7 +28,7 @@ MERGE = $(PY) -c 'from segdepth.data.store import merge_datasets; merge_datasets
 	robust-wise-phonons data-robust-static2 robust-mix train-robust-mix robust-wise robust-wise-a0.5 \
 	data-robust-quasi shift-quasi-test train-robust-quasi data-robust-low-spread robust-quasi-mix evaluate-quasi \
 	data-robust-wide-spread shift-coherent-test robust-wide-mix train-robust-wide robust-wide-wise evaluate-wide \
-	fresh-shift-tests evaluate-two fresh2-shift-tests evaluate-second \
+	fresh-shift-tests evaluate-two fresh2-shift-tests evaluate-second evaluate-pair-shift \
 	data-robust-static3 robust-flat-mix robust-wise-flat train-robust-flat train-robust-plain3 robust-flat-wise evaluate-flat
 
 all: reproduce
@@ -332,6 +332,13 @@ evaluate-second: $(STAMP)
 		--lams 0.5 1 2.5 10 25 --out data/results/robustness_second
 	$(foreach m,$(SECOND_CANDIDATES),$(PY) benchmarks/real_movie_checks.py --model $(DEFAULT) --rotated-model $(m);)
 	$(PY) benchmarks/simulator_shift.py --model default-pair $(foreach m,$(SECOND_CANDIDATES),$(DEFAULT)+$(m))
+
+# What segdepth predict reports since the pair was adopted, on the four original shift tests and the dose curve
+# (for the README's issue-11 tables; not a decision).
+evaluate-pair-shift: $(STAMP)
+	$(PY) benchmarks/phonon_model.py --models --pair $(DEFAULT) $(TWO_FLAT) --test-sets data/simulated/shift_test \
+		data/simulated/shift_phonons_test data/simulated/shift_quasi_test data/simulated/shift_coherent_test --tta \
+		--lams 0.25 0.5 1 2.5 5 10 25 50 --out data/results/robustness_pair_shift
 
 shift-quasi-test: $(STAMP)
 	$(PY) -c 'from segdepth.physics.generate import PRESETS, generate_dataset; \

@@ -25,15 +25,19 @@ def shifted():
 def test_shipped_default_beats_the_previous_default_on_a_shifted_set(shifted):
     root = Path(__file__).resolve().parents[1]
     new, new_card = load_default_model()
+    second, second_card = load_default_model(rotated=True)  # the second pass of segdepth predict's check
     old, old_card = load_model(root / PREVIOUS_DEFAULT_MODEL)
+    assert second_card["input_binning"] == new_card["input_binning"]
     assert new_card["data_parameters"]["optics"] is not None  # trained on randomised optics
-    r = robustness({"default": (new, new_card["input_binning"]), "previous": (old, old_card["input_binning"])},
-                   {"shift": shifted}, [2.5, 10.0], seed=7)
+    r = robustness({"default": (new, new_card["input_binning"]), "previous": (old, old_card["input_binning"]),
+                    "default + second model": (new, new_card["input_binning"], second)},
+                   {"shift": shifted}, [2.5, 10.0], seed=7, tta=True)
     exact = r.column_exact.sel(group="all", test_set="shift")
     print(exact.to_pandas())
     assert int(r.column_n.sel(group="all").isel(model=0, test_set=0, lam=0)) > 50
     for lam in (2.5, 10.0):
-        assert float(exact.sel(model="default", lam=lam)) > float(exact.sel(model="previous", lam=lam))
+        for model in ("default", "default + second model"):  # the weights, and what segdepth predict reports
+            assert float(exact.sel(model=model, lam=lam)) > float(exact.sel(model="previous", lam=lam))
     # and it does not buy that with hallucinated columns in the vacuum
     hall = r.hallucination_rate.sel(test_set="shift", lam=2.5)
     assert float(hall.sel(model="default")) <= max(0.01, float(hall.sel(model="previous")))
