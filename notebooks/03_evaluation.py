@@ -44,6 +44,9 @@ robustness_results = "data/results/fresh/robustness.nc"  # every metric per mode
 robustness_table = "data/results/fresh/robustness.md"
 record_in_card = False  # write the robustness figures of the first model (and its envelope) into its model card
 tta = False  # score the mean of the plain and the 180-degree pass, what `segdepth predict` reports (False: one pass)
+# model path -> another model that makes its 180-degree pass (needs tta): an extra row "A+B" of the robustness table,
+# what `segdepth predict` reports for the default since 2026-12-05 ({DEFAULT_MODEL: DEFAULT_ROTATED_MODEL})
+rotated_models = {}
 
 # %%
 import json
@@ -80,6 +83,11 @@ def test_indices(card):
 
 
 # %%
+for first in rotated_models:  # refused before anything is computed
+    if first not in models:
+        raise ValueError(f"rotated_models names {first}, which is not in models")
+    if not tta or not shift_data:
+        raise ValueError("rotated_models needs tta = True and shift_data (it adds rows to the robustness table)")
 per_model, cards, loaded = [], [], []
 for path in models:
     model, card = load_model(path)
@@ -278,8 +286,16 @@ save_figure(fig, figure_prefix + "fig8_saliency.png")
 # %%
 if shift_data:
     test_sets = {"in-distribution": ds, **{Path(p).name: open_dataset(p, load=True) for p in shift_data}}
-    rob = robustness({Path(p).stem: (m, b) for p, (m, _, b) in zip(models, loaded)}, test_sets, dose_lams,
-                     seed=seed, indices={"in-distribution": loaded[0][1]}, progress=True, tta=tta)
+    scored = {Path(p).stem: (m, b) for p, (m, _, b) in zip(models, loaded)}
+    for first, second in rotated_models.items():
+        m, _, b = loaded[models.index(first)]
+        second_model, second_card = load_model(second)
+        if second_card.get("input_binning", 1) != b:
+            raise ValueError(f"rotated_models: {second} bins its input {second_card.get('input_binning', 1)}x, "
+                             f"{first} {b}x")
+        scored[f"{Path(first).stem}+{Path(second).stem}"] = (m, b, second_model.eval())
+    rob = robustness(scored, test_sets, dose_lams, seed=seed, indices={"in-distribution": loaded[0][1]},
+                     progress=True, tta=tta)
     rob.attrs["data"] = data
     rob.attrs["shift_data"] = json.dumps(list(shift_data))
     write_netcdf_atomic(rob, robustness_results)

@@ -62,13 +62,17 @@ def test_03_evaluation_uses_the_test_split_and_writes_figures(nb02):
          "table": str(root / "table1.md"), "figure_prefix": str(root) + "/",
          "shift_data": [str(root / "sim")], "dose_lams": [1.0, 10.0],
          "robustness_results": str(root / "robustness.nc"), "robustness_table": str(root / "robustness.md"),
-         "record_in_card": True},
+         "record_in_card": True, "tta": True,
+         "rotated_models": {str(root / "model.safetensors"): str(root / "model.safetensors")}},
     )
     _, card_after = load_model(root / "model.safetensors")
     fig = card_after["robustness"]["figures"]["sim"]["lambda_10"]
     assert 0 <= fig["column_exact"] <= 1 and card_after["envelope"]["dose_range"] == [2.5]
     rob = xr.load_dataset(root / "robustness.nc")
     assert dict(rob.sizes)["lam"] == 2 and list(rob.test_set.values) == ["in-distribution", "sim"]
+    # the extra row of rotated_models: here the model makes its own 180-degree pass, so it equals the plain row
+    assert list(rob.model.values) == ["model", "model+model"]
+    np.testing.assert_allclose(rob.column_exact.sel(model="model+model"), rob.column_exact.sel(model="model"))
     # in-distribution is the test split; the shifted set (here the same data) is used whole
     n_cols = int((ds.column_count.values > 0).sum())
     assert int(rob.column_n.sel(group="all", test_set="sim").isel(model=0, lam=0)) == n_cols
