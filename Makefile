@@ -250,6 +250,7 @@ data-robust-static3: $(STAMP)
 robust-flat-mix: $(STAMP)
 	$(call MERGE,data/simulated/robust_static3_train,data/simulated/robust_wide_spread_train,data/simulated/robust_flat_mix_train)
 
+# (The shipped card's role and known_limits were written after scoring; README "The default's second pass".)
 robust-wise-flat: $(STAMP)
 	$(PY) benchmarks/flatten_model.py --model segdepth/models/segdepth_robust_wise_base8_bin4.safetensors --sigma 1.5 \
 		--out segdepth/models/segdepth_robust_wise_flat_base8_bin4.safetensors

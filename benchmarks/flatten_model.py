@@ -21,7 +21,8 @@ from segdepth.learn.model import UNet
 from segdepth.learn.modelio import load_model, save_model
 
 ROOT = Path(__file__).resolve().parents[1]
-DROP = ("robustness", "envelope", "val_metrics", "architecture", "weights_dtype")
+#: Card entries of the source that describe measurements of the source, not of the flattened model.
+DROP = ("robustness", "envelope", "val_metrics", "architecture", "weights_dtype", "known_limits", "check_second_pass")
 
 
 def main(argv=None) -> int:
