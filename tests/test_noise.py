@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from segdepth.physics.noise import poisson_noise, poisson_noise_torch
+from segdepth.physics.noise import poisson_noise, poisson_noise_paired, poisson_noise_torch
 
 
 @pytest.mark.parametrize("lam", [0.1, 2.5, 40.0])
@@ -54,3 +54,28 @@ def test_bad_clean_and_rng():
         poisson_noise(np.array([1.0, np.nan]), 1.0, rng=np.random.default_rng(0))
     with pytest.raises(ValueError, match="rng"):
         poisson_noise(np.ones(3), 1.0, rng=0)
+
+
+def test_paired_noise_has_poisson_statistics_and_survives_a_last_bit_change():
+    """poisson_noise_paired: mean c, variance c / lambda, whole electrons, and the same draws for an image whose
+    vacuum (c = 1) changed in the last bit, as between two processes (Generator.poisson switches algorithm at a mean
+    of 10 and takes another number of draws there, so at lambda 10 most of the image is re-drawn)."""
+    clean = np.random.default_rng(0).uniform(0.5, 1.5, (256, 256))
+    clean[:64] = 1.0  # vacuum
+    noisy = poisson_noise_paired(clean, 10.0, rng=np.random.default_rng(1))
+    assert noisy.dtype == np.float32 and noisy.shape == clean.shape
+    assert abs(float((noisy - clean).mean())) < 0.01
+    np.testing.assert_allclose(((noisy - clean) ** 2).mean(), clean.mean() / 10.0, rtol=0.05)
+    assert np.allclose(noisy * 10.0, np.round(noisy * 10.0), atol=1e-4)  # whole electrons
+    nudged = clean.copy()
+    half = np.random.default_rng(2).random((64, 256)) < 0.5
+    nudged[:64][half] = np.nextafter(1.0, 0.0)  # lambda * c just below 10 in half the vacuum
+    again = poisson_noise_paired(nudged, 10.0, rng=np.random.default_rng(1))
+    assert (again != noisy).sum() <= 2
+    plain = poisson_noise(clean, 10.0, rng=np.random.default_rng(1))
+    plain_nudged = poisson_noise(nudged, 10.0, rng=np.random.default_rng(1))
+    assert (plain != plain_nudged).mean() > 0.5  # what the paired draw avoids
+    with pytest.raises(ValueError, match="lam"):
+        poisson_noise_paired(clean, 0.0, rng=np.random.default_rng(1))
+    with pytest.raises(ValueError, match="Generator"):
+        poisson_noise_paired(clean, 1.0, rng=1)

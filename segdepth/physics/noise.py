@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["check_lambda", "poisson_noise", "poisson_noise_torch"]
+__all__ = ["check_lambda", "poisson_noise", "poisson_noise_paired", "poisson_noise_torch"]
 
 
 def check_lambda(lam) -> None:
@@ -56,6 +56,27 @@ def poisson_noise(clean, lam, *, rng: np.random.Generator) -> np.ndarray:
     _check_clean(clean)
     lam = np.asarray(lam, dtype=np.float64)
     counts = rng.poisson(lam * clean)
+    return (counts / lam).astype(np.float32)
+
+
+def poisson_noise_paired(clean, lam, *, rng: np.random.Generator) -> np.ndarray:
+    """:func:`poisson_noise` drawn by the inverse CDF from one uniform per pixel (common random numbers).
+
+    Each pixel's count depends only on its own uniform and its mean ``lam * clean``, so two images that differ a
+    little (the same particle through two simulators, or the same simulation in two processes, which differ in
+    the last bits) get paired noise. ``Generator.poisson`` takes a number of draws per pixel that depends on the
+    mean (and switches algorithm at a mean of 10), so there a last-bit change re-draws the rest of the image.
+    About 10x slower than :func:`poisson_noise`; used by ``benchmarks/simulator_shift.py``.
+    """
+    from scipy.stats import poisson
+
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError("rng must be a numpy.random.Generator (use numpy.random.default_rng(seed))")
+    check_lambda(lam)
+    clean = np.asarray(clean, dtype=np.float64)
+    _check_clean(clean)
+    lam = np.asarray(lam, dtype=np.float64)
+    counts = poisson.ppf(rng.random(clean.shape), lam * clean)
     return (counts / lam).astype(np.float32)
 
 
