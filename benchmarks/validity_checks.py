@@ -2,7 +2,8 @@
 
 Run: ``python benchmarks/validity_checks.py [--preset robust] [--structures 4] [--lam 0.3 1 2.5 10]``.
 Simulates ``--structures`` particles of a generator preset (one image each, seed ``--seed``), adds Poisson
-noise at each dose (electrons per 0.053 A pixel), predicts every image with the default model (plain and
+noise at each dose (electrons per 0.053 A pixel; paired noise, :func:`segdepth.physics.noise.poisson_noise_paired`,
+since 2026-12-05, so that the figures repeat between runs), predicts every image with the default model (plain and
 180-degree pass, :func:`segdepth.learn.inference.predict`) and assesses the *same* predictions with two vacuum
 masks (:func:`segdepth.learn.validity.assess`), so that the difference is the rule's alone: the default
 (lattice, confident seeds and hysteresis, ``keep_connected`` :data:`~segdepth.learn.validity.KEEP_CONNECTED`) and
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
     from segdepth.learn.inference import load_default_model, predict
     from segdepth.learn.validity import KEEP_CONFIDENT, KEEP_CONNECTED, REASONS, assess, rotated_180
     from segdepth.physics.generate import PRESETS, make_shard
-    from segdepth.physics.noise import poisson_noise
+    from segdepth.physics.noise import poisson_noise_paired
 
     start = time.perf_counter()
     if args.data:
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
         iy = np.clip(np.round((ds.column_y[s].values[ok] - ds.label_y.values[0]) / f).astype(int), 0, lab.shape[0] - 1)
         ix = np.clip(np.round((ds.column_x[s].values[ok] - ds.label_x.values[0]) / f).astype(int), 0, lab.shape[1] - 1)
         for lam in args.lam:
-            noisy = poisson_noise(ds.image[s].values, lam, rng=rng)
+            noisy = poisson_noise_paired(ds.image[s].values, lam, rng=rng)  # reproducible between runs
             image = xr.DataArray(noisy[None], dims=("frame", "y", "x"), coords={"y": ds.y.values, "x": ds.x.values},
                                  attrs={"pixel_size": ds.attrs["pixel_size"]})
             plain = predict(image, model, card, return_probabilities=True)
