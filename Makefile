@@ -19,6 +19,9 @@ FINETUNE = $(RUN_NB) notebooks/02_training.py -o notebooks/executed/02_training_
 	-p history_out data/results/training_history_robust_$(1)_base8_bin4.nc \
 	-p figure figures/training_history_robust_$(1)_base8_bin4.png
 
+# WiSE-FT weight interpolation of two models: $(call WISE,base,tuned,alpha,output), model files.
+WISE = $(PY) benchmarks/wise_model.py --base $(1) --tuned $(2) --alpha $(3) --out $(4)
+
 # Two training sets written as one (structures kept distinct): $(call MERGE,first,second,output), dataset directories.
 MERGE = $(PY) -c 'from segdepth.data.store import merge_datasets; merge_datasets(["$(1)", "$(2)"], "$(3)")'
 
@@ -139,21 +142,15 @@ train-robust-phonons: $(STAMP)
 # the interpolated model on the mixture (static and frozen-phonon images).
 MIX_MINUTES ?= 50
 robust-wise-phonons: $(STAMP)
-	$(PY) benchmarks/wise_model.py --base segdepth/models/segdepth_robust_base8_bin4.safetensors \
-		--tuned data/models/study/segdepth_robust_phonons_base8_bin4.safetensors --alpha 0.5 \
-		--out data/models/study/segdepth_robust_wise_phonons_base8_bin4.safetensors
+	$(call WISE,segdepth/models/segdepth_robust_base8_bin4.safetensors,data/models/study/segdepth_robust_phonons_base8_bin4.safetensors,0.5,data/models/study/segdepth_robust_wise_phonons_base8_bin4.safetensors)
 
 # The default since this step: 0.8 robust + 0.2 robust_mix (alpha chosen on the ablation sets of notebook 07;
 # its card lists the lineage; README). robust-wise-a0.5: WiSE-FT's default alpha, the default for a day.
 robust-wise: $(STAMP)
-	$(PY) benchmarks/wise_model.py --base segdepth/models/segdepth_robust_base8_bin4.safetensors \
-		--tuned data/models/study/segdepth_robust_mix_base8_bin4.safetensors --alpha 0.2 \
-		--out segdepth/models/segdepth_robust_wise_base8_bin4.safetensors
+	$(call WISE,segdepth/models/segdepth_robust_base8_bin4.safetensors,data/models/study/segdepth_robust_mix_base8_bin4.safetensors,0.2,segdepth/models/segdepth_robust_wise_base8_bin4.safetensors)
 
 robust-wise-a0.5: $(STAMP)
-	$(PY) benchmarks/wise_model.py --base segdepth/models/segdepth_robust_base8_bin4.safetensors \
-		--tuned data/models/study/segdepth_robust_mix_base8_bin4.safetensors --alpha 0.5 \
-		--out data/models/study/segdepth_robust_wise_a0.5_base8_bin4.safetensors
+	$(call WISE,segdepth/models/segdepth_robust_base8_bin4.safetensors,data/models/study/segdepth_robust_mix_base8_bin4.safetensors,0.5,data/models/study/segdepth_robust_wise_a0.5_base8_bin4.safetensors)
 
 data-robust-static2: $(STAMP)
 	$(RUN_NB) notebooks/01_data_generation.py -o notebooks/executed/01_robust_static2_train.ipynb -p preset robust \
@@ -215,9 +212,7 @@ train-robust-wide: $(STAMP)
 
 # Its weight average with the default (WiSE-FT's alpha 0.5, fixed before scoring).
 robust-wide-wise: $(STAMP)
-	$(PY) benchmarks/wise_model.py --base segdepth/models/segdepth_robust_wise_base8_bin4.safetensors \
-		--tuned data/models/study/segdepth_robust_wide_base8_bin4.safetensors --alpha 0.5 \
-		--out data/models/study/segdepth_robust_wide_wise_base8_bin4.safetensors
+	$(call WISE,segdepth/models/segdepth_robust_wise_base8_bin4.safetensors,data/models/study/segdepth_robust_wide_base8_bin4.safetensors,0.5,data/models/study/segdepth_robust_wide_wise_base8_bin4.safetensors)
 
 # The wide-spread fine-tune and its average beside the default: static, quasi-coherent, frozen-phonon and coherent
 # shift tests, then the simulator benchmark.
@@ -263,9 +258,7 @@ train-robust-plain3: $(STAMP)
 	$(call FINETUNE,plain3,data/simulated/robust_flat_mix_train,$(FLAT_MINUTES),2e-4,10,segdepth/models/segdepth_robust_wise_base8_bin4.safetensors)
 
 robust-flat-wise: $(STAMP)
-	$(PY) benchmarks/wise_model.py --base segdepth/models/segdepth_robust_wise_flat_base8_bin4.safetensors \
-		--tuned data/models/study/segdepth_robust_flat_base8_bin4.safetensors --alpha 0.5 \
-		--out data/models/study/segdepth_robust_flat_wise_base8_bin4.safetensors
+	$(call WISE,segdepth/models/segdepth_robust_wise_flat_base8_bin4.safetensors,data/models/study/segdepth_robust_flat_base8_bin4.safetensors,0.5,data/models/study/segdepth_robust_flat_wise_base8_bin4.safetensors)
 
 FLAT_MODELS := segdepth/models/segdepth_robust_wise_flat_base8_bin4.safetensors \
 	data/models/study/segdepth_robust_flat_base8_bin4.safetensors \
@@ -289,12 +282,15 @@ evaluate-flat: $(STAMP)
 # 632 s + the movie): mean 0.402 against 0.397; static +0.5 / -0.7 points at lambda 2.5 / 10; movie band 0.998,
 # worst frame 0.989. All three hold: the pair became the default's 180-degree pass (README).
 FRESH_STRUCTURES ?= 20
-FRESH_SETS := data/simulated/fresh_shift_test data/simulated/fresh_shift_quasi_test \
-	data/simulated/fresh_shift_phonons_test data/simulated/fresh_shift_coherent_test
+# The four shift presets with new seeds: $(call FRESH,prefix,static seed,quasi seed,coherent seed,phonon seed) writes
+# data/simulated/<prefix>_<preset>_test; FRESH_SETS_OF(prefix) names them.
+FRESH = $(PY) -c 'from segdepth.physics.generate import PRESETS, generate_dataset; \
+	[generate_dataset(PRESETS[k].with_(seed=s), f"data/simulated/$(1)_{k}_test", n_structures=$(FRESH_STRUCTURES), \
+	workers=2) for k, s in (("shift", $(2)), ("shift_quasi", $(3)), ("shift_coherent", $(4)), ("shift_phonons", $(5)))]'
+FRESH_SETS_OF = $(foreach k,shift shift_quasi shift_phonons shift_coherent,data/simulated/$(1)_$(k)_test)
+FRESH_SETS := $(call FRESH_SETS_OF,fresh)
 fresh-shift-tests: $(STAMP)
-	$(PY) -c 'from segdepth.physics.generate import PRESETS, generate_dataset; \
-		[generate_dataset(PRESETS[k].with_(seed=s), f"data/simulated/fresh_{k}_test", n_structures=$(FRESH_STRUCTURES), \
-		workers=2) for k, s in (("shift", 931), ("shift_quasi", 934), ("shift_coherent", 935), ("shift_phonons", 932))]'
+	$(call FRESH,fresh,931,934,935,932)
 
 # The pair beside its two members on the fresh tests (8 doses), and on the real movie (needs fresh-shift-tests).
 TWO_FLAT := segdepth/models/segdepth_robust_wise_flat_base8_bin4.safetensors
@@ -318,12 +314,9 @@ evaluate-two: $(STAMP)
 # (benchmarks/simulator_shift.py) at lambda 2.5 and at 10, and the real movie's vacuum band still reads depth 0
 # in >= 0.98 of its pixels in every frame. Scored on 2026-12-05: both fail (mean 0.4043 / 0.4044 against 0.4053,
 # static -1.8 / -1.2 points at lambda 10, nominal incoherent -7 to -12 / -2.5 to -6 points); the pair stays (README).
-FRESH2_SETS := data/simulated/fresh2_shift_test data/simulated/fresh2_shift_quasi_test \
-	data/simulated/fresh2_shift_phonons_test data/simulated/fresh2_shift_coherent_test
+FRESH2_SETS := $(call FRESH_SETS_OF,fresh2)
 fresh2-shift-tests: $(STAMP)
-	$(PY) -c 'from segdepth.physics.generate import PRESETS, generate_dataset; \
-		[generate_dataset(PRESETS[k].with_(seed=s), f"data/simulated/fresh2_{k}_test", n_structures=$(FRESH_STRUCTURES), \
-		workers=2) for k, s in (("shift", 941), ("shift_quasi", 944), ("shift_coherent", 945), ("shift_phonons", 942))]'
+	$(call FRESH,fresh2,941,944,945,942)
 
 SECOND_CANDIDATES := data/models/study/segdepth_robust_flat_base8_bin4.safetensors \
 	data/models/study/segdepth_robust_flat_wise_base8_bin4.safetensors

@@ -67,6 +67,7 @@ def main(argv=None) -> int:
     f = ds.attrs["label_pixel_size"]
     keep = KEEP_CONFIDENT if args.keep_confident is None else args.keep_confident
     connected = KEEP_CONNECTED if args.keep_connected is None else args.keep_connected
+    disagreement_code = next(code for code, name in REASONS.items() if name == "model_disagreement")
     rules = {f"hysteresis {connected:g}": connected, "lattice and seeds only": None}
     if args.default_rule_only:
         rules.pop("lattice and seeds only")
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
                 at = reason[iy, ix]
                 t[7] += int((at == 0).sum())
                 t[8] += int(right[at == 0].sum())
-                disagree = at == list(REASONS.values()).index("model_disagreement")
+                disagree = at == disagreement_code
                 t[9] += int(disagree.sum())
                 t[10] += int(right[disagree].sum())
                 reasons = np.bincount(reason[lab], minlength=len(REASONS))

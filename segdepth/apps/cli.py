@@ -294,21 +294,23 @@ def _predict_command(args: argparse.Namespace) -> int:
 
         model, card = load_model(model_path)
     check = _check_options(args) if args.check else None
-    if args.rotated_model is None and args.model is None and not args.reference and args.check and args.tta:
-        args.rotated_model = "default"  # the default model's second pass
-    if args.rotated_model not in (None, "same"):
+    rotated = args.rotated_model
+    if rotated is None and args.model is None and not args.reference and args.check and args.tta:
+        rotated = "default"  # the default model's second pass
+    if rotated not in (None, "same"):
         from segdepth.learn.modelio import load_model
+        from segdepth.learn.validity import check_same_grid
 
-        if args.rotated_model == "default":
+        if rotated == "default":
             rotated_model, rotated_card = load_default_model(rotated=True)
         else:
-            rotated_model, rotated_card = load_model(Path(args.rotated_model))
-        for key in ("sampling", "label_factor"):
-            if rotated_card.get(key) != card.get(key):
-                raise CommandError(f"--rotated-model {args.rotated_model} predicts on another grid: {key} "
-                                   f"{rotated_card.get(key)!r} in its card, {card.get(key)!r} in the model's")
+            rotated_model, rotated_card = load_model(Path(rotated))
+        try:
+            check_same_grid(card, rotated_card)
+        except ValueError as err:
+            raise CommandError(f"--rotated-model {rotated}: {err}") from None
         check.update(rotated_model=rotated_model.eval(), rotated_card=rotated_card)
-        attrs["rotated_model"] = str(args.rotated_model)
+        attrs["rotated_model"] = rotated
     progress = sys.stderr.isatty() if args.progress is None else args.progress
 
     preview_image = []  # the preview frame's input, kept when its chunk is read

@@ -266,6 +266,14 @@ def assess(
     return out
 
 
+def check_same_grid(card: dict, rotated_card: dict) -> None:
+    """Raise ``ValueError`` unless a second model (``rotated_card``) predicts on the grid of ``card``."""
+    for key in ("sampling", "label_factor"):
+        if rotated_card.get(key) != card.get(key):
+            raise ValueError(f"rotated_model predicts on another grid: {key} {rotated_card.get(key)!r} in its "
+                             f"card, {card.get(key)!r} in the model's")
+
+
 def predict_checked(
     image,
     model=None,
@@ -321,10 +329,7 @@ def predict_checked(
     if rotated_model is not None:
         if not tta:
             raise ValueError("rotated_model needs the 180-degree pass (tta=True)")
-        for key in ("sampling", "label_factor"):
-            if rotated_card.get(key) != card.get(key):
-                raise ValueError(f"rotated_model predicts on another grid: {key} {rotated_card.get(key)!r} in its "
-                                 f"card, {card.get(key)!r} in the model's")
+        check_same_grid(card, rotated_card)
     else:
         rotated_model, rotated_card = model, card
     prediction = predict(image, model, card, return_probabilities=True, **options)

@@ -31,6 +31,16 @@ def _check_clean(clean: np.ndarray) -> None:
         raise ValueError("clean image must be non-negative (it is an intensity)")
 
 
+def _noise_inputs(clean, lam, rng) -> tuple[np.ndarray, np.ndarray]:
+    """``clean`` and ``lam`` as float64 arrays, after checking them and ``rng`` (the noise functions' inputs)."""
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError("rng must be a numpy.random.Generator (use numpy.random.default_rng(seed))")
+    check_lambda(lam)
+    clean = np.asarray(clean, dtype=np.float64)
+    _check_clean(clean)
+    return clean, np.asarray(lam, dtype=np.float64)
+
+
 def poisson_noise(clean, lam, *, rng: np.random.Generator) -> np.ndarray:
     """Draw a noisy image ``Poisson(lam * clean) / lam``.
 
@@ -49,12 +59,7 @@ def poisson_noise(clean, lam, *, rng: np.random.Generator) -> np.ndarray:
     numpy.ndarray
         Float32 noisy image with the shape of ``clean``.
     """
-    if not isinstance(rng, np.random.Generator):
-        raise ValueError("rng must be a numpy.random.Generator (use numpy.random.default_rng(seed))")
-    check_lambda(lam)
-    clean = np.asarray(clean, dtype=np.float64)
-    _check_clean(clean)
-    lam = np.asarray(lam, dtype=np.float64)
+    clean, lam = _noise_inputs(clean, lam, rng)
     counts = rng.poisson(lam * clean)
     return (counts / lam).astype(np.float32)
 
@@ -65,17 +70,13 @@ def poisson_noise_paired(clean, lam, *, rng: np.random.Generator) -> np.ndarray:
     Each pixel's count depends only on its own uniform and its mean ``lam * clean``, so two images that differ a
     little (the same particle through two simulators, or the same simulation in two processes, which differ in
     the last bits) get paired noise. ``Generator.poisson`` takes a number of draws per pixel that depends on the
-    mean (and switches algorithm at a mean of 10), so there a last-bit change re-draws the rest of the image.
-    About 10x slower than :func:`poisson_noise`; used by ``benchmarks/simulator_shift.py``.
+    mean (and switches algorithm at a mean of 10), so there a last-bit change re-draws most of the image.
+    About 10x slower than :func:`poisson_noise`; used by ``benchmarks/simulator_shift.py`` and
+    ``benchmarks/validity_checks.py``.
     """
     from scipy.stats import poisson
 
-    if not isinstance(rng, np.random.Generator):
-        raise ValueError("rng must be a numpy.random.Generator (use numpy.random.default_rng(seed))")
-    check_lambda(lam)
-    clean = np.asarray(clean, dtype=np.float64)
-    _check_clean(clean)
-    lam = np.asarray(lam, dtype=np.float64)
+    clean, lam = _noise_inputs(clean, lam, rng)
     counts = poisson.ppf(rng.random(clean.shape), lam * clean)
     return (counts / lam).astype(np.float32)
 
