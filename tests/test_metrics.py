@@ -119,6 +119,64 @@ def test_column_counts():
         column_counts(PRED, column_x, column_y, label_x[::-1], label_y)
 
 
+def test_column_probabilities_read_the_pixel_column_counts_reads():
+    label_x = (np.arange(4) + 0.5) * 0.2
+    label_y = label_x.copy()
+    column_x = np.array([0.32, 0.49, np.nan, 1.5, 0.05])
+    column_y = np.array([0.28, 0.12, np.nan, 0.3, 0.7])
+    rng = np.random.default_rng(3)
+    proba = rng.dirichlet(np.ones(11), size=(2, 4, 4)).transpose(0, 3, 1, 2)  # (2 samples, 11, 4, 4)
+    cx, cy = np.stack([column_x, column_x[::-1]]), np.stack([column_y, column_y[::-1]])
+    p = metrics.column_probabilities(proba, cx, cy, label_x, label_y)
+    assert p.shape == (2, 5, 11)
+    assert np.isnan(p[0, 2]).all() and np.isnan(p[0, 3]).all() and np.isnan(p[1, 1]).all()
+    np.testing.assert_allclose(p[0, 0], proba[0, :, 1, 1])
+    np.testing.assert_allclose(p[1, 0], proba[1, :, 3, 0])  # second sample, reversed columns
+    counts = column_counts(proba.argmax(1), cx, cy, label_x, label_y)
+    seen = counts >= 0
+    np.testing.assert_array_equal(np.nanargmax(np.nan_to_num(p, nan=-1.0), -1)[seen], counts[seen])
+    with pytest.raises(ValueError, match="column_x and column_y must both have shape"):
+        metrics.column_probabilities(proba, column_x, column_y, label_x, label_y)
+    with pytest.raises(ValueError, match=r"shape \(..., n_classes, H, W\)"):
+        metrics.column_probabilities(proba[0, 0], column_x, column_y, label_x, label_y)
+
+
+def test_prediction_sets_are_the_smallest_reaching_the_level():
+    p = np.array([[0.5, 0.3, 0.2, 0.0],
+                  [0.05, 0.9, 0.05, 0.0],
+                  [0.25, 0.25, 0.25, 0.25],
+                  [0.4, 0.1, 0.4, 0.1]])
+    sets = metrics.prediction_sets(p, 0.8)
+    np.testing.assert_array_equal(sets, [[1, 1, 0, 0], [0, 1, 0, 0], [1, 1, 1, 1], [1, 0, 1, 0]])
+    assert metrics.prediction_sets(p, 1.0)[0].tolist() == [True, True, True, False]  # zero-probability class stays out
+    assert metrics.prediction_sets(p, 0.5).sum(1).tolist() == [1, 1, 2, 2]
+    with pytest.raises(ValueError, match="level must lie in"):
+        metrics.prediction_sets(p, 0.0)
+
+
+def test_column_calibration_on_hand_made_columns():
+    # four columns of 2 atoms: two read right with probability 0.6, two wrong (0.6 on 3 atoms)
+    right = np.zeros(11)
+    right[[2, 3]] = [0.6, 0.4]
+    wrong = np.zeros(11)
+    wrong[[3, 2]] = [0.6, 0.4]
+    pad = np.full(11, np.nan)
+    p = np.stack([right, right, wrong, wrong, pad])
+    true = np.array([2, 2, 2, 2, 0])
+    c = metrics.column_calibration(p, true, level=0.9)
+    assert c["n"] == 4
+    assert c["exact"] == pytest.approx(0.5) and c["confidence"] == pytest.approx(0.6)
+    assert c["ece"] == pytest.approx(0.1)  # one bin at confidence 0.6 with accuracy 0.5
+    assert c["set_coverage"] == pytest.approx(1.0) and c["set_size"] == pytest.approx(2.0)
+    c = metrics.column_calibration(p, true, level=0.5)  # sets of one count: coverage = exact
+    assert c["set_coverage"] == pytest.approx(0.5) and c["set_size"] == pytest.approx(1.0)
+    assert math.isnan(metrics.column_calibration(p[4:], true[4:])["ece"])
+    with pytest.raises(ValueError, match="beyond the 11 classes"):
+        metrics.column_calibration(p[:1], np.array([11]))
+    with pytest.raises(ValueError, match="to match true_counts"):
+        metrics.column_calibration(p, true[:3])
+
+
 def test_column_count_accuracy():
     pred = np.array([3, 5, 2, 7, 1, -1, 9])
     true = np.array([3, 4, 4, 7, 2, 5, 0])
@@ -278,6 +336,12 @@ def test_robustness_tables_on_a_hand_made_result():
     assert float(dose_spread(r).sel(model="m", test_set="shift")) == pytest.approx(0.2)
     table = robustness_table(r)
     assert "| m | shift | 0.600 | 0.800 |" in table and "| 20.0 |" in table
+    assert table.splitlines()[2].endswith("| - | - | - |")  # a result written before the column calibration
+    r["column_confidence"] = r.ece * 0 + 0.7
+    r["column_ece"] = r.ece * 0 + 0.05
+    r["column_set_coverage"] = r.ece * 0 + 0.93
+    r["column_set_size"] = r.ece * 0 + 3.25
+    assert robustness_table(r).splitlines()[2].endswith("| 0.700 | 0.050 | 0.930 / 3.25 |")
     rows = confusion_table(r, model="m", test_set="shift", lam=2.5).splitlines()
     assert len(rows) == 3  # header, rule, the only populated row (3 atoms)
     assert rows[2].startswith("| 3 | 8 |") and "| 0.25 | 0.75 |" in rows[2]

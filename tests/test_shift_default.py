@@ -42,3 +42,9 @@ def test_shipped_default_beats_the_previous_default_on_a_shifted_set(shifted):
     hall = r.hallucination_rate.sel(test_set="shift", lam=2.5)
     assert float(hall.sel(model="default")) <= max(0.01, float(hall.sel(model="previous")))
     np.testing.assert_array_less(0, r.column_within_one.sel(group="all", model="default").values)
+    # the column calibration reads the same pixels as the exact count: its 90 % sets hold the read count's
+    # columns and more, and they are more than one count wide on average
+    coverage = r.column_set_coverage.sel(test_set="shift")
+    assert np.all(coverage.values >= exact.values) and np.all(coverage.values <= 1)
+    assert np.all(r.column_set_size.sel(test_set="shift").values > 1)
+    assert np.all(np.isfinite(r.column_ece.values)) and np.all(r.column_confidence.values > 0)

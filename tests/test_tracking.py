@@ -244,6 +244,10 @@ def test_track_columns_reads_the_distribution_at_the_drifted_column():
     np.testing.assert_allclose(std, [np.sqrt(0.4), np.sqrt(0.45), 5.0])
     np.testing.assert_array_equal(tracks["count"].values[:, 0], [4, 6, 0])
     np.testing.assert_allclose(tracks["confidence"].values[:, 0], [0.6, 0.6, 0.5])
+    # 90 % count sets: {4, 3, 5} -> 3-5; {6, 5} (0.9 reached) -> 5-6; {0, 10} (not contiguous) -> 0-10
+    np.testing.assert_array_equal(tracks["count_low"].values[:, 0], [3, 5, 0])
+    np.testing.assert_array_equal(tracks["count_high"].values[:, 0], [5, 6, 10])
+    assert (tracks["count_low"].values[:, 2] == -1).all() and (tracks["count_high"].values[:, 2] == -1).all()
     assert not tracks["inside"].values[:, 2].any() and (tracks["count"].values[:, 2] == -1).all()
     assert np.isnan(tracks["expected_count"].values[:, 2]).all()
 

@@ -78,6 +78,8 @@ __all__ = [
     "mean_estimate",
     "find_columns",
     "track_columns",
+    "COUNT_SET_LEVEL",
+    "prediction_sets",
     "transition_matrix",
     "smooth_counts",
     "frames_to_detect_change",
@@ -784,6 +786,41 @@ def _moments(probability: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, 
     return mean, np.sqrt(var)
 
 
+#: Level of the count sets per column (:func:`track_columns`; :func:`segdepth.learn.metrics.column_calibration`).
+COUNT_SET_LEVEL = 0.9
+
+
+def prediction_sets(proba, level: float = COUNT_SET_LEVEL) -> np.ndarray:
+    """The smallest set of classes whose probabilities add up to at least ``level``, per row.
+
+    Classes join in order of decreasing probability (ties: the lower class first) until the set holds
+    ``level`` of the probability. A calibrated model's 90 % sets contain the truth in 90 % of the cases;
+    their size says how uncertain it is.
+
+    Parameters
+    ----------
+    proba : array_like of float, shape (..., n_classes)
+        Probabilities (rows summing to 1).
+    level : float
+        In (0, 1].
+
+    Returns
+    -------
+    numpy.ndarray of bool, shape (..., n_classes)
+        Membership of each class in its row's set.
+    """
+    proba = np.asarray(proba, dtype=float)
+    if not 0 < float(level) <= 1:
+        raise ValueError(f"level must lie in (0, 1], got {level!r}")
+    order = np.argsort(-proba, axis=-1, kind="stable")
+    ranked = np.take_along_axis(proba, order, axis=-1)
+    before = np.cumsum(ranked, axis=-1) - ranked  # probability already in the set when each class comes
+    member_ranked = before < float(level) - 1e-9  # a set that reaches the level up to rounding is complete
+    member = np.zeros(proba.shape, dtype=bool)
+    np.put_along_axis(member, order, member_ranked, axis=-1)
+    return member
+
+
 def track_columns(prediction, alignment: xr.Dataset | None, columns: xr.Dataset, *, radius: float = 0.4) -> xr.Dataset:
     """Per-frame count distribution of every column.
 
@@ -816,6 +853,11 @@ def track_columns(prediction, alignment: xr.Dataset | None, columns: xr.Dataset,
         - ``count_std`` (frame, column) [atoms]: ``sqrt(sum_k (k - E)^2 p_k)``,
         - ``count`` (frame, column) int16 [atoms]: ``argmax_k p_k``,
         - ``confidence`` (frame, column): ``max_k p_k``,
+        - ``count_low``, ``count_high`` (frame, column) int16 [atoms]: the smallest and largest count of
+          the column's 90 % count set (:func:`prediction_sets`; -1 outside). On
+          simulated shift tests these sets held the true count in 0.92-0.98 of the columns for static atoms
+          and coherent images, but only 0.79-0.87 for vibrating atoms and abTEM's quasi-coherent focal
+          spread (README, "Column calibration"): there the model is overconfident,
         - ``inside`` (frame, column) bool: the disc lies within the map (else
           the values are NaN and ``count`` is -1),
         - ``aligned`` (frame) bool: the frame's drift was measured (not interpolated).
@@ -858,6 +900,9 @@ def track_columns(prediction, alignment: xr.Dataset | None, columns: xr.Dataset,
     expected[~inside], std[~inside] = np.nan, np.nan
     count = np.where(inside, np.nan_to_num(result).argmax(axis=2), -1).astype(np.int16)
     confidence = np.where(inside, np.nan_to_num(result).max(axis=2), np.nan)
+    in_set = prediction_sets(np.nan_to_num(result), COUNT_SET_LEVEL)
+    low = np.where(inside, in_set.argmax(axis=2), -1).astype(np.int16)
+    high = np.where(inside, n_classes - 1 - in_set[..., ::-1].argmax(axis=2), -1).astype(np.int16)
     element = columns["element"].values if "element" in columns else np.full(n_columns, ELEMENTS[2], dtype="<U7")
     fc = ("frame", "column")
     return xr.Dataset(
@@ -869,6 +914,10 @@ def track_columns(prediction, alignment: xr.Dataset | None, columns: xr.Dataset,
             "count_std": (fc, std, {"units": "atoms", "long_name": "standard deviation of the number of atoms"}),
             "count": (fc, count, {"units": "atoms", "long_name": "most probable number of atoms (-1: outside)"}),
             "confidence": (fc, confidence, {"units": "1", "long_name": "probability of the most probable count"}),
+            "count_low": (fc, low, {"units": "atoms", "long_name": f"smallest count of the {COUNT_SET_LEVEL:.0%} "
+                                    "count set (-1: outside)"}),
+            "count_high": (fc, high, {"units": "atoms", "long_name": f"largest count of the {COUNT_SET_LEVEL:.0%} "
+                                      "count set (-1: outside)"}),
             "inside": (fc, inside, {"long_name": "column disc inside the map"}),
             "aligned": ("frame", aligned, {"long_name": "frame aligned"}),
         },

@@ -123,7 +123,7 @@ def evaluate_dataset(model, ds: xr.Dataset, *, lam: float, seed: int = 0, indice
     hits = {name: [0, 0] for name in METRIC_NAMES}  # [numerator, denominator] pooled
     per_sample = {name: [] for name in METRIC_NAMES}
     diagrams = []
-    col_pred, col_true, col_Z, col_vac = [], [], [], []
+    col_pred, col_true, col_Z, col_vac, col_proba = [], [], [], [], []
     for i in tqdm(indices, desc="evaluate", disable=not progress):
         s = ds.isel(sample=int(i))
         _, proba = infer(model, s.image.values, lam, seed=seed, index=int(i), input_binning=input_binning, tta=tta,
@@ -139,10 +139,14 @@ def evaluate_dataset(model, ds: xr.Dataset, *, lam: float, seed: int = 0, indice
         diagrams.append(metrics.reliability_diagram(conf, pred == label, n_bins=n_bins))
         counts = metrics.column_counts(pred, s.column_x.values, s.column_y.values, s.label_x.values, s.label_y.values)
         col_pred.append(counts)
+        col_proba.append(metrics.column_probabilities(proba, s.column_x.values, s.column_y.values, s.label_x.values,
+                                                      s.label_y.values))
         col_true.append(s.column_count.values.astype(np.int64))
         col_Z.append(s.column_Z.values.astype(np.int64))
         col_vac.append(np.full(counts.shape, float(s.vacancy_rate) > 0 if "vacancy_rate" in s.coords else False))
-    col_pred, col_true, col_Z, col_vac = map(np.concatenate, (col_pred, col_true, col_Z, col_vac))
+    col_pred, col_true, col_Z, col_vac, col_proba = map(np.concatenate, (col_pred, col_true, col_Z, col_vac, col_proba))
+    level = metrics.COUNT_SET_LEVEL
+    column_cal = metrics.column_calibration(col_proba, col_true, level=level, n_bins=n_bins)
 
     groups, exact, within, n = [], [], [], []
     for tag, sel in (("", np.ones_like(col_vac)), ("vacancies_", col_vac)):
@@ -166,6 +170,14 @@ def evaluate_dataset(model, ds: xr.Dataset, *, lam: float, seed: int = 0, indice
             "column_exact": ("group", np.asarray(exact, dtype=float)),
             "column_within_one": ("group", np.asarray(within, dtype=float)),
             "column_n": ("group", np.asarray(n, dtype=np.int64)),
+            "column_confidence": ((), column_cal["confidence"], {
+                "long_name": "mean probability of the count read at the column centres (= column_exact['all'] "
+                             "if calibrated)"}),
+            "column_ece": ((), column_cal["ece"], {"long_name": "expected calibration error over the columns"}),
+            "column_set_coverage": ((), column_cal["set_coverage"], {
+                "long_name": f"fraction of columns whose {level:.0%} count set holds the true count"}),
+            "column_set_size": ((), column_cal["set_size"], {
+                "long_name": f"mean number of counts in the {level:.0%} count sets", "units": "counts"}),
             "column_confusion": (
                 ("true_count", "predicted_count"),
                 _count_confusion(col_pred, col_true),
@@ -223,13 +235,14 @@ def robustness(models: dict, test_sets: dict, lams, *, seed: int = 1, indices: d
     xarray.Dataset
         Dims ``model``, ``test_set``, ``lam`` (and ``group``, ``true_count``,
         ``predicted_count``): the four pixel metrics, ``ece``,
-        ``column_exact`` / ``column_within_one`` / ``column_n`` per group and
-        the per-column confusion matrix.
+        ``column_exact`` / ``column_within_one`` / ``column_n`` per group,
+        the per-column confusion matrix and the column calibration of :func:`evaluate_dataset`.
     """
     lams = [float(v) for v in np.atleast_1d(lams)]
     if not lams:
         raise ValueError("lams must hold at least one dose")
-    keep = list(METRIC_NAMES) + ["ece", "column_exact", "column_within_one", "column_n", "column_confusion"]
+    keep = list(METRIC_NAMES) + ["ece", "column_exact", "column_within_one", "column_n", "column_confusion",
+                                 "column_confidence", "column_ece", "column_set_coverage", "column_set_size"]
     rows = []
     for mname, (model, binning, *rotated) in models.items():
         rotated_model = rotated[0] if rotated else None
@@ -257,10 +270,16 @@ def dose_spread(result: xr.Dataset, *, lo: float = 0.5, hi: float = 25.0, group:
 
 
 def robustness_table(result: xr.Dataset, lams=(1.0, 2.5, 10.0)) -> str:
-    """Markdown table of :func:`robustness`: per-column exact count (all, O with vacancies), within one, ECE."""
+    """Markdown table of :func:`robustness`: per-column exact count (all, O with vacancies), within one, ECE.
+
+    At the reference dose (2.5) it also reads the calibration at the columns: the mean confidence there
+    (compare with the exact count), the column ECE and the coverage of the 90 % count sets (with their
+    mean size); result files written before these existed show ``-``.
+    """
     lams = [v for v in lams if v in set(result.lam.values.tolist())]
     head = ["model", "test set"] + [f"exact, lambda {v:g}" for v in lams] + [
-        "within one (2.5)", "O vac. exact (2.5)", "spread 0.5-25 (points)", "ECE (2.5)", "hallucinated (1e-2, 2.5)"]
+        "within one (2.5)", "O vac. exact (2.5)", "spread 0.5-25 (points)", "ECE (2.5)", "hallucinated (1e-2, 2.5)",
+        "column confidence (2.5)", "column ECE (2.5)", "90 % set coverage / size (2.5)"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     ref = 2.5 if 2.5 in set(result.lam.values.tolist()) else float(result.lam.values[0])
     spread = dose_spread(result)
@@ -274,9 +293,17 @@ def robustness_table(result: xr.Dataset, lams=(1.0, 2.5, 10.0)) -> str:
                 f"{100 * float(spread.sel(model=m, test_set=t)):.1f}",
                 f"{float(r.ece):.3f}",
                 f"{100 * float(r.hallucination_rate):.2f}",
+                *_column_calibration_cells(r),
             ]
             rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
+
+
+def _column_calibration_cells(r: xr.Dataset) -> list[str]:
+    if "column_ece" not in r:
+        return ["-", "-", "-"]
+    return [f"{float(r.column_confidence):.3f}", f"{float(r.column_ece):.3f}",
+            f"{float(r.column_set_coverage):.3f} / {float(r.column_set_size):.2f}"]
 
 
 def confusion_table(result: xr.Dataset, *, model: str, test_set: str, lam: float = 2.5) -> str:

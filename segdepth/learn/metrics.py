@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from segdepth.constants import N_CLASSES, Z_CE, Z_O, check_int
+from segdepth.data.tracking import COUNT_SET_LEVEL, prediction_sets
 
 __all__ = [
     "pixelwise_accuracy",
@@ -38,6 +39,10 @@ __all__ = [
     "summarise",
     "column_counts",
     "column_count_accuracy",
+    "column_probabilities",
+    "prediction_sets",
+    "COUNT_SET_LEVEL",
+    "column_calibration",
     "confusion_matrix",
     "normalise_confusion",
     "ReliabilityDiagram",
@@ -246,12 +251,98 @@ def column_counts(pred: Any, column_x: Any, column_y: Any, label_x: Any, label_y
             f"label_x and label_y must have shapes ({pred.shape[-1]},) and ({pred.shape[-2]},) to match pred "
             f"{pred.shape}, got {label_x.shape} and {label_y.shape}"
         )
+    sample, iy, ix, inside = _column_pixels(pred.shape, cx, cy, label_x, label_y)
+    counts = pred.reshape(-1, *pred.shape[-2:])[sample, iy, ix].astype(np.int64)
+    return np.where(inside, counts, -1)
+
+
+def _column_pixels(shape: tuple[int, ...], cx: np.ndarray, cy: np.ndarray, label_x: np.ndarray, label_y: np.ndarray):
+    """Flat sample index, row and column of the label pixel nearest each column centre, and whether it is inside."""
     ix, inside_x = _nearest_index(label_x, cx, "label_x")
     iy, inside_y = _nearest_index(label_y, cy, "label_y")
-    flat = pred.reshape(-1, *pred.shape[-2:])
-    sample = np.broadcast_to(np.arange(flat.shape[0]).reshape(cx.shape[:-1] + (1,)), cx.shape)
-    counts = flat[sample, iy, ix].astype(np.int64)
-    return np.where(inside_x & inside_y, counts, -1)
+    n = int(np.prod(shape[:-2], dtype=np.int64))
+    sample = np.broadcast_to(np.arange(n).reshape(cx.shape[:-1] + (1,)), cx.shape)
+    return sample, iy, ix, inside_x & inside_y
+
+
+def column_probabilities(proba: Any, column_x: Any, column_y: Any, label_x: Any, label_y: Any) -> np.ndarray:
+    """Class probabilities at the pixel nearest each column centre (the pixel :func:`column_counts` reads).
+
+    Parameters
+    ----------
+    proba : array_like of float, shape (..., n_classes, H, W)
+        Probability maps on the label grid (softmax of the network).
+    column_x, column_y, label_x, label_y
+        As for :func:`column_counts` (leading dimensions of ``column_x`` match those of ``proba`` before
+        the class axis).
+
+    Returns
+    -------
+    numpy.ndarray of float, shape (..., n_columns, n_classes)
+        ``argmax`` over the last axis is :func:`column_counts` of ``argmax`` over the class axis; NaN rows
+        for padding columns and centres outside the grid.
+    """
+    proba = _as_array(proba, "proba").astype(float)
+    if proba.ndim < 3:
+        raise ValueError(f"proba must have shape (..., n_classes, H, W), got {proba.shape}")
+    cx = _as_array(column_x, "column_x").astype(float)
+    cy = _as_array(column_y, "column_y").astype(float)
+    if cx.shape != cy.shape or cx.ndim < 1 or cx.shape[:-1] != proba.shape[:-3]:
+        raise ValueError(f"column_x and column_y must both have shape {(*proba.shape[:-3], 'n_columns')} to match "
+                         f"proba {proba.shape}, got {cx.shape} and {cy.shape}")
+    label_x, label_y = np.asarray(label_x), np.asarray(label_y)
+    if label_x.shape != (proba.shape[-1],) or label_y.shape != (proba.shape[-2],):
+        raise ValueError(f"label_x and label_y must have shapes ({proba.shape[-1]},) and ({proba.shape[-2]},) to "
+                         f"match proba {proba.shape}, got {label_x.shape} and {label_y.shape}")
+    sample, iy, ix, inside = _column_pixels(proba.shape[:-3] + proba.shape[-2:], cx, cy, label_x, label_y)
+    flat = np.moveaxis(proba.reshape(-1, *proba.shape[-3:]), 1, -1)  # (samples, H, W, classes)
+    out = flat[sample, iy, ix]
+    out[~inside] = np.nan
+    return out
+
+
+def column_calibration(column_proba: Any, true_counts: Any, *, level: float = COUNT_SET_LEVEL,
+                       n_bins: int = 10) -> dict[str, float]:
+    """Whether the confidence at the columns means what it says.
+
+    Parameters
+    ----------
+    column_proba : array_like of float, shape (..., n_columns, n_classes)
+        :func:`column_probabilities`; NaN rows are left out.
+    true_counts : array_like of int, shape (..., n_columns)
+        Atoms per column; 0 marks padding (left out).
+    level : float
+        Level of the prediction sets (:func:`prediction_sets`).
+    n_bins : int
+        Bins of the column reliability diagram.
+
+    Returns
+    -------
+    dict
+        ``n`` columns; ``exact`` (most probable count right), ``confidence`` (mean probability of the most
+        probable count: equals ``exact`` for a calibrated model), ``ece`` (:func:`expected_calibration_error`
+        over the columns), ``set_coverage`` (fraction of columns whose ``level`` set holds the true count)
+        and ``set_size`` (mean number of counts in the set). NaN over no columns.
+    """
+    p = _as_array(column_proba, "column_proba").astype(float)
+    true = _as_array(true_counts, "true_counts").astype(np.int64)
+    if p.shape[:-1] != true.shape:
+        raise ValueError(f"column_proba must have shape {(*true.shape, 'n_classes')} to match true_counts "
+                         f"{true.shape}, got {p.shape}")
+    keep = (true > 0) & np.all(np.isfinite(p), axis=-1)
+    p, true = p[keep], true[keep]
+    if true.size and true.max() >= p.shape[-1]:
+        raise ValueError(f"true_counts reach {true.max()}, beyond the {p.shape[-1]} classes of column_proba")
+    out = {"n": int(true.size)}
+    if true.size == 0:
+        return out | dict.fromkeys(("exact", "confidence", "ece", "set_coverage", "set_size"), float("nan"))
+    confidence = p.max(axis=-1)
+    correct = p.argmax(axis=-1) == true
+    sets = prediction_sets(p, level)
+    out.update(exact=float(correct.mean()), confidence=float(confidence.mean()),
+               ece=expected_calibration_error(np.clip(confidence, 0.0, 1.0), correct, n_bins=n_bins),
+               set_coverage=float(sets[np.arange(true.size), true].mean()), set_size=float(sets.sum(-1).mean()))
+    return out
 
 
 def column_count_accuracy(pred_counts: Any, true_counts: Any, Z: Any) -> dict[str, float]:
