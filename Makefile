@@ -338,9 +338,21 @@ evaluate-second: $(STAMP)
 # least 0.5 point higher than the pair's, it loses at most 1 point against the pair on the new static test at
 # lambda 2.5 and at 10 and on the nominal lens's incoherent images (benchmarks/simulator_shift.py) at lambda 2.5
 # and at 10, and the real movie's vacuum band still reads depth 0 in >= 0.98 of its pixels in every frame.
+# Selection on 2026-12-05 (make pass-ensembles: benchmarks/pass_ensembles.py on fresh + fresh2, 24 test x dose
+# cells, same noise): the pair 0.4035; the best candidates that keep the static tests within 1 point, the layer model alone through the
+# four flips 0.4109 (4 passes) and all eight base-8 models through the four flips 0.4107 (32 passes, six more
+# model files), +0.7 points: within the spread between the two selection families (+0.4 / +1.1) and not worth
+# 2-16 times the network's time; the pair's own flips (D on identity and up-down, its second model on 180 degrees
+# and left-right) +0.3. No candidate was put to the rule: fresh3 stays unscored, held out for the next decision.
 FRESH3_SETS := $(call FRESH_SETS_OF,fresh3)
 fresh3-shift-tests: $(STAMP)
 	$(call FRESH,fresh3,951,954,955,952)
+
+# The selection above (needs fresh-shift-tests and fresh2-shift-tests; ~20 min; probabilities cached outside the
+# repository, tables in data/results/pass_ensembles.md).
+pass-ensembles: $(STAMP)
+	$(PY) benchmarks/pass_ensembles.py --test-sets $(FRESH_SETS) $(FRESH2_SETS) --cache /tmp/segdepth_pass_ensembles \
+		--out data/results/pass_ensembles.md
 
 # What segdepth predict reports since the pair was adopted, on the four original shift tests and the dose curve
 # (for the README's issue-11 tables; not a decision).
