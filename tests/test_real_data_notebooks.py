@@ -63,5 +63,7 @@ def test_06_real_data_on_three_frames(tmp_path):
     np.testing.assert_allclose(c.probability.sum("depth_class").values[inside], 1, atol=1e-4)
     assert set(np.unique(c.element.values)) <= {"Ce", "O", "unknown"}
     assert (c.count_std.values[inside] >= 0).all() and c.smoothed_count.dims == ("frame", "column")
+    low, high, count = c.count_low.values[inside], c.count_high.values[inside], c["count"].values[inside]
+    assert ((0 <= low) & (low <= count) & (count <= high) & (high <= 10)).all()  # the set holds the read count
     for name in ("fig10_real_depth", "fig11_real_saliency", "fig12_depth_over_time"):
         assert (tmp_path / f"{name}.png").stat().st_size > 10_000, name
