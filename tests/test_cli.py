@@ -261,8 +261,9 @@ def test_predict_checks_where_the_estimate_applies_by_default(workdir, capsys):
     assert main(args) == 0, capsys.readouterr().err
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3 and lines[0].startswith("segdepth: could not vouch for"), lines
-    assert lines[1] == (f"segdepth: wrote {out}: depth, confidence, crystal, valid, valid_reason, lattice_score, "
-                        "ceo2_score, disagreement for 3 frames of 170 x 170 label pixels at 0.2124 A"), lines
+    assert lines[1] == (f"segdepth: wrote {out}: depth, confidence, depth_low, depth_high, crystal, valid, "
+                        "valid_reason, lattice_score, ceo2_score, disagreement for 3 frames of 170 x 170 label pixels "
+                        "at 0.2124 A"), lines
     assert lines[2] == (f"segdepth: wrote {preview}: input, depth (pixels not vouched for hatched), confidence "
                         "of frame 1"), lines
     with Image.open(preview) as png:
@@ -270,8 +271,12 @@ def test_predict_checks_where_the_estimate_applies_by_default(workdir, capsys):
         assert np.asarray(png.convert("L")).std() > 10  # not a blank page
     assert not [p for p in workdir.iterdir() if p.name.startswith(".checked.png")]  # no temporary file left
     with xr.open_dataset(out) as ds:
-        for name in ("valid", "valid_reason", "crystal", "lattice_score", "ceo2_score", "disagreement"):
+        for name in ("valid", "valid_reason", "crystal", "lattice_score", "ceo2_score", "disagreement", "depth_low",
+                     "depth_high"):
             assert ds[name].shape == ds["depth"].shape, name
+        low, depth, high = (ds[name].values for name in ("depth_low", "depth", "depth_high"))
+        assert ((low <= depth) & (depth <= high)).all()  # the 90 % set holds the most probable count
+        assert (high - low).max() >= 1  # and is wider than one count somewhere at this dose
         band = ds["y"] < float(ds["y"][0]) + 5  # the vacuum band at the top of the field
         vacuum = (ds["depth"].sel(y=band) == 0).mean(("y", "x"))
         assert float(vacuum.min()) >= 0.98, vacuum.values  # issue 12's target, in every frame

@@ -61,6 +61,9 @@ def test_vacuum_far_from_the_lattice_reads_depth_zero(half_crystal):
     inner = out.isel(x=slice(8, -8))  # away from the field edges, which are no lattice
     assert (inner["depth"].values[0, inside] == 3).all()  # the crystal keeps the network's reading
     assert (inner["valid_reason"].values[0, inside] == 0).all()
+    # the count range: {3} holds 0.9 of the probability inside; vacuum reads 0-0
+    assert (inner["depth_low"].values[0, inside] == 3).all() and (inner["depth_high"].values[0, inside] == 3).all()
+    assert (out["depth_low"].values[0, far] == 0).all() and (out["depth_high"].values[0, far] == 0).all()
     # with margin=None nothing is masked, but the crystal map is still reported
     raw = assess(image, pred, margin=None)
     assert (raw["depth"] == 3).all() and (raw["crystal"] == 1).all()
@@ -189,6 +192,9 @@ def test_the_estimate_is_the_mean_of_the_two_passes(half_crystal):
     np.testing.assert_allclose(out["disagreement"].values, expected[1] - expected[0], rtol=1e-5)
     # without the rotated pass the plain reading stays
     assert (assess(image, pred, margin=None)["depth"] == 3).all()
+    # the 90 % count set of the mean: 4 (0.475 + 0.45) and 3 (0.45 + 0.0125): 3-4 atoms
+    assert (out["depth_low"] == 3).all() and (out["depth_high"] == 4).all()
+    assert out["depth_low"].dtype == np.uint8 and out["depth_high"].attrs["units"] == "atoms"
 
 
 def test_a_field_without_crystal_is_not_valid_and_says_so():

@@ -48,6 +48,8 @@ MAP_NAMES = ("depth", "confidence", "valid", "valid_reason")
 #: What each map is (the signal's ``metadata.Signal.quantity`` and the start of its title).
 _QUANTITIES = {
     "depth": "depth (atoms)",
+    "depth_low": "smallest count of the 90 % count set (atoms)",
+    "depth_high": "largest count of the 90 % count set (atoms)",
     "confidence": "confidence",
     "probability": "probability of the depth class",
     "crystal": "crystal (lattice within the margin)",

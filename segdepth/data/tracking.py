@@ -815,7 +815,7 @@ def prediction_sets(proba, level: float = COUNT_SET_LEVEL) -> np.ndarray:
     order = np.argsort(-proba, axis=-1, kind="stable")
     ranked = np.take_along_axis(proba, order, axis=-1)
     before = np.cumsum(ranked, axis=-1) - ranked  # probability already in the set when each class comes
-    member_ranked = before < float(level) - 1e-9  # a set that reaches the level up to rounding is complete
+    member_ranked = before < float(level) - 1e-6  # reaching the level up to float32 rounding completes a set
     member = np.zeros(proba.shape, dtype=bool)
     np.put_along_axis(member, order, member_ranked, axis=-1)
     return member

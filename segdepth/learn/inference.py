@@ -819,6 +819,11 @@ def _weights_digest(model) -> str:
     return h.hexdigest()
 
 
+#: Version of what a finished chunk holds; bumped when its variables change (2: depth_low / depth_high), so that a
+#: run resumed with a newer segdepth does not mix chunks of two layouts.
+_PARTS_LAYOUT = 2
+
+
 def _parts_key(card: dict, n_frames: int, attrs: dict | None, check: dict | None, options: dict) -> str:
     """What a finished chunk depends on: a resumed run reuses chunks only when all of it is the same."""
     import hashlib
@@ -827,7 +832,7 @@ def _parts_key(card: dict, n_frames: int, attrs: dict | None, check: dict | None
         check = {k: v for k, v in check.items() if k != "rotated_model"} | (
             {"rotated_weights": _weights_digest(check["rotated_model"])} if "rotated_model" in check else {})
     blob = json.dumps({"card": card, "n_frames": n_frames, "attrs": attrs or {}, "check": check,
-                       "options": options}, sort_keys=True, default=str)
+                       "options": options, "layout": _PARTS_LAYOUT}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -35,7 +35,10 @@ runs :func:`segdepth.learn.inference.predict` and then asks three questions of e
 A frame in which no window holds a lattice gets reason *no crystal* everywhere (valid 0): a field
 of vacuum, amorphous material, or a frame too noisy to see a lattice in.
 
-The output keeps ``depth`` and ``confidence`` (after the vacuum mask) and adds ``valid`` (uint8 0/1),
+The output keeps ``depth`` and ``confidence`` (after the vacuum mask) and adds ``depth_low`` and
+``depth_high`` (uint8: the smallest and largest count of each pixel's 90 % count set,
+:func:`segdepth.data.tracking.prediction_sets`; 0 in vacuum: the range a user should read instead of one
+count, README "Column calibration"), ``valid`` (uint8 0/1),
 ``valid_reason`` (uint8 flags, :data:`REASONS`), the scores behind them ``lattice_score``,
 ``ceo2_score`` and ``disagreement`` [atoms] (``margin=None`` keeps the network's raw depth, to
 compare). :func:`summary` says in one line how much of
@@ -156,10 +159,12 @@ def assess(
     -------
     xarray.Dataset
         ``prediction`` with ``depth`` and ``confidence`` masked as described in the module docstring and
-        ``crystal`` (uint8 0/1), ``valid`` (uint8), ``valid_reason`` (uint8), ``lattice_score``, ``ceo2_score``
+        ``depth_low``, ``depth_high`` (uint8, the 90 % count set's range), ``crystal`` (uint8 0/1), ``valid``
+        (uint8), ``valid_reason`` (uint8), ``lattice_score``, ``ceo2_score``
         and ``disagreement`` (float32) added.
     """
     from segdepth.data.lattice import local_lattice, on_grid, temporal_mean
+    from segdepth.data.tracking import COUNT_SET_LEVEL, prediction_sets
 
     if "probability" not in prediction:
         raise ValueError("prediction must hold 'probability' (predict(..., return_probabilities=True))")
@@ -217,6 +222,12 @@ def assess(
     vacuum = ~near
     depth[vacuum] = 0
     confidence[vacuum] = probability[:, 0][vacuum]
+    in_set = prediction_sets(np.moveaxis(probability, 1, -1), COUNT_SET_LEVEL)  # (frame, y, x, class)
+    n_classes = in_set.shape[-1]
+    depth_low = in_set.argmax(axis=-1).astype(np.uint8)
+    depth_high = (n_classes - 1 - in_set[..., ::-1].argmax(axis=-1)).astype(np.uint8)
+    depth_low[vacuum] = 0
+    depth_high[vacuum] = 0
 
     refuted = ~grid["ceo2_110"].values.astype(bool) & crystal_lattice
     reason = np.zeros(depth.shape, np.uint8)
@@ -239,6 +250,9 @@ def assess(
     out["depth"] = (dims, depth, prediction["depth"].attrs | {
         "comment": f"0 where no lattice is within {margin} A (vacuum)" if margin is not None else "unmasked"})
     out["confidence"] = (dims, confidence.astype(np.float32), prediction["confidence"].attrs)
+    for name, values, end in (("depth_low", depth_low, "smallest"), ("depth_high", depth_high, "largest")):
+        out[name] = (dims, values, {"units": "atoms", "long_name": f"{end} count of the {COUNT_SET_LEVEL:.0%} count "
+                                    "set (0 in vacuum)"})
     out["crystal"] = (dims, near.astype(np.uint8),
                       {"long_name": f"a lattice within {margin} A (not vacuum)", "units": "1"})
     out["valid"] = (dims, valid, {"long_name": "the estimate applies here (a CeO2 [110] count, or vacuum)",
