@@ -16,8 +16,10 @@ every model counts the atoms at the true column centres (mean of the plain
 and the 180-degree pass, as ``segdepth predict``; ``--model default`` makes both passes with the default's
 weights, ``default-pair`` the second with its second model, ``DEFAULT_ROTATED_MODEL``, as ``segdepth predict``
 without ``--model`` since 2026-12-05; ``FIRST+SECOND``, two model files, the second with ``SECOND``).
-Prints the fraction of columns counted exactly. Before that change the counts moved between runs of the same
-command (up to 4.5 points at lambda 10): the simulated images differ in the last bits between processes, and
+Prints the fraction of columns counted exactly and how honest the probabilities at the columns are (mean
+confidence, column ECE, coverage of the 90 % count sets: :func:`segdepth.learn.metrics.column_calibration`).
+Before the paired noise the counts moved between runs of the same command (up to 4.5 points at lambda 10):
+the simulated images differ in the last bits between processes, and
 numpy's Poisson sampler switches algorithm at a mean of 10 (the vacuum at lambda 10), taking another number of
 draws, so the rest of the image's noise changed.
 
@@ -54,7 +56,7 @@ def main(argv=None) -> int:
     kinds = tuple(dict.fromkeys(["incoherent", *args.kinds]))
 
     from segdepth.learn.inference import load_default_model, predict
-    from segdepth.learn.metrics import column_counts
+    from segdepth.learn.metrics import column_calibration, column_counts, column_probabilities
     from segdepth.learn.modelio import load_model
     from segdepth.physics.generate import PRESETS
     from segdepth.physics.noise import poisson_noise_paired
@@ -77,6 +79,7 @@ def main(argv=None) -> int:
               "quasi": Microscope(defocus_spread=args.spread, coherence="quasi"),
               "coherent": Microscope(defocus_spread=0.0, defocus_samples=1)}
     hits = {(m, k, lam): [0, 0] for m in models for k in kinds for lam in args.lam}
+    at_columns = {key: ([], []) for key in hits}  # probabilities at the column centres, true counts
     for i in range(args.structures):
         rng = np.random.default_rng([77, i])
         spec = random_particle_spec((params.extent, params.extent), rng=rng, surfaces=params.surfaces,
@@ -109,9 +112,15 @@ def main(argv=None) -> int:
                     h = hits[name, kind, lam]
                     h[0] += int((counts == structure.column_count).sum())
                     h[1] += structure.n_columns
+                    at_columns[name, kind, lam][0].append(column_probabilities(
+                        prob, structure.column_x, structure.column_y, plain.x.values, plain.y.values))
+                    at_columns[name, kind, lam][1].append(np.asarray(structure.column_count))
     for (name, kind, lam), (exact, n) in hits.items():
         what = f"{kind} focal spread" if kind in LENS_KINDS else f"{kind} exit wave"
-        print(f"{name}: {what}, lambda {lam:g}: exact {exact / n:.3f} of {n} columns")
+        cal = column_calibration(*(np.concatenate(v) for v in at_columns[name, kind, lam]))
+        print(f"{name}: {what}, lambda {lam:g}: exact {exact / n:.3f} of {n} columns; confidence at the columns "
+              f"{cal['confidence']:.3f}, column ECE {cal['ece']:.3f}, 90 % count sets hold the truth in "
+              f"{cal['set_coverage']:.3f} ({cal['set_size']:.2f} counts)")
     print(f"total {time.perf_counter() - start:.0f} s")
     return 0
 
