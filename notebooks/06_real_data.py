@@ -333,7 +333,7 @@ if cols.sizes["column"]:
         low = np.where(c.count_low.values >= 0, c.count_low.values, np.nan)
         high = np.where(c.count_high.values >= 0, c.count_high.values, np.nan)
         a.fill_between(t, low - 0.5, high + 0.5, color="tab:blue", alpha=0.2, step="mid", label="90 % count set")
-        a.plot(t, e, ".", color="tab:blue", ms=4)
+        a.plot(t, e, ".", color="tab:blue", ms=4, label="expected count")
         bad = c.valid.values == 0
         a.plot(t[bad], e[bad], "x", color="0.5", ms=5, label="not valid" if bad.any() else None)
         a.step(t, c.smoothed_count.values, where="mid", color="k", label="HMM smoothed")
