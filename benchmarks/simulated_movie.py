@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     print(f"drift error (largest over frames and axes) {float(score.drift_error):.3f} A")
     names = ("found_fraction", "found_precision", "position_rms", "element_accuracy", "element_unknown_fraction",
              "frame_exact", "smoothed_exact", "changing_frame_exact", "changing_smoothed_exact", "expected_bias",
-             "changing_expected_bias")
+             "changing_expected_bias", "frame_set_coverage", "frame_set_width")
     for name in names:
         print(f"{name}: {float(score[name]):.3f}")
     lines = ["| true column | change frame | count | smoothed > 0.5 | smoothed > 0.9 | filtered > 0.5 | filtered > 0.9 "
@@ -163,7 +163,9 @@ def main(argv=None) -> int:
         f"Exact count, all matched columns: per frame {float(score.frame_exact):.3f}, HMM smoothed "
         f"{float(score.smoothed_exact):.3f} (mean expected-count bias {float(score.expected_bias):+.2f} atoms); "
         f"the changing O columns: per frame {float(score.changing_frame_exact):.3f}, smoothed "
-        f"{float(score.changing_smoothed_exact):.3f} (bias {float(score.changing_expected_bias):+.2f}).",
+        f"{float(score.changing_smoothed_exact):.3f} (bias {float(score.changing_expected_bias):+.2f}). The "
+        f"per-frame 90 % count sets hold the true count in {float(score.frame_set_coverage):.3f} of the matched "
+        f"columns and frames ({float(score.frame_set_width):.2f} counts wide on average).",
         "",
         "One-atom changes *seen* (the posterior held the old count above the threshold before, then switched to "
         "the new one at the change or later, the smoothed one at most 2 frames early), with their delays in "
@@ -198,9 +200,11 @@ def main(argv=None) -> int:
                            layout="constrained")
     for axis, j in zip(ax[0], changing):
         k = int(match[j])
-        e, s = tracked["expected_count"].values[:, k], tracked["count_std"].values[:, k]
-        axis.fill_between(frames, e - s, e + s, alpha=0.25, step="mid", label="per frame: expected +- 1 sd")
-        axis.plot(frames, e, ".", ms=4)
+        e = tracked["expected_count"].values[:, k]
+        low = np.where(tracked["count_low"].values[:, k] >= 0, tracked["count_low"].values[:, k], np.nan)
+        high = np.where(tracked["count_high"].values[:, k] >= 0, tracked["count_high"].values[:, k], np.nan)
+        axis.fill_between(frames, low - 0.5, high + 0.5, alpha=0.2, step="mid", label="per frame: 90 % count set")
+        axis.plot(frames, e, ".", ms=4, label="per frame: expected count")
         axis.step(frames, smoothed["count"].values[:, k], where="mid", color="k", label="HMM smoothed")
         axis.step(frames, movie["column_count"].values[:, j], where="mid", color="tab:red", ls="--", label="truth")
         kind = "changing" if movie["changing"].values[j] else "unchanged"

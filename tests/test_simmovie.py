@@ -81,6 +81,14 @@ def test_a_biased_tracking_never_sees_the_new_count(truth):
     assert int(score.delay_filtered_50[0]) == NEVER and int(score.delay_smoothed_90[0]) == NEVER
     assert not score.seen_filtered_50[0] and not score.seen_smoothed_50[0]
     assert int(score.frames_to_resolve[0]) == 1 and int(score.step_delay[0]) == 0  # the step is there, too high
+    assert np.isnan(float(score.frame_set_coverage))  # no count sets given
+    # count sets one atom wide around the wrong reading hold the truth; sets of the reading alone never do
+    sets = _tracked(truth, wrong).assign(count_low=(("frame", "column"), wrong - 1),
+                                         count_high=(("frame", "column"), wrong))
+    score = score_simulated_movie(truth, sets)
+    assert float(score.frame_set_coverage) == 1.0 and float(score.frame_set_width) == 2.0
+    narrow = sets.assign(count_low=sets.count_high)
+    assert float(score_simulated_movie(truth, narrow).frame_set_coverage) == 0.0
 
 
 def test_a_column_read_low_all_along_is_not_a_change_seen(truth):

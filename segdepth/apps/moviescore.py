@@ -196,7 +196,10 @@ def score_simulated_movie(movie: xr.Dataset, tracked: xr.Dataset, smoothed: xr.D
         ``element_unknown_fraction``, ``frame_exact`` and ``smoothed_exact`` (count accuracy of the per-frame
         argmax and of the HMM-smoothed count over matched columns and frames), the same for the changing
         columns (``changing_frame_exact``, ``changing_smoothed_exact``), ``expected_bias`` and
-        ``changing_expected_bias`` (mean per-frame expected count minus truth [atoms]).
+        ``changing_expected_bias`` (mean per-frame expected count minus truth [atoms]); with ``count_low`` and
+        ``count_high`` in ``tracked``, ``frame_set_coverage`` (how often the per-frame 90 % count set holds the
+        true count, matched columns inside the field) and ``frame_set_width`` (its mean number of counts,
+        ``high - low + 1``); NaN without them.
 
         ``match`` (true_col): the found column of every true column (-1: none).
 
@@ -315,6 +318,13 @@ def score_simulated_movie(movie: xr.Dataset, tracked: xr.Dataset, smoothed: xr.D
         step_delay=("change", ints[:, 10], dict(never, long_name="offset of the nearest smoothed one-atom step")),
     )
     bias = expected[:, cols] - t
+    if "count_low" in tracked and "count_high" in tracked:  # the per-frame 90 % count sets (track_columns)
+        low = tracked["count_low"].transpose("frame", "column").values[:, cols]
+        high = tracked["count_high"].transpose("frame", "column").values[:, cols]
+        seen = low >= 0
+        set_coverage, set_width = mean(((low <= t) & (t <= high))[seen]), mean((high - low + 1)[seen])
+    else:
+        set_coverage = set_width = float("nan")
     return xr.Dataset(
         {
             "n_true_columns": int(present.sum()),
@@ -330,6 +340,8 @@ def score_simulated_movie(movie: xr.Dataset, tracked: xr.Dataset, smoothed: xr.D
             "changing_frame_exact": mean(per_frame[:, changing] == t[:, changing]),
             "changing_smoothed_exact": mean(smooth[:, changing] == t[:, changing]),
             "expected_bias": xr.DataArray(float(np.nanmean(bias)) if bias.size else np.nan, attrs={"units": "atoms"}),
+            "frame_set_coverage": set_coverage,
+            "frame_set_width": xr.DataArray(set_width, attrs={"units": "counts"}),
             "changing_expected_bias": xr.DataArray(float(np.nanmean(bias[:, changing])) if changing.any() else np.nan,
                                                    attrs={"units": "atoms"}),
             "match": ("true_col", match, {"long_name": "found column of each true column (-1: none)"}),
