@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    from segdepth.data.store import open_dataset
+    from segdepth.data.store import atomic_write, open_dataset
     from segdepth.learn.metrics import column_calibration
     from segdepth.learn.modelio import load_model
 
@@ -136,8 +136,6 @@ def main(argv=None) -> int:
                 ds = open_dataset(ROOT / path) if ds is None else ds
                 cell = column_passes(models, ds, lam)
                 if file is not None:
-                    from segdepth.data.store import atomic_write
-
                     atomic_write(file, lambda tmp, c=cell: np.savez_compressed(tmp, **c), suffix=".tmp.npz")
             cells[(name, lam)] = cell
             print(f"{name} lambda {lam:g}: {len(cell['T'])} columns ({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -173,8 +171,6 @@ def main(argv=None) -> int:
             row.append(f"{np.mean([c['ece'] for c in cal]):.3f} / {np.mean([c['set_coverage'] for c in cal]):.3f}")
         say(f"| {spec} | " + " | ".join(row) + " |")
     if args.out:
-        from segdepth.data.store import atomic_write
-
         header = (f"Passes averaged at the column centres; test sets {', '.join(sets)}; seed-1 noise "
                   f"(benchmarks/pass_ensembles.py, {time.perf_counter() - t0:.0f} s)\n\n")
         atomic_write(ROOT / args.out, lambda tmp: Path(tmp).write_text(header + "\n".join(lines) + "\n"))

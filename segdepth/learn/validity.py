@@ -37,7 +37,7 @@ of vacuum, amorphous material, or a frame too noisy to see a lattice in.
 
 The output keeps ``depth`` and ``confidence`` (after the vacuum mask) and adds ``depth_low`` and
 ``depth_high`` (uint8: the smallest and largest count of each pixel's 90 % count set,
-:func:`segdepth.data.tracking.prediction_sets`; 0 in vacuum: the range a user should read instead of one
+:func:`segdepth.data.tracking.count_range`; 0 in vacuum: the range a user should read instead of one
 count, README "Column calibration"), ``valid`` (uint8 0/1),
 ``valid_reason`` (uint8 flags, :data:`REASONS`), the scores behind them ``lattice_score``,
 ``ceo2_score`` and ``disagreement`` [atoms] (``margin=None`` keeps the network's raw depth, to
@@ -164,7 +164,7 @@ def assess(
         and ``disagreement`` (float32) added.
     """
     from segdepth.data.lattice import local_lattice, on_grid, temporal_mean
-    from segdepth.data.tracking import COUNT_SET_LEVEL, prediction_sets
+    from segdepth.data.tracking import COUNT_SET_LEVEL, count_range
 
     if "probability" not in prediction:
         raise ValueError("prediction must hold 'probability' (predict(..., return_probabilities=True))")
@@ -222,12 +222,8 @@ def assess(
     vacuum = ~near
     depth[vacuum] = 0
     confidence[vacuum] = probability[:, 0][vacuum]
-    in_set = prediction_sets(np.moveaxis(probability, 1, -1), COUNT_SET_LEVEL)  # (frame, y, x, class)
-    n_classes = in_set.shape[-1]
-    depth_low = in_set.argmax(axis=-1).astype(np.uint8)
-    depth_high = (n_classes - 1 - in_set[..., ::-1].argmax(axis=-1)).astype(np.uint8)
-    depth_low[vacuum] = 0
-    depth_high[vacuum] = 0
+    depth_low, depth_high = (np.where(vacuum, 0, v).astype(np.uint8)
+                             for v in count_range(np.moveaxis(probability, 1, -1)))  # classes last
 
     refuted = ~grid["ceo2_110"].values.astype(bool) & crystal_lattice
     reason = np.zeros(depth.shape, np.uint8)
