@@ -25,6 +25,7 @@ WISE = $(PY) benchmarks/wise_model.py --base $(1) --tuned $(2) --alpha $(3) --ou
 # Two training sets written as one (structures kept distinct): $(call MERGE,first,second,output), dataset directories.
 MERGE = $(PY) -c 'from segdepth.data.store import merge_datasets; merge_datasets(["$(1)", "$(2)"], "$(3)")'
 
+.PHONY: count-set-calibration
 .PHONY: all venv browser test test-fast reproduce data train train-fast evaluate evaluate-fast reproduce-evaluate lint sync benchmark clean \
 	study study-train study-denoise study-noise quickstart real-data data-robust robust-test shift-test train-robust evaluate-robust ablation \
 	data-robust-phonons train-robust-phonons shift-phonons-test phonon-model \
@@ -353,6 +354,21 @@ fresh3-shift-tests: $(STAMP)
 pass-ensembles: $(STAMP)
 	$(PY) benchmarks/pass_ensembles.py --test-sets $(FRESH_SETS) $(FRESH2_SETS) --cache /tmp/segdepth_pass_ensembles \
 		--out data/results/pass_ensembles.md
+
+# Issues 11 and 12 (2026-12-05, sixth session): count sets that keep their promise off the training distribution.
+# The 90 % count sets segdepth predict reports (depth_low / depth_high, track_columns' count_low / count_high) are
+# the most probable counts holding 0.9 of the probability; on vibrating atoms and quasi-coherent images they hold
+# the truth in only 0.80-0.84 of the columns. Candidate: a larger probability mass per set (split conformal
+# prediction, Angelopoulos & Bates 2021, arXiv:2107.07511), calibrated per kind of image on fresh + fresh2 (the four
+# shift presets x lambda 1 / 2.5 / 10: 24 cells) and taken from the worst cell, so that it holds for the worst kind
+# of microscope we can simulate, not on average; separately for the checked pair and for one pass. Rule fixed
+# before scoring: a calibrated mass is adopted (written into the default's card, used by segdepth predict and
+# track_columns) only if on the four fresh3 tests (seeds 951-955, never scored) at lambda 1 / 2.5 / 10 its sets
+# hold the true count in >= 0.88 of the columns in every one of the 12 cells while the 0.9-mass sets fall below
+# 0.88 in at least one; the mean set size is reported either way.
+count-set-calibration: $(STAMP)
+	$(PY) benchmarks/count_set_calibration.py --calibration-sets $(FRESH_SETS) $(FRESH2_SETS) \
+		--test-sets $(FRESH3_SETS) --write-card --out data/results/count_set_calibration.md
 
 # What segdepth predict reports since the pair was adopted, on the four original shift tests and the dose curve
 # (for the README's issue-11 tables; not a decision).
