@@ -62,8 +62,13 @@ def parse_combination(spec: str) -> list[tuple[str, int]]:
     return passes
 
 
-def column_passes(models: dict, ds, lam: float) -> dict[str, np.ndarray]:
-    """Per model: probabilities (columns, 4 flips, classes) at the column centres of every image of ``ds``."""
+def column_passes(models: dict, ds, lam: float, flips=(0, 1, 2, 3)) -> dict[str, np.ndarray]:
+    """Per model: probabilities (columns, flips, classes) at the column centres of every image of ``ds``.
+
+    ``flips``: indices into :data:`FLIP_DIMS` (default all four). Also ``T`` and ``Z``: the true count and the
+    element of every column. The noise depends only on the image index: calls with different models or flips
+    see the same noisy frames.
+    """
     import torch
 
     from segdepth.data.preprocess import bin_image, normalise
@@ -82,7 +87,7 @@ def column_passes(models: dict, ds, lam: float) -> dict[str, np.ndarray]:
         with torch.inference_mode():
             for name, model in models.items():
                 per_flip = []
-                for dims in FLIP_DIMS:
+                for dims in (FLIP_DIMS[k] for k in flips):
                     p = torch.softmax(model(torch.flip(x, dims) if dims else x), dim=1)
                     p = (torch.flip(p, dims) if dims else p)[0].numpy()
                     per_flip.append(column_probabilities(p, s.column_x.values[keep], s.column_y.values[keep],

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -276,6 +277,8 @@ def test_predict_checks_where_the_estimate_applies_by_default(workdir, capsys):
             assert ds[name].shape == ds["depth"].shape, name
         low, depth, high = (ds[name].values for name in ("depth_low", "depth", "depth_high"))
         assert ((low <= depth) & (depth <= high)).all()  # the 90 % set holds the most probable count
+        one_pass = json.loads(ds.attrs["model_card"])["count_sets"]["mass"]["one_pass"]
+        assert ds.attrs["count_set_mass"] == one_pass > 0.9  # --no-tta: the mass calibrated for one pass
         assert (high - low).max() >= 1  # and is wider than one count somewhere at this dose
         band = ds["y"] < float(ds["y"][0]) + 5  # the vacuum band at the top of the field
         vacuum = (ds["depth"].sel(y=band) == 0).mean(("y", "x"))
@@ -339,6 +342,11 @@ def test_default_model_checks_with_its_second_model(workdir, capsys):
     assert json.loads(runs["default"].attrs["validity_arguments"])["two_models"] is True
     assert "rotated_model" not in runs["same"].attrs
     assert json.loads(runs["same"].attrs["validity_arguments"])["two_models"] is False
+    # the count sets: the mass calibrated for the shipped pair; the probabilities at their word for 'same'
+    mass = json.loads(runs["default"].attrs["model_card"])["count_sets"]["mass"]["with_second_model"]
+    assert runs["default"].attrs["count_set_mass"] == mass > 0.9
+    assert runs["default"]["depth_high"].attrs["set_mass"] == mass
+    assert runs["same"].attrs["count_set_mass"] == 0.9
     # the plain pass is shared, so the two estimates differ only by the second pass: somewhere, not everywhere
     diff = np.abs(runs["default"]["probability"] - runs["same"]["probability"]).max("depth_class")
     assert 0.01 < float(diff.max()) and float((diff < 0.05).mean()) > 0.5

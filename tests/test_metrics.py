@@ -154,6 +154,54 @@ def test_prediction_sets_are_the_smallest_reaching_the_level():
         metrics.prediction_sets(p, 0.0)
 
 
+def test_set_scores_decide_membership_of_the_truth():
+    from segdepth.data.tracking import set_scores
+
+    p = np.array([[0.5, 0.3, 0.2, 0.0], [0.25, 0.25, 0.25, 0.25]])
+    np.testing.assert_allclose(set_scores(p, np.array([2, 0])), [0.8, 0.0])
+    np.testing.assert_allclose(set_scores(p, np.array([0, 3])), [0.0, 0.75])  # ties: the lower class first
+    rng = np.random.default_rng(0)
+    q = rng.dirichlet(np.full(11, 0.3), size=500)
+    true = rng.integers(0, 11, size=500)
+    scores = set_scores(q, true)
+    for mass in (0.3, 0.6, 0.9, 0.99):
+        member = metrics.prediction_sets(q, mass)[np.arange(500), true]
+        np.testing.assert_array_equal(member, scores < mass - 1e-6)
+    with pytest.raises(ValueError, match="true classes must lie in 0..3"):
+        set_scores(p, np.array([0, 4]))
+
+
+def test_calibrated_mass_is_the_conformal_quantile():
+    from segdepth.data.tracking import calibrated_mass
+
+    scores = np.arange(10) / 10  # 0, 0.1, ..., 0.9
+    assert calibrated_mass(scores, 0.5) == pytest.approx(0.5, abs=1e-5)  # the ceil(11 * 0.5) = 6th smallest
+    assert (scores < calibrated_mass(scores, 0.5) - 1e-6).sum() == 6
+    assert calibrated_mass(scores, 0.9) == pytest.approx(0.9, abs=1e-5)
+    assert calibrated_mass(scores[:5], 0.9) == 1.0  # ceil(6 * 0.9) = 6 > 5 rows: everything
+    with pytest.raises(ValueError, match="level must lie in"):
+        calibrated_mass(scores, 1.0)
+    with pytest.raises(ValueError, match="non-empty"):
+        calibrated_mass([], 0.9)
+
+
+def test_calibrated_sets_of_an_overconfident_model_keep_their_promise():
+    from segdepth.data.tracking import calibrated_mass, set_scores
+
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 1.5, size=(8000, 11))
+    truth_p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    true = np.array([rng.choice(11, p=row) for row in truth_p])
+    sharp = np.exp(2.5 * logits)  # the model's probabilities: too sharp (temperature 0.4)
+    model_p = sharp / sharp.sum(1, keepdims=True)
+    cal, test = slice(0, 4000), slice(4000, None)
+    nominal = metrics.prediction_sets(model_p[test], 0.9)[np.arange(4000), true[test]].mean()
+    mass = calibrated_mass(set_scores(model_p[cal], true[cal]), 0.9)
+    covered = metrics.prediction_sets(model_p[test], mass)[np.arange(4000), true[test]].mean()
+    assert nominal < 0.8  # taken at its word the model promises 0.9 and does not hold it
+    assert mass > 0.9 and 0.88 <= covered <= 0.92
+
+
 def test_column_calibration_on_hand_made_columns():
     # four columns of 2 atoms: two read right with probability 0.6, two wrong (0.6 on 3 atoms)
     right = np.zeros(11)

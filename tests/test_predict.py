@@ -315,7 +315,8 @@ def test_predict_checked_pairs_the_default_with_its_second_model(rng):
                                                                                              "card": card})):
         with pytest.warns(UserWarning, match="no crystal lattice"):  # shot noise only: nothing to vouch for
             out = predict_checked(image, lattice_average=1, **kwargs)
-        used[name] = json.loads(out.attrs["validity_arguments"])["two_models"]
-    assert used == {"default": True, "same": False, "explicit": False}
+        used[name] = (json.loads(out.attrs["validity_arguments"])["two_models"], out.attrs["count_set_mass"])
+    pair = card["count_sets"]["mass"]["with_second_model"]  # calibrated for the shipped pair only
+    assert used == {"default": (True, pair), "same": (False, 0.9), "explicit": (False, 0.9)}
     with pytest.raises(ValueError, match="a model or 'same'"):
         predict_checked(image, rotated_model="other")

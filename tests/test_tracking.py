@@ -248,6 +248,12 @@ def test_track_columns_reads_the_distribution_at_the_drifted_column():
     np.testing.assert_array_equal(tracks["count_low"].values[:, 0], [3, 5, 0])
     np.testing.assert_array_equal(tracks["count_high"].values[:, 0], [5, 6, 10])
     assert (tracks["count_low"].values[:, 2] == -1).all() and (tracks["count_high"].values[:, 2] == -1).all()
+    assert tracks["count_low"].attrs["set_mass"] == 0.9  # no calibrated mass in the prediction: 0.9
+    # a prediction that carries a calibrated mass (segdepth.learn.validity.assess) gets sets of that mass
+    narrow = track_columns(prediction.assign_attrs(count_set_mass=0.5), alignment_of(drift), columns, radius=0.4)
+    np.testing.assert_array_equal(narrow["count_low"].values[:, 0], [4, 6, 0])
+    np.testing.assert_array_equal(narrow["count_high"].values[:, 0], [4, 6, 0])
+    assert narrow["count_high"].attrs["set_mass"] == 0.5
     assert not tracks["inside"].values[:, 2].any() and (tracks["count"].values[:, 2] == -1).all()
     assert np.isnan(tracks["expected_count"].values[:, 2]).all()
 
@@ -337,3 +343,17 @@ def test_bad_input_raises_a_one_line_value_error(call, message):
     with pytest.raises(ValueError, match=message) as info:
         call()
     assert "\n" not in str(info.value)
+
+
+def test_count_set_mass_comes_from_the_prediction_or_its_card():
+    import json
+
+    from segdepth.data.tracking import COUNT_SET_LEVEL, count_set_mass
+
+    prediction = _uniform_prediction(1, size=4)
+    assert count_set_mass(prediction) == COUNT_SET_LEVEL  # nothing calibrated
+    card = {"count_sets": {"mass": {"one_pass": 0.97, "with_second_model": 0.98}}}
+    with_card = prediction.assign_attrs(model_card=json.dumps(card))
+    assert count_set_mass(with_card) == 0.97  # one pass: the card's one-pass mass
+    assert count_set_mass(with_card.assign_attrs(count_set_mass=0.98)) == 0.98  # what assess decided wins
+    assert count_set_mass(prediction.assign_attrs(model_card=json.dumps({"lam": 2.5}))) == COUNT_SET_LEVEL

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,15 @@ import xarray as xr
 from test_lattice import PX, N, _columns_image
 
 from segdepth.learn.model import UNet
-from segdepth.learn.validity import REASONS, assess, crystal_region, predict_checked, summary, validity_fractions
+from segdepth.learn.validity import (
+    REASONS,
+    assess,
+    crystal_region,
+    pair_set_mass,
+    predict_checked,
+    summary,
+    validity_fractions,
+)
 from segdepth.physics.structures import LATTICE_CONSTANT
 
 F = 4  # label pixels of 0.8 A
@@ -261,3 +271,35 @@ def test_predict_checked_rotated_pass_with_another_model(half_crystal):
         predict_checked(image, model, card, tta=False, rotated_model=other, rotated_card=dict(card))
     with pytest.raises(ValueError, match="another grid: sampling"):
         predict_checked(image, model, card, rotated_model=other, rotated_card={**card, "sampling": 2 * PX})
+
+
+def test_count_sets_take_the_calibrated_mass(half_crystal):
+    image, pred = half_crystal  # 3 atoms with p 0.9, none with 0.05, the rest 0.05 / 9 each
+    inside = (pred["y"].values > 20.0) & (pred["y"].values < 28.0)
+    plain = assess(image, pred, keep_connected=None).isel(x=slice(8, -8))
+    assert plain.attrs["count_set_mass"] == 0.9 and plain["depth_low"].attrs["set_mass"] == 0.9
+    assert (plain["depth_low"].values[0, inside] == 3).all()  # {3} holds 0.9
+    wide = assess(image, pred, keep_connected=None, count_set_mass=0.96).isel(x=slice(8, -8))
+    assert wide.attrs["count_set_mass"] == 0.96
+    assert (wide["depth_low"].values[0, inside] == 0).all() and (wide["depth_high"].values[0, inside] == 3).all()
+    # one pass: the mass calibrated for the model, from the card in the prediction's attributes
+    card = {"count_sets": {"mass": {"one_pass": 0.96}}}
+    carded = assess(image, pred.assign_attrs(model_card=json.dumps(card)), keep_connected=None)
+    assert carded.attrs["count_set_mass"] == 0.96
+    # two passes: not the one-pass mass (predict_checked passes the pair's)
+    pair = assess(image, pred.assign_attrs(model_card=json.dumps(card)), rotated=pred.copy(), keep_connected=None)
+    assert pair.attrs["count_set_mass"] == 0.9
+    with pytest.raises(ValueError, match="count_set_mass must be a probability"):
+        assess(image, pred, count_set_mass=1.5)
+
+
+def test_the_pair_mass_belongs_to_the_shipped_pair_only():
+    from segdepth.learn.inference import DEFAULT_MODEL, DEFAULT_ROTATED_MODEL
+    from segdepth.learn.modelio import card_path
+
+    default = json.loads(card_path(DEFAULT_MODEL).read_text())
+    second = json.loads(card_path(DEFAULT_ROTATED_MODEL).read_text())
+    card = {"count_sets": {"mass": {"with_second_model": 0.97}, "second_model": DEFAULT_ROTATED_MODEL.name}}
+    assert pair_set_mass(card, second) == 0.97
+    assert pair_set_mass(card, default) == 0.9  # another second model: the probabilities at their word
+    assert pair_set_mass({"lam": 2.5}, second) == 0.9

@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "of any lattice is reported as depth 0; a lattice that is not CeO2 [110] is not valid), a second "
                    "pass on the frame rotated by 180 degrees (--rotated-model; where the two disagree by more than 1 "
                    "atom: not valid); writes crystal, valid, valid_reason, lattice_score, ceo2_score, disagreement and "
-                   "depth_low / depth_high (the range of each pixel's 90 %% count set). "
+                   "depth_low / depth_high (the range of each pixel's 90 %% count set, with the probability mass "
+                   "calibrated for the default: attribute count_set_mass). "
                    "--no-check writes the network's raw output, about 3x faster")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                    help="with --check: the 180-degree test-time pass (default on)")

@@ -37,8 +37,9 @@ of vacuum, amorphous material, or a frame too noisy to see a lattice in.
 
 The output keeps ``depth`` and ``confidence`` (after the vacuum mask) and adds ``depth_low`` and
 ``depth_high`` (uint8: the smallest and largest count of each pixel's 90 % count set,
-:func:`segdepth.data.tracking.count_range`; 0 in vacuum: the range a user should read instead of one
-count, README "Column calibration"), ``valid`` (uint8 0/1),
+:func:`segdepth.data.tracking.count_range`, with the probability mass calibrated for the shipped pair or model,
+:func:`pair_set_mass`, recorded as the attribute ``count_set_mass``; 0 in vacuum: the range a user should read
+instead of one count, README "Count sets that keep their promise"), ``valid`` (uint8 0/1),
 ``valid_reason`` (uint8 flags, :data:`REASONS`), the scores behind them ``lattice_score``,
 ``ceo2_score`` and ``disagreement`` [atoms] (``margin=None`` keeps the network's raw depth, to
 compare). :func:`summary` says in one line how much of
@@ -55,7 +56,7 @@ import xarray as xr
 from scipy import ndimage
 
 __all__ = ["BRIDGE", "KEEP_CONFIDENT", "KEEP_CONNECTED", "MARGIN", "MAX_DISAGREEMENT", "REASONS", "assess",
-           "crystal_region", "predict_checked", "rotated_180", "summary", "validity_fractions"]
+           "crystal_region", "pair_set_mass", "predict_checked", "rotated_180", "summary", "validity_fractions"]
 
 #: Distance [A] from the nearest lattice window beyond which a pixel is vacuum (depth reported as 0).
 MARGIN = 4.0
@@ -125,6 +126,7 @@ def assess(
     keep_confident: float | None = KEEP_CONFIDENT,
     keep_connected: float | None = KEEP_CONNECTED,
     bridge: float = BRIDGE,
+    count_set_mass: float | None = None,
 ) -> xr.Dataset:
     """Add the crystal mask, ``valid``, ``valid_reason`` and their scores to a prediction.
 
@@ -154,6 +156,11 @@ def assess(
         mask or to a kept confident reading (:func:`crystal_region`); ``None``: no growth.
     bridge : float
         Largest gap [A] between readings that still joins them (default 2 A).
+    count_set_mass : float, optional
+        Probability mass of the 90 % count sets (``depth_low`` / ``depth_high``; recorded as the attribute
+        ``count_set_mass``). Default: without ``rotated``, the one-pass mass calibrated for the model
+        (:func:`segdepth.data.tracking.count_set_mass`); with it, 0.9 (:func:`predict_checked` passes the
+        mass calibrated for the shipped pair).
 
     Returns
     -------
@@ -165,6 +172,7 @@ def assess(
     """
     from segdepth.data.lattice import local_lattice, on_grid, temporal_mean
     from segdepth.data.tracking import COUNT_SET_LEVEL, count_range
+    from segdepth.data.tracking import count_set_mass as prediction_mass
 
     if "probability" not in prediction:
         raise ValueError("prediction must hold 'probability' (predict(..., return_probabilities=True))")
@@ -176,6 +184,10 @@ def assess(
     for name, value in (("keep_confident", keep_confident), ("keep_connected", keep_connected)):
         if value is not None and not (isinstance(value, int | float | np.number) and 0 < value <= 1):
             raise ValueError(f"{name} must be a probability in (0, 1] or None, got {value!r}")
+    if count_set_mass is None:
+        count_set_mass = prediction_mass(prediction) if rotated is None else COUNT_SET_LEVEL
+    if not (isinstance(count_set_mass, int | float | np.number) and 0 < count_set_mass <= 1):
+        raise ValueError(f"count_set_mass must be a probability in (0, 1], got {count_set_mass!r}")
     if image.ndim == 2:
         image = image.expand_dims("frame")
     n_frames = prediction.sizes["frame"]
@@ -223,7 +235,7 @@ def assess(
     depth[vacuum] = 0
     confidence[vacuum] = probability[:, 0][vacuum]
     depth_low, depth_high = (np.where(vacuum, 0, v).astype(np.uint8)
-                             for v in count_range(np.moveaxis(probability, 1, -1)))  # classes last
+                             for v in count_range(np.moveaxis(probability, 1, -1), count_set_mass))  # classes last
 
     refuted = ~grid["ceo2_110"].values.astype(bool) & crystal_lattice
     reason = np.zeros(depth.shape, np.uint8)
@@ -248,7 +260,8 @@ def assess(
     out["confidence"] = (dims, confidence.astype(np.float32), prediction["confidence"].attrs)
     for name, values, end in (("depth_low", depth_low, "smallest"), ("depth_high", depth_high, "largest")):
         out[name] = (dims, values, {"units": "atoms", "long_name": f"{end} count of the {COUNT_SET_LEVEL:.0%} count "
-                                    "set (0 in vacuum)"})
+                                    "set (0 in vacuum)", "set_mass": float(count_set_mass)})
+    out.attrs["count_set_mass"] = float(count_set_mass)
     out["crystal"] = (dims, near.astype(np.uint8),
                       {"long_name": f"a lattice within {margin} A (not vacuum)", "units": "1"})
     out["valid"] = (dims, valid, {"long_name": "the estimate applies here (a CeO2 [110] count, or vacuum)",
@@ -282,6 +295,28 @@ def check_same_grid(card: dict, rotated_card: dict) -> None:
         if rotated_card.get(key) != card.get(key):
             raise ValueError(f"rotated_model predicts on another grid: {key} {rotated_card.get(key)!r} in its "
                              f"card, {card.get(key)!r} in the model's")
+
+
+def pair_set_mass(card: dict, rotated_card: dict) -> float:
+    """Probability mass of the 90 % count sets for ``card``'s model averaged with ``rotated_card``'s.
+
+    The mass calibrated for that pair (``count_sets`` in ``card``: ``mass.with_second_model``, valid when the
+    second model's card is the shipped ``count_sets.second_model``'s, ``benchmarks/count_set_calibration.py``),
+    else 0.9 (:data:`segdepth.data.tracking.COUNT_SET_LEVEL`: the probabilities taken at their word).
+    """
+    import json
+
+    from segdepth.data.tracking import COUNT_SET_LEVEL
+    from segdepth.learn.inference import MODELS_DIR
+
+    sets = card.get("count_sets") or {}
+    second, mass = sets.get("second_model"), (sets.get("mass") or {}).get("with_second_model")
+    if not second or mass is None:
+        return COUNT_SET_LEVEL
+    path = (MODELS_DIR / second).with_suffix(".json")
+    if not path.is_file() or json.loads(path.read_text()) != rotated_card:
+        return COUNT_SET_LEVEL
+    return float(mass)
 
 
 def predict_checked(
@@ -345,9 +380,10 @@ def predict_checked(
     prediction = predict(image, model, card, return_probabilities=True, **options)
     rotated = (predict(rotated_180(image), rotated_model, rotated_card, return_probabilities=True, **options)
                if tta else None)
+    mass = pair_set_mass(card, rotated_card) if tta and rotated_model is not model else None
     out = assess(image, prediction, rotated=rotated, lattice_average=lattice_average, margin=margin,
                  max_disagreement=max_disagreement, keep_confident=keep_confident, keep_connected=keep_connected,
-                 bridge=bridge)
+                 bridge=bridge, count_set_mass=mass)
     if not return_probabilities:
         out = out.drop_vars(["probability", "depth_class"])
     arguments = {"tta": bool(tta), "lattice_average": int(lattice_average), "margin": margin,
