@@ -100,7 +100,8 @@ def main(argv=None) -> int:
     print(f"drift error (largest over frames and axes) {float(score.drift_error):.3f} A")
     names = ("found_fraction", "found_precision", "position_rms", "element_accuracy", "element_unknown_fraction",
              "frame_exact", "smoothed_exact", "changing_frame_exact", "changing_smoothed_exact", "expected_bias",
-             "changing_expected_bias", "frame_set_coverage", "frame_set_width")
+             "changing_expected_bias", "frame_set_coverage", "frame_set_width", "smoothed_set_coverage",
+             "smoothed_set_width")
     for name in names:
         print(f"{name}: {float(score[name]):.3f}")
     lines = ["| true column | change frame | count | smoothed > 0.5 | smoothed > 0.9 | filtered > 0.5 | filtered > 0.9 "
@@ -165,7 +166,9 @@ def main(argv=None) -> int:
         f"the changing O columns: per frame {float(score.changing_frame_exact):.3f}, smoothed "
         f"{float(score.changing_smoothed_exact):.3f} (bias {float(score.changing_expected_bias):+.2f}). The "
         f"per-frame 90 % count sets hold the true count in {float(score.frame_set_coverage):.3f} of the matched "
-        f"columns and frames ({float(score.frame_set_width):.2f} counts wide on average).",
+        f"columns and frames ({float(score.frame_set_width):.2f} counts wide on average); the HMM posterior's "
+        f"sets (same probability mass, {float(tracked['count_low'].attrs.get('set_mass', 0.9)):g}) in "
+        f"{float(score.smoothed_set_coverage):.3f} ({float(score.smoothed_set_width):.2f} counts wide).",
         "",
         "One-atom changes *seen* (the posterior held the old count above the threshold before, then switched to "
         "the new one at the change or later, the smoothed one at most 2 frames early), with their delays in "

@@ -476,3 +476,21 @@ def test_help_lists_every_supported_format():
     description = commands.choices["predict"].description
     for suffix in SUPPORTED_EXTENSIONS:
         assert suffix in description, suffix
+
+
+def test_dose_matching_follows_the_card_and_the_flag(workdir, capsys, monkeypatch):
+    """--lambda above the card's dose-matching target: frames read at the target (recorded); the flag turns it off."""
+    monkeypatch.chdir(workdir)
+    torch.manual_seed(0)
+    model = UNet(n_scales=1, channels=(2, 4), head_channels=(4, 4), median_size=1)
+    save_model(model, workdir / "matched.safetensors", {"sampling": MODEL_PIXEL, "label_factor": 4, "lam": 5.0,
+                                                        "dose_matching": {"target": 4.0, "draws": 2}})
+    used = {}
+    for name, extra in (("on", []), ("off", ["--no-dose-matching"])):
+        out = workdir / f"matched_{name}.nc"
+        args = ["predict", "image.npy", "--out", str(out), "--model", "matched.safetensors", "--pixel-size",
+                str(MODEL_PIXEL), "--lambda", "8", "--no-check", "--no-progress", *extra]
+        assert main(args) == 0, capsys.readouterr().err
+        with xr.open_dataset(out) as ds:
+            used[name] = json.loads(ds.attrs["arguments"])["dose_matched"]
+    assert used == {"on": {"dose": 8.0, "target": 4.0, "draws": 2}, "off": None}

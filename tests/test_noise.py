@@ -79,3 +79,21 @@ def test_paired_noise_has_poisson_statistics_and_survives_a_last_bit_change():
         poisson_noise_paired(clean, 0.0, rng=np.random.default_rng(1))
     with pytest.raises(ValueError, match="Generator"):
         poisson_noise_paired(clean, 1.0, rng=1)
+
+
+def test_lower_dose_gives_the_shot_noise_of_the_target_dose():
+    from segdepth.physics.noise import lower_dose
+
+    clean = np.full((500, 500), 0.8)
+    x = poisson_noise(clean, 200.0, rng=np.random.default_rng(0))
+    y = lower_dose(x, 200.0, 5.0, rng=np.random.default_rng(1))
+    assert y.dtype == np.float32 and y.shape == x.shape
+    assert y.mean() == pytest.approx(0.8, rel=0.01)
+    assert y.var() == pytest.approx(0.8 / 5.0, rel=0.03)  # Var = c / target
+    again = lower_dose(x, 200.0, 5.0, rng=np.random.default_rng(1))
+    np.testing.assert_array_equal(y, again)  # the same seed, the same noise
+    np.testing.assert_array_equal(lower_dose(x, 5.0, 10.0, rng=np.random.default_rng(1)), x)  # never raised
+    with pytest.raises(ValueError, match="lam"):
+        lower_dose(x, 200.0, 0.0, rng=np.random.default_rng(1))
+    with pytest.raises(ValueError, match="NaN"):
+        lower_dose(np.full((4, 4), np.nan), 200.0, 5.0, rng=np.random.default_rng(1))

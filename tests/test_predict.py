@@ -320,3 +320,51 @@ def test_predict_checked_pairs_the_default_with_its_second_model(rng):
     assert used == {"default": (True, pair), "same": (False, 0.9), "explicit": (False, 0.9)}
     with pytest.raises(ValueError, match="a model or 'same'"):
         predict_checked(image, rotated_model="other")
+
+
+def test_dose_matching_reads_clean_frames_at_the_target_dose(saved, rng):
+    """Above the card's target the frame is read `draws` times at the target dose and the distributions averaged;
+    at or below it, and without a dose, nothing changes; the noise depends on the frame number only."""
+    model, card = saved  # input at the model pixel size: the dose per model pixel is lam
+    matched = {**card, "dose_matching": {"target": 4.0, "draws": 3}}
+    image = noisy(rng, (2, 64, 64), frame=np.array([5, 6]))
+    plain = predict(image, model, card, lam=8.0, return_probabilities=True)
+    low = predict(image, model, matched, lam=3.0, return_probabilities=True)  # below the target
+    np.testing.assert_array_equal(low["probability"], plain["probability"])
+    assert json.loads(low.attrs["arguments"])["dose_matched"] is None
+    high = predict(image, model, matched, lam=8.0, return_probabilities=True)
+    assert json.loads(high.attrs["arguments"])["dose_matched"] == {"dose": 8.0, "target": 4.0, "draws": 3}
+    assert float(abs(high["probability"] - plain["probability"]).max()) > 1e-6  # an untrained model: small
+    np.testing.assert_allclose(high["probability"].sum("depth_class"), 1, atol=1e-5)
+    off = predict(image, model, matched, lam=8.0, return_probabilities=True, dose_matching=False)
+    np.testing.assert_array_equal(off["probability"], plain["probability"])
+    # the same by hand: three copies at the target dose (the seeds of the frame numbers 5 and 6), averaged
+    from segdepth.learn.inference import DOSE_MATCHING_SEED
+    from segdepth.physics.noise import lower_dose
+
+    frame = image.isel(frame=[1])
+    by_hand = sum(predict(frame.copy(data=lower_dose(frame.values / frame.values.mean(), 8.0, 4.0,
+                                                     rng=np.random.default_rng([DOSE_MATCHING_SEED, 6, k]))),
+                          model, card, return_probabilities=True)["probability"].values for k in range(3)) / 3
+    np.testing.assert_allclose(high["probability"].values[1:], by_hand, atol=1e-5)
+    # a movie cut into chunks gets the same noise as in one piece
+    alone = predict(image.isel(frame=[1]), model, matched, lam=8.0, return_probabilities=True)
+    np.testing.assert_allclose(alone["probability"].values, high["probability"].values[1:], atol=1e-6)
+    with pytest.raises(ValueError, match="dose_matching needs target > 0"):
+        predict(image, model, {**card, "dose_matching": {"target": 0, "draws": 3}}, lam=8.0)
+
+
+def test_evaluation_scores_what_dose_matched_predict_reports(saved, rng):
+    """segdepth.learn.evaluation.infer with dose_matching draws the noise predict draws for the same frame."""
+    from segdepth.learn.evaluation import infer
+
+    model, card = saved
+    clean = rng.uniform(0.6, 1.2, (64, 64)).astype(np.float32)
+    noisy_frame, scored = infer(model, clean, 8.0, seed=1, index=3, dose_matching=(4.0, 3))
+    _, unmatched = infer(model, clean, 8.0, seed=1, index=3)
+    image = xr.DataArray(noisy_frame[None], dims=("frame", "y", "x"), coords={"frame": [3]},
+                         attrs={"pixel_size": MODEL_PIXEL})
+    reported = predict(image, model, {**card, "dose_matching": {"target": 4.0, "draws": 3}}, lam=8.0,
+                       return_probabilities=True, fast=False)["probability"].values[0]
+    np.testing.assert_allclose(scored, reported, atol=1e-5)
+    assert np.abs(scored - unmatched).max() > 1e-6

@@ -82,11 +82,16 @@ def test_a_biased_tracking_never_sees_the_new_count(truth):
     assert not score.seen_filtered_50[0] and not score.seen_smoothed_50[0]
     assert int(score.frames_to_resolve[0]) == 1 and int(score.step_delay[0]) == 0  # the step is there, too high
     assert np.isnan(float(score.frame_set_coverage))  # no count sets given
+    # the HMM posterior is sure of the wrong count: its 90 % sets hold that count alone, never the truth
+    assert float(score.smoothed_set_coverage) == 0.0 and float(score.smoothed_set_width) == 1.0
     # count sets one atom wide around the wrong reading hold the truth; sets of the reading alone never do
     sets = _tracked(truth, wrong).assign(count_low=(("frame", "column"), wrong - 1),
                                          count_high=(("frame", "column"), wrong))
     score = score_simulated_movie(truth, sets)
     assert float(score.frame_set_coverage) == 1.0 and float(score.frame_set_width) == 2.0
+    # the smoothed sets take the per-frame sets' probability mass: all but 1e-12 of it holds every count
+    every = score_simulated_movie(truth, sets.assign(count_low=sets.count_low.assign_attrs(set_mass=1 - 1e-12)))
+    assert float(every.smoothed_set_coverage) == 1.0 and float(every.smoothed_set_width) > 2
     narrow = sets.assign(count_low=sets.count_high)
     assert float(score_simulated_movie(truth, narrow).frame_set_coverage) == 0.0
 

@@ -117,8 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
         dest="lam",
         metavar="L",
         help="dose of INPUT [electrons per pixel in vacuum], or 'auto' to estimate it from the grey values (Poisson "
-        "with unknown gain: mean^2 / variance, over time when there are several frames); recorded, and compared "
-        "with the model's training dose",
+        "with unknown gain: mean^2 / variance, over time when there are several frames); recorded, compared "
+        "with the model's training dose and, where the model's card asks for dose matching, used to read frames "
+        "cleaner than its target at that dose (several noisy copies averaged; --no-dose-matching turns it off)",
     )
     p.add_argument("--frames", metavar="SEL", help="frames to process: '5', '0:10', '0:40:2' or '1,4,7' (default all)")
     p.add_argument(
@@ -138,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "depth_low / depth_high (the range of each pixel's 90 %% count set, with the probability mass "
                    "calibrated for the default: attribute count_set_mass). "
                    "--no-check writes the network's raw output, about 3x faster")
+    p.add_argument("--dose-matching", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --lambda: read frames cleaner than the model's dose-matching target (its card) at that "
+                   "target, several noisy copies averaged (default on; costs that many network passes)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                    help="with --check: the 180-degree test-time pass (default on)")
     p.add_argument("--rotated-model", metavar="PATH",
@@ -347,6 +351,7 @@ def _predict_command(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         fast=not args.reference,
         check=check,
+        dose_matching=args.dose_matching,
     )
     import xarray as xr
 

@@ -29,7 +29,9 @@ from scipy.spatial import cKDTree
 
 from segdepth.constants import SYMBOLS
 from segdepth.data.tracking import (
+    COUNT_SET_LEVEL,
     align_frames,
+    count_range,
     find_columns,
     frames_to_detect_change,
     mean_estimate,
@@ -199,7 +201,9 @@ def score_simulated_movie(movie: xr.Dataset, tracked: xr.Dataset, smoothed: xr.D
         ``changing_expected_bias`` (mean per-frame expected count minus truth [atoms]); with ``count_low`` and
         ``count_high`` in ``tracked``, ``frame_set_coverage`` (how often the per-frame 90 % count set holds the
         true count, matched columns inside the field) and ``frame_set_width`` (its mean number of counts,
-        ``high - low + 1``); NaN without them.
+        ``high - low + 1``); NaN without them. ``smoothed_set_coverage`` and ``smoothed_set_width``: the
+        same for the count sets of the HMM posterior, at the probability mass of the per-frame sets
+        (``set_mass`` of ``count_low``, else 0.9).
 
         ``match`` (true_col): the found column of every true column (-1: none).
 
@@ -325,6 +329,11 @@ def score_simulated_movie(movie: xr.Dataset, tracked: xr.Dataset, smoothed: xr.D
         set_coverage, set_width = mean(((low <= t) & (t <= high))[seen]), mean((high - low + 1)[seen])
     else:
         set_coverage = set_width = float("nan")
+    mass = float(tracked["count_low"].attrs.get("set_mass", COUNT_SET_LEVEL)) if "count_low" in tracked else \
+        COUNT_SET_LEVEL
+    s_low, s_high = count_range(smoothed["posterior"].transpose("frame", "column", "depth_class").values[:, cols],
+                                mass)
+    smoothed_coverage, smoothed_width = mean((s_low <= t) & (t <= s_high)), mean(s_high - s_low + 1)
     return xr.Dataset(
         {
             "n_true_columns": int(present.sum()),
@@ -342,6 +351,8 @@ def score_simulated_movie(movie: xr.Dataset, tracked: xr.Dataset, smoothed: xr.D
             "expected_bias": xr.DataArray(float(np.nanmean(bias)) if bias.size else np.nan, attrs={"units": "atoms"}),
             "frame_set_coverage": set_coverage,
             "frame_set_width": xr.DataArray(set_width, attrs={"units": "counts"}),
+            "smoothed_set_coverage": smoothed_coverage,
+            "smoothed_set_width": xr.DataArray(smoothed_width, attrs={"units": "counts"}),
             "changing_expected_bias": xr.DataArray(float(np.nanmean(bias[:, changing])) if changing.any() else np.nan,
                                                    attrs={"units": "atoms"}),
             "match": ("true_col", match, {"long_name": "found column of each true column (-1: none)"}),

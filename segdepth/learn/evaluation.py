@@ -18,7 +18,7 @@ from segdepth.constants import N_CLASSES
 from segdepth.data.preprocess import bin_image, normalise
 from segdepth.learn import metrics
 from segdepth.learn.metrics import METRIC_NAMES
-from segdepth.physics.noise import poisson_noise
+from segdepth.physics.noise import lower_dose, poisson_noise
 
 __all__ = ["infer", "evaluate_dataset", "PAPER_TABLE_I_METRICS"]
 
@@ -33,7 +33,8 @@ PAPER_TABLE_I_METRICS = {
 
 
 def infer(model, clean, lam: float | None, *, seed: int, index: int = 0,
-          input_binning: int = 1, tta: bool = False, rotated_model=None) -> tuple[np.ndarray, np.ndarray]:
+          input_binning: int = 1, tta: bool = False, rotated_model=None,
+          dose_matching: tuple[float, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Noisy input and class probabilities for one clean image.
 
     Parameters
@@ -57,6 +58,11 @@ def infer(model, clean, lam: float | None, *, seed: int, index: int = 0,
     rotated_model : torch.nn.Module, optional
         With ``tta``: the model of the 180-degree pass (same ``input_binning``), fed the same noisy
         frame turned (``predict_checked(rotated_model=...)``, ``segdepth predict --rotated-model``).
+    dose_matching : (float, int), optional
+        ``(target, draws)`` as a card's ``dose_matching`` (target in electrons per *model* pixel, after
+        ``input_binning``): when ``lam * input_binning**2`` exceeds it, each pass is the mean over
+        ``draws`` copies of its input brought down to ``target``, with the noise
+        :func:`segdepth.learn.inference.predict` draws for frame ``index`` (what it reports).
 
     Returns
     -------
@@ -73,18 +79,33 @@ def infer(model, clean, lam: float | None, *, seed: int, index: int = 0,
     noisy = clean if lam is None else poisson_noise(clean, lam, rng=np.random.default_rng([seed, index]))
     model.eval()
     rotated_model.eval()
+    base = normalise(bin_image(noisy, input_binning))
+    draws = [None]
+    if dose_matching is not None and lam is not None:
+        from segdepth.learn.inference import DOSE_MATCHING_SEED, _dose_matching
+
+        plan = _dose_matching({"dose_matching": {"target": dose_matching[0], "draws": dose_matching[1]}},
+                              lam * input_binning**2)  # what predict would do at this dose
+        if plan is not None:
+            draws = [(plan[0], plan[1], (DOSE_MATCHING_SEED, index, k)) for k in range(plan[2])]
+
+    def passes(frame):  # the input of one pass, brought down to the target once per draw
+        for d in draws:
+            yield frame if d is None else normalise(lower_dose(frame, d[0], d[1], rng=np.random.default_rng(d[2])))
+
     with torch.inference_mode():
-        x = torch.from_numpy(normalise(bin_image(noisy, input_binning)))[None, None]
-        proba = torch.softmax(model(x), dim=1)[0]
+        proba = sum(torch.softmax(model(torch.from_numpy(x)[None, None]), dim=1)[0] for x in passes(base))
+        proba = proba / len(draws)
         if tta:
-            turned = torch.softmax(rotated_model(torch.flip(x, (2, 3))), dim=1)[0]
-            proba = 0.5 * (proba + torch.flip(turned, (1, 2)))
+            turned = sum(torch.softmax(rotated_model(torch.from_numpy(np.ascontiguousarray(x))[None, None]), dim=1)[0]
+                         for x in passes(np.ascontiguousarray(base[::-1, ::-1])))
+            proba = 0.5 * (proba + torch.flip(turned / len(draws), (1, 2)))
     return noisy, proba.numpy()
 
 
 def evaluate_dataset(model, ds: xr.Dataset, *, lam: float, seed: int = 0, indices=None, n_bins: int = 10,
                      progress: bool = False, input_binning: int = 1, tta: bool = False,
-                     rotated_model=None) -> xr.Dataset:
+                     rotated_model=None, dose_matching: tuple[float, int] | None = None) -> xr.Dataset:
     """Evaluate ``model`` on samples ``indices`` of a simulated dataset at dose ``lam``.
 
     Parameters
@@ -101,7 +122,7 @@ def evaluate_dataset(model, ds: xr.Dataset, *, lam: float, seed: int = 0, indice
         Samples to evaluate (default all).
     n_bins : int
         Bins of the reliability diagram.
-    input_binning, tta, rotated_model : int, bool, torch.nn.Module
+    input_binning, tta, rotated_model, dose_matching : int, bool, torch.nn.Module, (float, int)
         See :func:`infer`.
 
     Returns
@@ -127,7 +148,7 @@ def evaluate_dataset(model, ds: xr.Dataset, *, lam: float, seed: int = 0, indice
     for i in tqdm(indices, desc="evaluate", disable=not progress):
         s = ds.isel(sample=int(i))
         _, proba = infer(model, s.image.values, lam, seed=seed, index=int(i), input_binning=input_binning, tta=tta,
-                         rotated_model=rotated_model)
+                         rotated_model=rotated_model, dose_matching=dose_matching)
         pred = proba.argmax(axis=0)
         conf = proba.max(axis=0)
         label = s.label.values.astype(np.int64)
@@ -210,7 +231,7 @@ ROBUSTNESS_GROUPS = ("all", "Ce", "O", "vacancies_O")
 
 
 def robustness(models: dict, test_sets: dict, lams, *, seed: int = 1, indices: dict | None = None,
-               progress: bool = False, tta: bool = False) -> xr.Dataset:
+               progress: bool = False, tta: bool = False, dose_matching: dict | None = None) -> xr.Dataset:
     """Every metric of :func:`evaluate_dataset` for each model x test set x dose.
 
     Parameters
@@ -229,6 +250,8 @@ def robustness(models: dict, test_sets: dict, lams, *, seed: int = 1, indices: d
     tta : bool
         Score the mean of the plain and the 180-degree pass (:func:`infer`), what ``segdepth predict``
         reports.
+    dose_matching : dict, optional
+        Model name -> ``(target, draws)`` (:func:`infer`), for the models scored with dose matching.
 
     Returns
     -------
@@ -251,7 +274,8 @@ def robustness(models: dict, test_sets: dict, lams, *, seed: int = 1, indices: d
             idx = None if indices is None else indices.get(tname)
             per_lam = [
                 evaluate_dataset(model, ds, lam=lam, seed=seed, indices=idx, input_binning=binning,
-                                 progress=progress, tta=tta, rotated_model=rotated_model)[keep].sel(
+                                 progress=progress, tta=tta, rotated_model=rotated_model,
+                                 dose_matching=(dose_matching or {}).get(mname))[keep].sel(
                     group=list(ROBUSTNESS_GROUPS))
                 for lam in lams
             ]

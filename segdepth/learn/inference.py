@@ -16,6 +16,13 @@ For every frame of an image (see :func:`segdepth.data.io.read_image`),
 5. turns the stitched logits into the per-pixel depth distribution ``F(y)``
    (softmax), the depth ``argmax F(y)`` and the confidence ``max F(y)`` (eq. 5).
 
+**Dose matching.** When the dose ``lam`` is given and the model's card has ``dose_matching``
+(``target`` electrons per model pixel, ``draws``), a frame whose dose at the model's pixel size
+exceeds ``target`` is brought down to it (:func:`segdepth.physics.noise.lower_dose`, after step 2)
+``draws`` times with independent noise, and ``F(y)`` is the mean of the draws' distributions: the
+network counts columns best near the middle of its training doses and worse on cleaner images
+(README, "Dose matching"). ``dose_matching=False`` turns it off.
+
 The UNet is equivariant to shifts by ``required_multiple`` pixels away from the
 image border, so the stitched result equals the untiled one exactly when the
 network's receptive field (its half-width) fits in half the overlap; with a
@@ -53,6 +60,7 @@ from segdepth.constants import check_int
 from segdepth.data.hyperspy import is_signal
 from segdepth.data.io import LENGTH_UNITS, check_pixel_size, check_positive
 from segdepth.data.preprocess import normalise
+from segdepth.physics.noise import lower_dose
 
 __all__ = [
     "MODELS_DIR",
@@ -96,6 +104,8 @@ _MAX_PIXELS = 2**28  # largest resampled frame we accept (16384 x 16384)
 #: Smallest field [A] along each axis that :func:`predict` accepts: about two CeO2 [110] column spacings
 #: (1.35 A along [001]); a smaller image cannot hold a column with its surroundings.
 MIN_FIELD = 3.0
+#: First word of the seeds of the dose-matching noise (:func:`predict`).
+DOSE_MATCHING_SEED = 20261205
 
 
 def load_default_model(*, reference: bool = False, rotated: bool = False):
@@ -267,6 +277,22 @@ def _softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
     np.exp(shifted, out=shifted)
     shifted /= shifted.sum(axis=axis, keepdims=True)
     return shifted
+
+
+def _dose_matching(card: dict, dose: float) -> tuple[float, float, int] | None:
+    """``(dose, target, draws)`` when the card asks for dose matching and ``dose`` [e per model pixel] exceeds
+    its target, else ``None``."""
+    spec = card.get("dose_matching")
+    if not spec:
+        return None
+    try:
+        target, draws = float(spec["target"]), int(spec["draws"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"the model card's dose_matching must give a target dose and a number of draws, got "
+                         f"{spec!r}") from None
+    if not (math.isfinite(target) and target > 0 and draws >= 1):
+        raise ValueError(f"the model card's dose_matching needs target > 0 and draws >= 1, got {spec!r}")
+    return (float(dose), target, draws) if dose > target * (1 + 1e-9) else None  # rounding of pixel ratios
 
 
 def _dose_warning(lam: float, scale: float, card: dict) -> None:
@@ -526,13 +552,20 @@ def _tile_bar(total: int, progress: bool):
 # ---------------------------------------------------- prediction: the frames
 
 
-def _prepared(image: xr.DataArray, f: int, resampled: tuple[int, int], padded: tuple[int, int]) -> np.ndarray:
-    """Frame ``f`` resampled to the model's pixel size, normalised and reflect-padded (steps 1-3)."""
+def _prepared(image: xr.DataArray, f: int, resampled: tuple[int, int], padded: tuple[int, int],
+              lowered: tuple[float, float, np.random.Generator] | None = None) -> np.ndarray:
+    """Frame ``f`` resampled to the model's pixel size, normalised and reflect-padded (steps 1-3).
+
+    ``lowered``: ``(dose, target, rng)`` per model pixel: the normalised frame brought down to the dose
+    ``target`` (:func:`segdepth.physics.noise.lower_dose`) and normalised again (dose matching).
+    """
     frame = np.asarray(image[f].values, dtype=np.float32)
     if not np.all(np.isfinite(frame)):
         raise ValueError(f"frame {f} contains NaN or infinite values")
     try:
         frame = normalise(resample(frame, resampled))
+        if lowered is not None:
+            frame = normalise(lower_dose(frame, lowered[0], lowered[1], rng=lowered[2]))
     except ValueError as err:
         raise ValueError(f"frame {f}: {err}") from None
     (h_r, w_r), (pad_h, pad_w) = resampled, padded
@@ -583,14 +616,44 @@ def _stitched_logits(padded: dict, grid: _Grid, network: _Network, batch_size: i
     return stitched
 
 
-def _distributions(image: xr.DataArray, grid: _Grid, network: _Network, batch_size: int, bar):
-    """Yield ``(f, F(y))`` for every frame in order: the softmax of its stitched logits on the label grid."""
+def _frame_seed(image: xr.DataArray, f: int) -> int:
+    """The frame's number in its movie (its ``frame`` coordinate when that is a whole number, else ``f``)."""
+    dim = image.dims[0]
+    if dim in image.coords:
+        value = image[dim].values[f]
+        if np.issubdtype(np.asarray(value).dtype, np.number) and float(value).is_integer() and value >= 0:
+            return int(value)
+    return int(f)
+
+
+def _distributions(image: xr.DataArray, grid: _Grid, network: _Network, batch_size: int, bar,
+                   matching: tuple[float, float, int] | None = None):
+    """Yield ``(f, F(y))`` for every frame in order: the softmax of its stitched logits on the label grid.
+
+    ``matching``: ``(dose, target, draws)`` per model pixel: ``F(y)`` is the mean over ``draws`` copies of
+    the frame brought down to ``target`` (dose matching; the noise of copy ``k`` of frame number ``n``
+    comes from ``numpy.random.default_rng([DOSE_MATCHING_SEED, n, k])``, so it does not depend on how
+    a movie is cut into chunks).
+    """
     n_y, n_x = grid.labels
     for frames in _frame_groups(image.shape[0], len(grid.tiles), batch_size):
-        padded = {f: _prepared(image, f, grid.resampled, grid.padded) for f in frames}
-        stitched = _stitched_logits(padded, grid, network, batch_size, bar)
+        if matching is None:
+            padded = {f: _prepared(image, f, grid.resampled, grid.padded) for f in frames}
+            stitched = _stitched_logits(padded, grid, network, batch_size, bar)
+            for f in frames:
+                yield f, _softmax(stitched.pop(f)[:, :n_y, :n_x], axis=0)
+            continue
+        dose, target, draws = matching
+        total = {}
+        for k in range(draws):
+            padded = {f: _prepared(image, f, grid.resampled, grid.padded, (dose, target, np.random.default_rng(
+                [DOSE_MATCHING_SEED, _frame_seed(image, f), k]))) for f in frames}
+            stitched = _stitched_logits(padded, grid, network, batch_size, bar)
+            for f in frames:
+                p = _softmax(stitched.pop(f)[:, :n_y, :n_x], axis=0)
+                total[f] = p if k == 0 else total[f] + p
         for f in frames:
-            yield f, _softmax(stitched.pop(f)[:, :n_y, :n_x], axis=0)
+            yield f, total.pop(f) / draws
 
 
 def _maps(distributions, n_frames: int, labels: tuple[int, int], return_probabilities: bool):
@@ -676,6 +739,7 @@ def predict(
     progress: bool = False,
     batch_size: int = 1,
     fast: bool = True,
+    dose_matching: bool = True,
 ) -> xr.Dataset:
     """Atomic column depth map of every frame of ``image``.
 
@@ -713,9 +777,10 @@ def predict(
         Stitching is exact when the receptive field's half-width is at most
         ``overlap / 2``.
     lam : float, optional
-        Dose of the input [electrons per input pixel in vacuum]. Only
-        recorded, and compared with the model's training dose (a warning when
-        it is more than 2x off after resampling).
+        Dose of the input [electrons per input pixel in vacuum]. Recorded,
+        compared with the model's training dose (a warning when it is more
+        than 2x off after resampling) and, above the card's dose-matching
+        target, used to bring the frames down to it (``dose_matching``).
     return_probabilities : bool
         Also return the full per-pixel distribution ``probability``.
     progress : bool
@@ -729,6 +794,11 @@ def predict(
         into the convolutions, channels-last layout; same output to float
         rounding). ``False`` runs ``model`` as it is (the eager reference).
         A model that is already such a copy is used as it is.
+    dose_matching : bool
+        With ``lam`` and a card that has ``dose_matching`` (``target`` [e per model pixel], ``draws``):
+        frames whose dose at the model's pixel size is above ``target`` are read ``draws`` times, each
+        time brought down to ``target`` with fresh noise, and the distributions averaged (module
+        docstring; ``draws`` times the network's time). Recorded in ``arguments`` (``dose_matched``).
 
     Returns
     -------
@@ -761,13 +831,16 @@ def predict(
     image = _as_stack(input_image(image, pixel_size))
     model, card = model_and_card(model, card)
     grid = _grid(image, model, card, tile, overlap, batch_size)  # steps 1, 3 and 4: sizes and tiles
+    matching = None
     if lam is not None:
         lam = check_positive(lam, name="lam (dose)", units="electrons per pixel")
         _dose_warning(lam, (grid.model_pixel_size / grid.pixel_size) ** 2, card)
+        matching = _dose_matching(card, lam * (grid.model_pixel_size / grid.pixel_size) ** 2) if dose_matching else None
     n_frames = image.shape[0]
-    with _eval_mode(model), _tile_bar(n_frames * len(grid.tiles), progress) as bar:
+    draws = 1 if matching is None else matching[2]
+    with _eval_mode(model), _tile_bar(n_frames * len(grid.tiles) * draws, progress) as bar:
         network = _network(model, fast)
-        distributions = _distributions(image, grid, network, batch_size, bar)  # steps 1-4, frame by frame
+        distributions = _distributions(image, grid, network, batch_size, bar, matching)  # steps 1-4, frame by frame
         maps = _maps(distributions, n_frames, grid.labels, return_probabilities)  # step 5
     arguments = {
         "tile": int(tile),
@@ -780,6 +853,8 @@ def predict(
         "fast": bool(fast),
         "pixel_size": grid.pixel_size,
         "resampled_shape": list(grid.resampled),
+        "dose_matched": None if matching is None else {"dose": matching[0], "target": matching[1],
+                                                        "draws": matching[2]},
     }
     result = _dataset(image, grid, maps, card, arguments)
     if as_signals:
