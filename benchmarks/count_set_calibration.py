@@ -39,8 +39,29 @@ LAMS = (1.0, 2.5, 10.0)
 MODES = ("one_pass", "with_second_model")
 
 
-def cell_probabilities(default, second, ds, lam: float) -> dict[str, np.ndarray]:
-    """True counts and the column probabilities of both modes on every image of ``ds`` at dose ``lam``."""
+def cell_probabilities(default, second, ds, lam: float, dose_matching=None, binning: int = 4) -> dict[str, np.ndarray]:
+    """True counts and the column probabilities of both modes on every image of ``ds`` at dose ``lam``.
+
+    ``dose_matching``: ``(target, draws)``: read as ``segdepth predict --lambda`` does with the cards'
+    ``dose_matching`` (:func:`segdepth.learn.evaluation.infer`, the same seed-1 noise).
+    """
+    if dose_matching is not None:
+        from segdepth.learn.evaluation import infer
+        from segdepth.learn.metrics import column_probabilities
+
+        true, one, pair = [], [], []
+        for i in range(ds.sizes["sample"]):
+            s = ds.isel(sample=i)
+            keep = np.isfinite(s.column_x.values)
+            true.append(s.column_count.values[keep].astype(np.int64))
+            at = (s.column_x.values[keep], s.column_y.values[keep], s.label_x.values, s.label_y.values)
+            for out, kwargs in ((one, {}), (pair, {"tta": True, "rotated_model": second})):
+                _, proba = infer(default, s.image.values, lam, seed=1, index=i, input_binning=binning,
+                                 dose_matching=dose_matching, **kwargs)
+                out.append(column_probabilities(proba, *at).astype(np.float64))
+        one, pair = np.concatenate(one), np.concatenate(pair)
+        return {"T": np.concatenate(true), "one_pass": one / one.sum(1, keepdims=True),
+                "with_second_model": pair / pair.sum(1, keepdims=True)}
     from pass_ensembles import column_passes
 
     plain = column_passes({"D": default}, ds, lam, flips=(0,))
@@ -63,13 +84,16 @@ def set_stats(proba: np.ndarray, true: np.ndarray, mass: float) -> tuple[float, 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--calibration-sets", nargs="+", required=True)
+    ap.add_argument("--calibration-sets", nargs="+", default=[])
     ap.add_argument("--test-sets", nargs="+", required=True)
     ap.add_argument("--lams", nargs="+", type=float, default=list(LAMS))
     ap.add_argument("--floor", type=float, default=0.88, help="coverage every test cell must reach (the rule)")
     ap.add_argument("--cache", default="", help="directory for the per-cell probabilities ('' : none)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--write-card", action="store_true", help="write the adopted masses into the default's card")
+    ap.add_argument("--score-card", action="store_true",
+                    help="no calibration: score the masses in the default's card on --test-sets (with the cards' "
+                    "dose matching, as segdepth predict --lambda reads them); --calibration-sets are ignored")
     ap.add_argument("--out", default="", help="also write the report to this markdown file")
     args = ap.parse_args(argv)
     import torch
@@ -79,6 +103,8 @@ def main(argv=None) -> int:
     from segdepth.learn.inference import DEFAULT_MODEL, DEFAULT_ROTATED_MODEL
     from segdepth.learn.modelio import load_model, update_card
 
+    if not args.calibration_sets and not args.score_card:
+        ap.error("give --calibration-sets (or --score-card to score the card's masses)")
     for path in (*args.calibration_sets, *args.test_sets):
         if not (ROOT / path).is_dir():
             ap.error(f"test set {path} not found (make fresh-shift-tests fresh2-shift-tests fresh3-shift-tests)")
@@ -105,13 +131,34 @@ def main(argv=None) -> int:
                 print(f"{name} lambda {lam:g}: {len(cell['T'])} columns ({took:.0f} s)", flush=True)
         return cells
 
-    calibration, test = cells_of(args.calibration_sets), cells_of(args.test_sets)
     lines = []
 
     def say(text=""):
         print(text)
         lines.append(text)
 
+    if args.score_card:
+        card = load_model(DEFAULT_MODEL)[1]
+        masses, spec = card["count_sets"]["mass"], card.get("dose_matching")
+        matching = (float(spec["target"]), int(spec["draws"])) if spec else None
+        say(f"The default's count sets (card masses {masses}) on {', '.join(Path(p).name for p in args.test_sets)}, "
+            f"dose matching {matching}: coverage / mean set size (classes) / mean range (counts)\n")
+        say("| cell | columns | " + " | ".join(m.replace("_", " ") for m in masses) + " |\n|---|---|"
+            + "---|" * len(masses))
+        for path in args.test_sets:
+            ds = open_dataset(ROOT / path)
+            for lam in args.lams:
+                c = cell_probabilities(default, second, ds, lam, matching, int(card["input_binning"]))
+                stats = [set_stats(c[m], c["T"], masses[m]) for m in masses]
+                say(f"| {Path(path).name} lambda {lam:g} | {len(c['T'])} | "
+                    + " | ".join(f"{a:.3f} / {b:.2f} / {w:.2f}" for a, b, w in stats) + " |")
+        if args.out:
+            header = (f"Count sets of the default as shipped (benchmarks/count_set_calibration.py --score-card, "
+                      f"{time.perf_counter() - t0:.0f} s; lambda per 0.053 A pixel, seed-1 noise)\n\n")
+            atomic_write(ROOT / args.out, lambda tmp: Path(tmp).write_text(header + "\n".join(lines) + "\n"))
+        return 0
+
+    calibration, test = cells_of(args.calibration_sets), cells_of(args.test_sets)
     per_cell = {mode: {key: calibrated_mass(set_scores(c[mode], c["T"]), COUNT_SET_LEVEL)
                        for key, c in calibration.items()} for mode in MODES}
     mass = {mode: max(per_cell[mode].values()) for mode in MODES}

@@ -207,6 +207,8 @@ def main(argv=None) -> int:
         low = np.where(tracked["count_low"].values[:, k] >= 0, tracked["count_low"].values[:, k], np.nan)
         high = np.where(tracked["count_high"].values[:, k] >= 0, tracked["count_high"].values[:, k], np.nan)
         axis.fill_between(frames, low - 0.5, high + 0.5, alpha=0.2, step="mid", label="per frame: 90 % count set")
+        axis.fill_between(frames, smoothed["count_low"].values[:, k] - 0.5, smoothed["count_high"].values[:, k] + 0.5,
+                          color="0.3", alpha=0.25, step="mid", label="HMM: 90 % count set")
         axis.plot(frames, e, ".", ms=4, label="per frame: expected count")
         axis.step(frames, smoothed["count"].values[:, k], where="mid", color="k", label="HMM smoothed")
         axis.step(frames, movie["column_count"].values[:, j], where="mid", color="tab:red", ls="--", label="truth")

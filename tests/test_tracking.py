@@ -10,6 +10,7 @@ from scipy.spatial import cKDTree
 from segdepth.data.tracking import (
     AlignmentError,
     align_frames,
+    count_range,
     find_columns,
     frames_to_detect_change,
     mean_estimate,
@@ -292,6 +293,14 @@ def test_hmm_recovers_a_count_step_better_than_the_per_frame_argmax():
     assert len(step) == 1 and abs(step[0] + 1 - 20) <= 2
     np.testing.assert_allclose(result["posterior"].sum("depth_class"), 1)
     np.testing.assert_allclose(result["filtered"].sum("depth_class"), 1)
+    # the posterior's count sets: narrower than the per-frame ones, and wider for a larger mass
+    low, high = result["count_low"].values, result["count_high"].values
+    assert result["count_low"].attrs["set_mass"] == 0.9 and (low <= result["count"].values).all()
+    frame_low, frame_high = count_range(p, 0.9)
+    assert np.mean(high - low) < np.mean(frame_high - frame_low)
+    assert np.mean((low <= true) & (true <= high)) >= 0.9
+    wide = smooth_counts(p, set_mass=0.999)
+    assert (wide["count_high"] - wide["count_low"] >= result["count_high"] - result["count_low"]).all()
     assert abs(frames_to_detect_change(p, 20, new_count=5)) <= 2
     assert 0 <= frames_to_detect_change(p, 20, new_count=5, threshold=0.9) <= 3
     assert 0 <= frames_to_detect_change(p, 20, new_count=5, mode="filtered") <= 3

@@ -89,7 +89,8 @@ def run_movie_path(image: xr.DataArray, model, card: dict, *, lam: float | None 
     columns = find_columns(estimate, mask=region if region.any() else None)
     tracked = track_columns(single, alignment, columns)
     n_classes = tracked.sizes["depth_class"]
-    smoothed = smooth_counts(tracked["probability"].fillna(1.0 / n_classes), p_change=p_change)
+    smoothed = smooth_counts(tracked["probability"].fillna(1.0 / n_classes), p_change=p_change,
+                             set_mass=float(tracked["count_low"].attrs["set_mass"]))
     return {"prediction": single, "alignment": alignment, "average_prediction": averaged, "region": region,
             "estimate": estimate, "columns": columns, "tracked": tracked, "smoothed": smoothed}
 
@@ -331,8 +332,11 @@ def score_simulated_movie(movie: xr.Dataset, tracked: xr.Dataset, smoothed: xr.D
         set_coverage = set_width = float("nan")
     mass = float(tracked["count_low"].attrs.get("set_mass", COUNT_SET_LEVEL)) if "count_low" in tracked else \
         COUNT_SET_LEVEL
-    s_low, s_high = count_range(smoothed["posterior"].transpose("frame", "column", "depth_class").values[:, cols],
-                                mass)
+    if "count_low" in smoothed and float(smoothed["count_low"].attrs.get("set_mass", -1)) == mass:
+        s_low, s_high = (smoothed[v].transpose("frame", "column").values[:, cols] for v in ("count_low", "count_high"))
+    else:  # smoothed elsewhere, or at another mass: the posterior's sets at the per-frame mass
+        s_low, s_high = count_range(smoothed["posterior"].transpose("frame", "column", "depth_class").values[:, cols],
+                                    mass)
     smoothed_coverage, smoothed_width = mean((s_low <= t) & (t <= s_high)), mean(s_high - s_low + 1)
     return xr.Dataset(
         {

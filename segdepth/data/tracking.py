@@ -1119,6 +1119,7 @@ def smooth_counts(
     prior=None,
     initial=None,
     outlier: float = 0.01,
+    set_mass: float = COUNT_SET_LEVEL,
 ) -> xr.Dataset:
     """Hidden-Markov smoothing of per-frame count probabilities over time.
 
@@ -1149,6 +1150,9 @@ def smooth_counts(
         Distribution of the count in the first frame (K,); default uniform.
     outlier : float
         Weight of the uniform distribution mixed into each likelihood, in [0, 1).
+    set_mass : float
+        Probability mass of the posterior's count sets (``count_low``, ``count_high``; pass the per-frame
+        sets' mass, :func:`count_set_mass`, to read both alike).
 
     Returns
     -------
@@ -1158,6 +1162,10 @@ def smooth_counts(
         - ``path`` (without ``depth_class``) int16: Viterbi path [atoms],
         - ``count`` (without ``depth_class``) int16: ``argmax`` of ``posterior`` [atoms],
         - ``expected_count`` (without ``depth_class``) [atoms]: posterior mean,
+        - ``count_low``, ``count_high`` (without ``depth_class``) int16 [atoms]: smallest and largest count of
+          the posterior's count set of mass ``set_mass`` (:func:`count_range`); on the simulated movie at
+          the real dose, with the default's calibrated mass, they held the true count in 0.973 of the
+          columns and frames, 1.8 counts wide (per frame: 0.999, 4.9 wide; README),
         - ``log_likelihood`` (without ``frame`` and ``depth_class``): log P(all frames).
 
     References
@@ -1194,6 +1202,7 @@ def smooth_counts(
     log_alpha, log_post, log_like = _forward_backward(log_e, log_t, log_init)
     path = _viterbi(log_e, log_t, log_init)
     posterior = np.exp(log_post)
+    low, high = (v.astype(np.int16).reshape(shape[:-1]) for v in count_range(posterior, set_mass))
     classes = probability["depth_class"].values if "depth_class" in probability.coords else np.arange(n_classes)
     count_dims = probability.dims[:-1]
     coords = {k: v for k, v in probability.coords.items()}
@@ -1209,6 +1218,10 @@ def smooth_counts(
                       dict(count_attrs, long_name="most probable count (posterior)")),
             "expected_count": (count_dims, (posterior @ classes.astype(float)).reshape(shape[:-1]),
                                dict(count_attrs, long_name="posterior mean count")),
+            "count_low": (count_dims, low, dict(count_attrs, long_name="smallest count of the posterior's count set",
+                                                set_mass=float(set_mass))),
+            "count_high": (count_dims, high, dict(count_attrs, long_name="largest count of the posterior's count set",
+                                                  set_mass=float(set_mass))),
             "log_likelihood": (count_dims[1:], log_like.reshape(shape[1:-1]), {"long_name": "log likelihood"}),
         },
         coords=coords,
