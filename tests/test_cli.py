@@ -486,11 +486,18 @@ def test_dose_matching_follows_the_card_and_the_flag(workdir, capsys, monkeypatc
     save_model(model, workdir / "matched.safetensors", {"sampling": MODEL_PIXEL, "label_factor": 4, "lam": 5.0,
                                                         "dose_matching": {"target": 4.0, "draws": 2}})
     used = {}
-    for name, extra in (("on", []), ("off", ["--no-dose-matching"])):
+    for name, extra in (("on", ["--lambda", "8"]), ("off", ["--lambda", "8", "--no-dose-matching"]),
+                        ("estimated", []), ("none", ["--lambda", "none"])):
         out = workdir / f"matched_{name}.nc"
         args = ["predict", "image.npy", "--out", str(out), "--model", "matched.safetensors", "--pixel-size",
-                str(MODEL_PIXEL), "--lambda", "8", "--no-check", "--no-progress", *extra]
+                str(MODEL_PIXEL), "--no-check", "--no-progress", *extra]
         assert main(args) == 0, capsys.readouterr().err
         with xr.open_dataset(out) as ds:
             used[name] = json.loads(ds.attrs["arguments"])["dose_matched"]
-    assert used == {"on": {"dose": 8.0, "target": 4.0, "draws": 2}, "off": None}
+            estimated = ds.attrs.get("lambda_estimated")
+        if name == "estimated":  # without --lambda the dose is estimated quietly (Poisson(5) / 5 grey values)
+            assert estimated == pytest.approx(5.0, rel=0.25) and used[name]["dose"] == pytest.approx(estimated)
+            used[name] = used[name]["target"]
+        else:
+            assert estimated is None
+    assert used == {"on": {"dose": 8.0, "target": 4.0, "draws": 2}, "off": None, "estimated": 4.0, "none": None}

@@ -116,8 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--lambda",
         dest="lam",
         metavar="L",
-        help="dose of INPUT [electrons per pixel in vacuum], or 'auto' to estimate it from the grey values (Poisson "
-        "with unknown gain: mean^2 / variance, over time when there are several frames); recorded, compared "
+        help="dose of INPUT [electrons per pixel in vacuum], 'auto' to estimate it from the grey values (Poisson "
+        "with unknown gain: mean^2 / variance, over time when there are several frames), or 'none'. Default: "
+        "estimated as with 'auto', and left unknown when it cannot be; recorded, compared "
         "with the model's training dose and, where the model's card asks for dose matching, used to read frames "
         "cleaner than its target at that dose (several noisy copies averaged; --no-dose-matching turns it off)",
     )
@@ -222,7 +223,7 @@ def _predict_command(args: argparse.Namespace) -> int:
     pixel_size = None if args.pixel_size is None else check_pixel_size(args.pixel_size, name="--pixel-size")
     if pixel_size is not None and args.calibrate is not None:
         raise CommandError("--pixel-size and --calibrate exclude each other")
-    lam = None if args.lam in (None, "auto") else _positive_float(args.lam, "--lambda")
+    lam = None if args.lam in (None, "auto", "none") else _positive_float(args.lam, "--lambda")
     limits = (("--tile", args.tile, 1), ("--overlap", args.overlap, 0), ("--batch-size", args.batch_size, 1),
               ("--chunk", args.chunk, 1), ("--lattice-average", args.lattice_average, 1))
     for option, value, least in limits:
@@ -275,18 +276,21 @@ def _predict_command(args: argparse.Namespace) -> int:
         attrs.update(calibrated_pixel_size=cal.pixel_size, calibrated_pixel_size_uncertainty=cal.uncertainty,
                      calibration_peaks=json.dumps(cal.peaks), calibration_phases=args.calibrate)
         print(f"{PROG}: calibrated pixel size {cal}", file=sys.stderr)
-    if args.lam == "auto":
+    from segdepth.learn.inference import image_pixel_size, load_default_model, predict_to_netcdf
+
+    image_pixel_size(first)  # fail fast (before torch is imported) when the pixel size is unknown
+    if args.lam in (None, "auto"):  # without --lambda it is estimated too (quietly), so that dose matching applies
         from segdepth.data.calibration import estimate_dose
 
         try:
             lam = estimate_dose(first.values[:50])
         except ValueError as err:
-            raise CommandError(f"{source}: cannot estimate --lambda: {err}") from None
-        attrs["lambda_estimated"] = lam
-        print(f"{PROG}: estimated dose {lam:.3g} e/pixel (Poisson model, unknown gain)", file=sys.stderr)
-    from segdepth.learn.inference import image_pixel_size, load_default_model, predict_to_netcdf
-
-    image_pixel_size(first)  # fail fast (before torch is imported) when the pixel size is unknown
+            if args.lam == "auto":
+                raise CommandError(f"{source}: cannot estimate --lambda: {err}") from None
+        else:
+            attrs["lambda_estimated"] = lam
+            if args.lam == "auto":
+                print(f"{PROG}: estimated dose {lam:.3g} e/pixel (Poisson model, unknown gain)", file=sys.stderr)
 
     if args.reference and args.model is not None:
         raise CommandError("--reference and --model exclude each other")
