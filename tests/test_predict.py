@@ -368,3 +368,14 @@ def test_evaluation_scores_what_dose_matched_predict_reports(saved, rng):
                        return_probabilities=True, fast=False)["probability"].values[0]
     np.testing.assert_allclose(scored, reported, atol=1e-5)
     assert np.abs(scored - unmatched).max() > 1e-6
+
+
+def test_the_dose_can_be_estimated_from_the_frames(saved, rng):
+    from segdepth.data.calibration import estimate_dose
+
+    model, card = saved
+    image = noisy(rng, (2, 64, 64))
+    auto = predict(image, model, card, lam="auto")
+    assert json.loads(auto.attrs["arguments"])["lam"] == pytest.approx(estimate_dose(image.values))
+    with pytest.raises(ValueError, match="'auto' or None"):
+        predict(image, model, card, lam="high")

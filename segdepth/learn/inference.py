@@ -734,7 +734,7 @@ def predict(
     as_signals: bool = False,
     tile: int = 512,
     overlap: int = 64,
-    lam: float | None = None,
+    lam: float | str | None = None,
     return_probabilities: bool = False,
     progress: bool = False,
     batch_size: int = 1,
@@ -781,6 +781,9 @@ def predict(
         compared with the model's training dose (a warning when it is more
         than 2x off after resampling) and, above the card's dose-matching
         target, used to bring the frames down to it (``dose_matching``).
+        ``"auto"``: estimated from the frames (at most 50;
+        :func:`segdepth.data.calibration.estimate_dose`, as ``segdepth predict``
+        does without ``--lambda``).
     return_probabilities : bool
         Also return the full per-pixel distribution ``probability``.
     progress : bool
@@ -832,6 +835,12 @@ def predict(
     model, card = model_and_card(model, card)
     grid = _grid(image, model, card, tile, overlap, batch_size)  # steps 1, 3 and 4: sizes and tiles
     matching = None
+    if isinstance(lam, str):
+        if lam != "auto":
+            raise ValueError(f"lam must be a dose in electrons per pixel, 'auto' or None, got {lam!r}")
+        from segdepth.data.calibration import estimate_dose
+
+        lam = estimate_dose(image.values[:50])
     if lam is not None:
         lam = check_positive(lam, name="lam (dose)", units="electrons per pixel")
         _dose_warning(lam, (grid.model_pixel_size / grid.pixel_size) ** 2, card)
