@@ -379,3 +379,14 @@ def test_the_dose_can_be_estimated_from_the_frames(saved, rng):
     assert json.loads(auto.attrs["arguments"])["lam"] == pytest.approx(estimate_dose(image.values))
     with pytest.raises(ValueError, match="'auto' or None"):
         predict(image, model, card, lam="high")
+
+
+def test_no_dose_warning_when_the_frames_are_read_at_the_target(saved, rng):
+    model, card = saved  # trained at lambda 5: 20 is more than 2x off
+    image = noisy(rng, (1, 64, 64))
+    with pytest.warns(UserWarning, match="expect degraded depth maps"):
+        predict(image, model, card, lam=20.0)
+    matched = {**card, "dose_matching": {"target": 5.0, "draws": 1}}
+    predict(image, model, matched, lam=20.0)  # read at 5: no warning (warnings are errors here)
+    with pytest.warns(UserWarning, match="expect degraded depth maps"):
+        predict(image, model, matched, lam=20.0, dose_matching=False)

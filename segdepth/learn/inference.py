@@ -843,8 +843,9 @@ def predict(
         lam = estimate_dose(image.values[:50])
     if lam is not None:
         lam = check_positive(lam, name="lam (dose)", units="electrons per pixel")
-        _dose_warning(lam, (grid.model_pixel_size / grid.pixel_size) ** 2, card)
         matching = _dose_matching(card, lam * (grid.model_pixel_size / grid.pixel_size) ** 2) if dose_matching else None
+        if matching is None:  # a dose brought down to the target is one the model was trained at
+            _dose_warning(lam, (grid.model_pixel_size / grid.pixel_size) ** 2, card)
     n_frames = image.shape[0]
     draws = 1 if matching is None else matching[2]
     with _eval_mode(model), _tile_bar(n_frames * len(grid.tiles) * draws, progress) as bar:
