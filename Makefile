@@ -25,7 +25,7 @@ WISE = $(PY) benchmarks/wise_model.py --base $(1) --tuned $(2) --alpha $(3) --ou
 # Two training sets written as one (structures kept distinct): $(call MERGE,first,second,output), dataset directories.
 MERGE = $(PY) -c 'from segdepth.data.store import merge_datasets; merge_datasets(["$(1)", "$(2)"], "$(3)")'
 
-.PHONY: count-set-calibration dose-matching fresh4-shift-tests dose-matching-10 count-set-check
+.PHONY: count-set-calibration dose-matching fresh4-shift-tests dose-matching-10 count-set-check cli-dose
 .PHONY: all venv browser test test-fast reproduce data train train-fast evaluate evaluate-fast reproduce-evaluate lint sync benchmark clean \
 	study study-train study-denoise study-noise quickstart real-data data-robust robust-test shift-test train-robust evaluate-robust ablation \
 	data-robust-phonons train-robust-phonons shift-phonons-test phonon-model \
@@ -402,6 +402,11 @@ fresh4-shift-tests: $(STAMP)
 dose-matching-10: $(STAMP)
 	$(PY) benchmarks/dose_matching.py --test-sets $(FRESH4_SETS) --target 160 --draws 4 --lams 25 50 100 \
 		--write-card --out data/results/dose_matching_10
+
+# segdepth predict as a user types it on high-dose frames (lambda 100): the dose estimated (no --lambda) against
+# --lambda none (needs fresh4-shift-tests; about 2 min).
+cli-dose: $(STAMP)
+	$(PY) benchmarks/cli_dose.py --test-set data/simulated/fresh4_shift_test --images 12 --lam 100
 
 # The count sets as shipped (calibrated masses, dose matching above lambda 10) on fresh4, below and above the
 # target: a check, not a decision (the masses were calibrated at lambda 1-10 without dose matching).
