@@ -332,11 +332,8 @@ def score_simulated_movie(movie: xr.Dataset, tracked: xr.Dataset, smoothed: xr.D
         set_coverage = set_width = float("nan")
     mass = float(tracked["count_low"].attrs.get("set_mass", COUNT_SET_LEVEL)) if "count_low" in tracked else \
         COUNT_SET_LEVEL
-    if "count_low" in smoothed and float(smoothed["count_low"].attrs.get("set_mass", -1)) == mass:
-        s_low, s_high = (smoothed[v].transpose("frame", "column").values[:, cols] for v in ("count_low", "count_high"))
-    else:  # smoothed elsewhere, or at another mass: the posterior's sets at the per-frame mass
-        s_low, s_high = count_range(smoothed["posterior"].transpose("frame", "column", "depth_class").values[:, cols],
-                                    mass)
+    s_low, s_high = count_range(smoothed["posterior"].transpose("frame", "column", "depth_class").values[:, cols],
+                                mass)  # the posterior's sets at the per-frame sets' mass
     smoothed_coverage, smoothed_width = mean((s_low <= t) & (t <= s_high)), mean(s_high - s_low + 1)
     return xr.Dataset(
         {

@@ -84,7 +84,7 @@ def infer(model, clean, lam: float | None, *, seed: int, index: int = 0,
     if dose_matching is not None and lam is not None:
         from segdepth.learn.inference import DOSE_MATCHING_SEED, _dose_matching
 
-        plan = _dose_matching({"dose_matching": {"target": dose_matching[0], "draws": dose_matching[1]}},
+        plan = _dose_matching({"target": dose_matching[0], "draws": dose_matching[1]},
                               lam * input_binning**2)  # what predict would do at this dose
         if plan is not None:
             draws = [(plan[0], plan[1], (DOSE_MATCHING_SEED, index, k)) for k in range(plan[2])]

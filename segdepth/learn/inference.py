@@ -279,10 +279,9 @@ def _softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
     return shifted
 
 
-def _dose_matching(card: dict, dose: float) -> tuple[float, float, int] | None:
-    """``(dose, target, draws)`` when the card asks for dose matching and ``dose`` [e per model pixel] exceeds
-    its target, else ``None``."""
-    spec = card.get("dose_matching")
+def _dose_matching(spec: dict | None, dose: float) -> tuple[float, float, int] | None:
+    """``(dose, target, draws)`` when ``spec`` (a card's ``dose_matching``: ``target`` [e per model pixel],
+    ``draws``) asks for dose matching and ``dose`` [e per model pixel] exceeds its target, else ``None``."""
     if not spec:
         return None
     try:
@@ -552,25 +551,27 @@ def _tile_bar(total: int, progress: bool):
 # ---------------------------------------------------- prediction: the frames
 
 
-def _prepared(image: xr.DataArray, f: int, resampled: tuple[int, int], padded: tuple[int, int],
-              lowered: tuple[float, float, np.random.Generator] | None = None) -> np.ndarray:
-    """Frame ``f`` resampled to the model's pixel size, normalised and reflect-padded (steps 1-3).
-
-    ``lowered``: ``(dose, target, rng)`` per model pixel: the normalised frame brought down to the dose
-    ``target`` (:func:`segdepth.physics.noise.lower_dose`) and normalised again (dose matching).
-    """
+def _resampled(image: xr.DataArray, f: int, resampled: tuple[int, int]) -> np.ndarray:
+    """Frame ``f`` resampled to the model's pixel size and normalised (steps 1-2)."""
     frame = np.asarray(image[f].values, dtype=np.float32)
     if not np.all(np.isfinite(frame)):
         raise ValueError(f"frame {f} contains NaN or infinite values")
     try:
-        frame = normalise(resample(frame, resampled))
-        if lowered is not None:
-            frame = normalise(lower_dose(frame, lowered[0], lowered[1], rng=lowered[2]))
+        return normalise(resample(frame, resampled))
     except ValueError as err:
         raise ValueError(f"frame {f}: {err}") from None
-    (h_r, w_r), (pad_h, pad_w) = resampled, padded
+
+
+def _padded(frame: np.ndarray, padded: tuple[int, int]) -> np.ndarray:
+    """A resampled frame reflect-padded at the bottom and right to ``padded`` (step 3)."""
+    (h_r, w_r), (pad_h, pad_w) = frame.shape, padded
     mode = "reflect" if min(h_r, w_r) > 1 else "edge"
     return np.pad(frame, ((0, pad_h - h_r), (0, pad_w - w_r)), mode=mode)
+
+
+def _prepared(image: xr.DataArray, f: int, resampled: tuple[int, int], padded: tuple[int, int]) -> np.ndarray:
+    """Frame ``f`` resampled to the model's pixel size, normalised and reflect-padded (steps 1-3)."""
+    return _padded(_resampled(image, f, resampled), padded)
 
 
 def _frame_groups(n_frames: int, n_tiles: int, batch_size: int) -> list[range]:
@@ -644,10 +645,11 @@ def _distributions(image: xr.DataArray, grid: _Grid, network: _Network, batch_si
                 yield f, _softmax(stitched.pop(f)[:, :n_y, :n_x], axis=0)
             continue
         dose, target, draws = matching
+        base = {f: _resampled(image, f, grid.resampled) for f in frames}  # once; each draw only adds noise
         total = {}
         for k in range(draws):
-            padded = {f: _prepared(image, f, grid.resampled, grid.padded, (dose, target, np.random.default_rng(
-                [DOSE_MATCHING_SEED, _frame_seed(image, f), k]))) for f in frames}
+            padded = {f: _padded(normalise(lower_dose(frame, dose, target, rng=np.random.default_rng(
+                [DOSE_MATCHING_SEED, _frame_seed(image, f), k]))), grid.padded) for f, frame in base.items()}
             stitched = _stitched_logits(padded, grid, network, batch_size, bar)
             for f in frames:
                 p = _softmax(stitched.pop(f)[:, :n_y, :n_x], axis=0)
@@ -843,9 +845,10 @@ def predict(
         lam = estimate_dose(image.values[:50])
     if lam is not None:
         lam = check_positive(lam, name="lam (dose)", units="electrons per pixel")
-        matching = _dose_matching(card, lam * (grid.model_pixel_size / grid.pixel_size) ** 2) if dose_matching else None
+        scale = (grid.model_pixel_size / grid.pixel_size) ** 2
+        matching = _dose_matching(card.get("dose_matching"), lam * scale) if dose_matching else None
         if matching is None:  # a dose brought down to the target is one the model was trained at
-            _dose_warning(lam, (grid.model_pixel_size / grid.pixel_size) ** 2, card)
+            _dose_warning(lam, scale, card)
     n_frames = image.shape[0]
     draws = 1 if matching is None else matching[2]
     with _eval_mode(model), _tile_bar(n_frames * len(grid.tiles) * draws, progress) as bar:

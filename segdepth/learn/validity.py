@@ -308,12 +308,13 @@ def pair_set_mass(card: dict, rotated_card: dict) -> float:
 
     from segdepth.data.tracking import COUNT_SET_LEVEL
     from segdepth.learn.inference import MODELS_DIR
+    from segdepth.learn.modelio import card_path
 
     sets = card.get("count_sets") or {}
     second, mass = sets.get("second_model"), (sets.get("mass") or {}).get("with_second_model")
     if not second or mass is None:
         return COUNT_SET_LEVEL
-    path = (MODELS_DIR / second).with_suffix(".json")
+    path = card_path(MODELS_DIR / second)
     if not path.is_file() or json.loads(path.read_text()) != rotated_card:
         return COUNT_SET_LEVEL
     return float(mass)
