@@ -25,7 +25,7 @@ WISE = $(PY) benchmarks/wise_model.py --base $(1) --tuned $(2) --alpha $(3) --ou
 # Two training sets written as one (structures kept distinct): $(call MERGE,first,second,output), dataset directories.
 MERGE = $(PY) -c 'from segdepth.data.store import merge_datasets; merge_datasets(["$(1)", "$(2)"], "$(3)")'
 
-.PHONY: count-set-calibration dose-matching fresh4-shift-tests dose-matching-10 count-set-check cli-dose
+.PHONY: count-set-calibration dose-matching fresh4-shift-tests dose-matching-10 count-set-check cli-dose orientation
 .PHONY: all venv browser test test-fast reproduce data train train-fast evaluate evaluate-fast reproduce-evaluate lint sync benchmark clean \
 	study study-train study-denoise study-noise quickstart real-data data-robust robust-test shift-test train-robust evaluate-robust ablation \
 	data-robust-phonons train-robust-phonons shift-phonons-test phonon-model \
@@ -407,6 +407,11 @@ dose-matching-10: $(STAMP)
 # --lambda none (needs fresh4-shift-tests; about 2 min).
 cli-dose: $(STAMP)
 	$(PY) benchmarks/cli_dose.py --test-set data/simulated/fresh4_shift_test --images 12 --lam 100
+
+# Crystals turned in the image plane: segdepth predict's checked default on fresh4 images turned by 0-90 degrees,
+# with the orientation measured and turned back (the default) and read as given (needs fresh4-shift-tests; ~10 min).
+orientation: $(STAMP)
+	$(PY) benchmarks/orientation.py --out data/results/orientation.md
 
 # The count sets as shipped (calibrated masses, dose matching above lambda 10) on fresh4, below and above the
 # target and at the real movie's low dose: a check, not a decision (the masses were calibrated at lambda 1-10 without

@@ -283,7 +283,7 @@ fig.colorbar(im, ax=ax[1], ticks=range(11), shrink=0.8)
 imc = ax[2].imshow(r.confidence[0], cmap="magma", vmin=0, vmax=1, extent=ext_l)
 ax[2].set_title("confidence")
 fig.colorbar(imc, ax=ax[2], shrink=0.8)
-reason_cmap = plt.matplotlib.colors.ListedColormap(["tab:green", "0.85", "tab:red", "tab:purple", "k"])
+reason_cmap = plt.matplotlib.colors.ListedColormap(["tab:green", "0.85", "tab:red", "tab:purple", "k", "tab:orange"])
 imr = ax[3].imshow(r.valid_reason[0], cmap=reason_cmap, vmin=-0.5, vmax=len(REASONS) - 0.5, extent=ext_l,
                    interpolation="nearest")
 ax[3].set_title("where the estimate applies")

@@ -501,3 +501,27 @@ def test_dose_matching_follows_the_card_and_the_flag(workdir, capsys, monkeypatc
         else:
             assert estimated is None
     assert used == {"on": {"dose": 8.0, "target": 4.0, "draws": 2}, "off": None, "estimated": 4.0, "none": None}
+
+
+def test_predict_turns_a_turned_lattice_and_says_so(workdir, capsys):
+    """--orientation auto (the default) measures the lattice's [001] and turns the frame; a number is taken as
+    given, 'none' reads as given; anything else is one line naming the option."""
+    from test_calibration import fcc_110_image
+
+    np.save(workdir / "turned.npy", fcc_110_image(0.2, shape=(96, 96), rotation=25.0).astype(np.float32))
+    common = ["predict", str(workdir / "turned.npy"), "--model", str(workdir / "tiny.safetensors"),
+              "--pixel-size", "0.2", "--no-check", "--no-progress", "--lambda", "none"]  # fmt: skip
+    runs = {}
+    for name, extra in (("auto", []), ("given", ["--orientation", "100"]), ("none", ["--orientation", "none"])):
+        out = workdir / f"turned_{name}.nc"
+        assert main([*common, "--out", str(out), *extra]) == 0, capsys.readouterr().err
+        runs[name] = (capsys.readouterr().err, xr.open_dataset(out).load())
+    err, ds = runs["auto"]
+    turned = json.loads(ds.attrs["orientation"])
+    assert "frames turned by -25" in err and "[001] at 115" in ds.attrs["lattice_orientation"]
+    assert turned["rotation"] == pytest.approx(-25.0, abs=0.5) and ds["depth"].shape == runs["none"][1]["depth"].shape
+    assert json.loads(runs["given"][1].attrs["orientation"])["rotation"] == pytest.approx(-10.0)
+    assert json.loads(runs["none"][1].attrs["orientation"])["rotation"] == 0.0
+    assert main([*common, "--out", str(workdir / "bad.nc"), "--orientation", "sideways"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--orientation sideways" in err[0]

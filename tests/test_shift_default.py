@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -48,3 +50,46 @@ def test_shipped_default_beats_the_previous_default_on_a_shifted_set(shifted):
     assert np.all(coverage.values >= exact.values) and np.all(coverage.values <= 1)
     assert np.all(r.column_set_size.sel(test_set="shift").values > 1)
     assert np.all(np.isfinite(r.column_ece.values)) and np.all(r.column_confidence.values > 0)
+
+
+def _benchmark(name: str):
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _exact_at_columns(ds, angle: float, orientation, lam: float = 10.0) -> float:
+    """The default's exact count over the columns of ``ds`` turned by ``angle`` [deg] (clean image, then noise)."""
+    from segdepth.learn.inference import predict
+    from segdepth.learn.metrics import column_probabilities
+    from segdepth.physics.noise import poisson_noise
+
+    turned_columns = _benchmark("orientation").turned_columns
+    right, total = 0, 0
+    px = float(ds.attrs["pixel_size"])
+    for i in range(ds.sizes["sample"]):
+        img, x, y, true = turned_columns(ds.isel(sample=i), angle, px)
+        noisy = poisson_noise(img, lam, rng=np.random.default_rng([5, i]))
+        out = predict(noisy, pixel_size=px, lam=lam, return_probabilities=True, orientation=orientation)
+        p = column_probabilities(out.probability.values[0], x, y, out.x.values, out.y.values)
+        right += int((p.argmax(1) == true).sum())
+        total += len(true)
+        if orientation == "auto":
+            turned = json.loads(out.attrs["orientation"])
+            expected = angle if abs(angle) >= 3 else 0.0  # a turn by 90 may come back as -90: the same line
+            assert turned["estimated"] and abs((turned["rotation"] - expected + 90) % 180 - 90) < 2
+    return right / total
+
+
+@pytest.mark.slow
+def test_default_reads_particles_turned_in_the_image_plane(shifted):
+    """A particle turned by 30 or 90 degrees is read about as well as upright with orientation='auto' (the
+    default), and almost never right without the turn."""
+    upright = _exact_at_columns(shifted, 0.0, None)
+    assert upright > 0.4
+    assert _exact_at_columns(shifted, 0.0, "auto") == pytest.approx(upright, abs=0.03)
+    for angle in (30.0, 90.0):
+        assert _exact_at_columns(shifted, angle, None) < 0.2
+        assert _exact_at_columns(shifted, angle, "auto") > upright - 0.1

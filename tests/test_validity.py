@@ -303,3 +303,24 @@ def test_the_pair_mass_belongs_to_the_shipped_pair_only():
     assert pair_set_mass(card, second) == 0.97
     assert pair_set_mass(card, default) == 0.9  # another second model: the probabilities at their word
     assert pair_set_mass({"lam": 2.5}, second) == 0.9
+
+
+def test_a_lattice_read_at_another_orientation_is_not_valid():
+    """CeO2 [110] turned by 40 degrees: read as given, its strong windows are a turned lattice (not valid); read
+    after predict turned the frame by -40 degrees (its orientation attribute), they are valid again."""
+    from segdepth.learn.validity import orientation_misfit
+
+    image = _image(_columns_image(LATTICE_CONSTANT, cation_only=False, angle=40.0))
+    pred = _prediction(_columns_everywhere())
+    inner = {"y": slice(10, -10), "x": slice(10, -10)}
+    as_given = assess(image, pred.assign_attrs(orientation=json.dumps({"rotation": 0.0})))
+    assert float((as_given["valid_reason"].isel(inner) == 5).mean()) > 0.4  # the strong windows (score > 40)
+    assert "turned lattice" in summary(as_given) and REASONS[5] == "turned_lattice"
+    turned = assess(image, pred.assign_attrs(orientation=json.dumps({"rotation": -40.0})))
+    assert float((turned["valid_reason"].isel(inner) == 5).mean()) == 0.0
+    assert float(turned["valid"].isel(inner).mean()) > 0.95
+    # the implied [001] of each family: {200} along g, {220} across it, {111} at 54.74 degrees either side
+    np.testing.assert_allclose(orientation_misfit([2.7055, 1.9131, 3.1240], [90.0, 0.0, 35.26]), [0, 0, 0], atol=0.01)
+    np.testing.assert_allclose(orientation_misfit([2.7055], [120.0], rotation=-10.0), [20.0], atol=1e-9)
+    assert np.isnan(orientation_misfit([2.266], [90.0])[0])  # Pt {111}: not a CeO2 reflection
+    assert orientation_misfit([1.962], [0.0])[0] == 0.0  # Pt {200}: the maps cannot tell it from CeO2 {220}

@@ -136,13 +136,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the estimate applies (default on): lattice maps of the frames (vacuum beyond --margin "
                    "of any lattice is reported as depth 0; a lattice that is not CeO2 [110] is not valid), a second "
                    "pass on the frame rotated by 180 degrees (--rotated-model; where the two disagree by more than 1 "
-                   "atom: not valid); writes crystal, valid, valid_reason, lattice_score, ceo2_score, disagreement and "
+                   "atom: not valid), strong lattice windows read more than 15 degrees from the model's orientation "
+                   "(another grain: not valid); writes crystal, valid, valid_reason, lattice_score, ceo2_score, "
+                   "disagreement and "
                    "depth_low / depth_high (the range of each pixel's 90 %% count set, with the probability mass "
                    "calibrated for the default: attribute count_set_mass). "
                    "--no-check writes the network's raw output, about 3x faster")
     p.add_argument("--dose-matching", action=argparse.BooleanOptionalAction, default=True,
                    help="with --lambda: read frames cleaner than the model's dose-matching target (its card) at that "
                    "target, several noisy copies averaged (default on; costs that many network passes)")
+    p.add_argument("--orientation", default="auto", metavar="DEG",
+                   help="direction of CeO2 [001] in the frames [degrees from +x towards +y, i.e. clockwise on the "
+                   "displayed image]; the models were trained with [001] along y (90) and frames whose lattice is "
+                   "turned by 3 degrees or more are turned to it, read and turned back. 'auto' (default): measured "
+                   "from the power spectrum of the selected frames (at most 8), at the pixel size; 'none': read as "
+                   "they are")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                    help="with --check: the 180-degree test-time pass (default on)")
     p.add_argument("--rotated-model", metavar="PATH",
@@ -304,6 +312,7 @@ def _predict_command(args: argparse.Namespace) -> int:
 
         model, card = load_model(model_path)
     check = _check_options(args) if args.check else None
+    orientation = _orientation_option(args.orientation, first, attrs)
     rotated = args.rotated_model
     if rotated is None and args.model is None and not args.reference and args.check and args.tta:
         rotated = "default"  # the default model's second pass
@@ -356,6 +365,7 @@ def _predict_command(args: argparse.Namespace) -> int:
         fast=not args.reference,
         check=check,
         dose_matching=args.dose_matching,
+        orientation=orientation,
     )
     import xarray as xr
 
@@ -390,6 +400,38 @@ def _predict_command(args: argparse.Namespace) -> int:
     for line in wrote:
         print(line)
     return 0
+
+
+def _orientation_option(value: str, first, attrs: dict):
+    """``--orientation``: the angle [deg] or measured orientation to pass to predict (measured once for all chunks
+    when 'auto'), or None."""
+    text = str(value).strip().lower()
+    if text == "none":
+        return None
+    if text != "auto":
+        from segdepth.learn.inference import check_finite_angle
+
+        try:
+            return check_finite_angle(text)
+        except ValueError as err:
+            raise CommandError(f"--orientation {value}: {err}; or 'auto' / 'none'") from None
+    from segdepth.learn.inference import MIN_ROTATION, TRAINED_ORIENTATION, estimated_orientation
+
+    found = estimated_orientation(first.isel(frame=slice(0, 50)))
+    if found is not None and found.ambiguous:
+        print(f"{PROG}: warning: lattice {found}: with one {{111}} reflection only the direction of [001] is "
+              "ambiguous; frames read as they are", file=sys.stderr)
+        attrs["lattice_orientation"] = str(found)
+        return None
+    if found is None:  # quietly: the validity check says where there is no lattice, and flags turned ones
+        attrs["lattice_orientation"] = "not found: frames read as they are ([001] assumed along y)"
+        return None
+    attrs["lattice_orientation"] = str(found)
+    turn = found.rotation_to(TRAINED_ORIENTATION)
+    if abs(turn) >= MIN_ROTATION:
+        print(f"{PROG}: lattice {found}: frames turned by {turn:.1f} deg to the model's orientation and back",
+              file=sys.stderr)
+    return found  # measured once: every chunk is turned alike
 
 
 def _frame_summary(keys: Sequence[int]) -> str:

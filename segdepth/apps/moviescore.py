@@ -64,13 +64,19 @@ def run_movie_path(image: xr.DataArray, model, card: dict, *, lam: float | None 
        :func:`~segdepth.data.tracking.track_columns` and :func:`~segdepth.data.tracking.smooth_counts` (NaN frames
        uninformative).
 
-    Returns a dict with ``prediction`` (single frames), ``alignment``, ``average_prediction`` (None when
+    The lattice's orientation is measured once on the movie (:func:`segdepth.learn.inference.estimated_orientation`)
+    and both readings turned by it. Returns a dict with ``prediction`` (single frames), ``alignment``,
+    ``average_prediction`` (None when
     ``average <= 1``), ``region`` (bool, label grid), ``estimate``, ``columns``, ``tracked`` and ``smoothed``.
     ``rotated``: ``(model, card)`` of another model for the 180-degree pass (``predict_checked(rotated_model=...)``).
     """
+    from segdepth.learn.inference import estimated_orientation
     from segdepth.learn.validity import predict_checked
 
-    check = {"tta": tta, "lattice_average": lattice_average}
+    # one orientation for the movie: the single frames and their running means are read turned alike
+    check = {"tta": tta, "lattice_average": lattice_average,
+             "orientation": estimated_orientation(image if "frame" in image.dims else image.expand_dims("frame"))
+             or "auto"}
     if rotated is not None:
         check.update(rotated_model=rotated[0], rotated_card=rotated[1])
     n_frames = image.sizes["frame"]

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -65,6 +65,9 @@ __all__ = [
     "cubic_spacings",
     "parse_hkl",
     "estimate_dose",
+    "estimate_orientation",
+    "LatticeOrientation",
+    "rotation_between",
     "power_spectrum",
 ]
 
@@ -649,3 +652,146 @@ def estimate_dose(image, *, mask=None, offset: float = 0.0) -> float:
     if not variance > 0:
         raise ValueError("the region has no variance: cannot estimate a Poisson dose (noise-free or clipped data?)")
     return mean**2 / variance
+
+
+#: Where the reflections of CeO2 seen along [110] lie relative to the [001] direction in the image plane
+#: [deg]: {200} along it, {220} across it, {111} at +-54.74 deg (the angle between (1-11) and (002)).
+ZONE_110_OFFSETS = {"111": (math.degrees(math.acos(1 / math.sqrt(3))), -math.degrees(math.acos(1 / math.sqrt(3)))),
+                    "200": (0.0,), "220": (90.0,)}
+
+
+@dataclass
+class LatticeOrientation:
+    """Result of :func:`estimate_orientation`.
+
+    Attributes
+    ----------
+    angle : float
+        Direction of CeO2 [001] in the image plane [deg, 0-180], from +x towards +y (the row index grows
+        downwards, so on a displayed image the angle is clockwise). The shipped models were trained with
+        [001] along y (90 deg) and [1-10] along x.
+    uncertainty : float
+        Strength-weighted scatter of the agreeing reflections about ``angle`` [deg] (0 for one reflection).
+    peaks : list of dict
+        The reflections that agree (as :attr:`PixelSizeCalibration.peaks`, with ``family`` and ``implied``, the
+        [001] direction each implies [deg]).
+    ambiguous : bool
+        Only one {111} reflection pair agrees: the [001] direction is one of two, 109.47 deg apart, and
+        ``angle`` is the first.
+    """
+
+    angle: float
+    uncertainty: float
+    peaks: list = field(default_factory=list)
+    ambiguous: bool = False
+
+    def rotation_to(self, target: float = 90.0) -> float:
+        """The in-plane rotation [deg, in [-90, 90)] that takes [001] from ``angle`` to ``target``."""
+        return rotation_between(self.angle, target)
+
+    def __str__(self) -> str:
+        families = sorted({p["family"] for p in self.peaks})
+        flag = ", ambiguous" if self.ambiguous else ""
+        return (f"[001] at {self.angle:.1f} +- {self.uncertainty:.1f} deg from x (towards y) from "
+                f"{len(self.peaks)} reflections ({', '.join('{' + f + '}' for f in families)}{flag})")
+
+
+def rotation_between(angle: float, target: float) -> float:
+    """The smallest turn [deg, in [-90, 90)] that takes a line at ``angle`` to one at ``target`` [deg]."""
+    return float(_line_difference(target, angle))
+
+
+def _line_difference(a, b):
+    """Signed difference of two line directions [deg], in [-90, 90)."""
+    return (np.asarray(a, float) - b + 90.0) % 180.0 - 90.0
+
+
+def estimate_orientation(
+    image,
+    pixel_size: float,
+    *,
+    lattice_constant: float = CEO2_LATTICE_CONSTANT,
+    tolerance: float = 0.03,
+    angle_tolerance: float = 3.0,
+    false_alarm: float = 1e-3,
+    min_frequency_bins: float = 4.0,
+    max_frequency: float = 0.45,
+) -> LatticeOrientation:
+    """In-plane direction of [001] of a fluorite (CeO2) crystal seen along [110], from its power spectrum.
+
+    The reflections are found as in :func:`calibrate_pixel_size` (steps 1-3, frames averaged); those within
+    ``tolerance`` of the {111}, {200} and {220} spacings at the known ``pixel_size`` each imply the [001]
+    direction (:data:`ZONE_110_OFFSETS`: a {111} reflection two). The direction that the most reflection
+    strength agrees with (within ``angle_tolerance``) wins; the estimate is the strength-weighted mean of the
+    agreeing directions.
+
+    Parameters
+    ----------
+    image : array_like or xarray.DataArray, shape (y, x) or (frame, y, x)
+    pixel_size : float
+        [A].
+    lattice_constant : float
+        Of the fluorite lattice [A] (CeO2 5.411).
+
+    Returns
+    -------
+    LatticeOrientation
+
+    Raises
+    ------
+    CalibrationError
+        When the image shows no reflection at a {111}, {200} or {220} spacing.
+    ValueError
+        For an invalid image or pixel size.
+    """
+    if not isinstance(pixel_size, int | float | np.number) or not math.isfinite(pixel_size) or pixel_size <= 0:
+        raise ValueError(f"pixel_size must be a positive number of Angstrom, got {pixel_size!r}")
+    spacings = {k.split()[-1]: v for k, v in cubic_spacings("CeO2", lattice_constant=lattice_constant).items()}
+    arr = _nonblank_frames(image)
+    spectrum = _spectrum(arr, min_frequency_bins, max_frequency)
+    ratio = _noise_ratio(spectrum)
+    # only the three rings are searched, so fewer bins are tested and weaker reflections are significant
+    rings = np.zeros_like(spectrum.annulus)
+    for d in spacings.values():
+        f = pixel_size / d
+        rings |= np.abs(spectrum.radius - f) <= tolerance * f + spectrum.bin_width
+    searched = replace(spectrum, annulus=spectrum.annulus & rings, half=spectrum.half & rings)
+    if not searched.half.any():
+        raise CalibrationError(f"orientation failed: the CeO2 spacings lie outside the searched frequencies at "
+                               f"{pixel_size:.4g} A per pixel (the image is too coarse or too small)")
+    peaks = _peaks(searched, np.where(searched.annulus, ratio, 0.0), _threshold(searched, false_alarm))
+    votes = []  # (peak, family, implied direction)
+    for p in peaks:
+        d = pixel_size / p["frequency"]
+        family = min(spacings, key=lambda k: abs(d / spacings[k] - 1))
+        if abs(d / spacings[family] - 1) <= tolerance:
+            votes += [(p, family, (p["angle"] + off) % 180.0) for off in ZONE_110_OFFSETS[family]]
+    if not votes:
+        raise CalibrationError(
+            f"orientation failed: no reflection at the CeO2 {{111}}, {{200}} or {{220}} spacings "
+            f"({', '.join(f'{v:.3f}' for v in spacings.values())} A) at {pixel_size:.4g} A per pixel")
+    implied = np.array([v[2] for v in votes])
+    strength = np.array([v[0]["strength"] for v in votes])
+    ident = np.array([id(v[0]) for v in votes])
+
+    def support(direction):
+        near = np.abs(_line_difference(implied, direction)) <= angle_tolerance
+        chosen = {}  # one vote per reflection (its closest implied direction)
+        for k in np.flatnonzero(near):
+            if ident[k] not in chosen or abs(_line_difference(implied[k], direction)) < abs(
+                    _line_difference(implied[chosen[ident[k]]], direction)):
+                chosen[ident[k]] = k
+        return sorted(chosen.values())
+
+    scores = [strength[support(a)].sum() for a in implied]
+    best = int(np.argmax(scores))
+    agree = support(implied[best])
+    offsets = _line_difference(implied[agree], implied[best])
+    weights = strength[agree]
+    angle = float((implied[best] + np.average(offsets, weights=weights)) % 180.0)
+    spread = float(np.sqrt(np.average(_line_difference(implied[agree], angle) ** 2, weights=weights)))
+    families = {votes[k][1] for k in agree}
+    ambiguous = families == {"111"} and len(agree) == 1
+    return LatticeOrientation(
+        angle=angle, uncertainty=spread, ambiguous=ambiguous,
+        peaks=[{**votes[k][0], "family": votes[k][1], "implied": float(implied[k])} for k in agree])

@@ -23,6 +23,13 @@ exceeds ``target`` is brought down to it (:func:`segdepth.physics.noise.lower_do
 network counts columns best near the middle of its training doses and worse on cleaner images
 (README, "Dose matching"). ``dose_matching=False`` turns it off.
 
+**Orientation.** The models were trained on CeO2 [110] with [001] along y and read a lattice turned by
+more than a few degrees wrongly. With ``orientation="auto"`` (the default) the direction of [001] is
+measured from the power spectrum of the frames (:func:`estimated_orientation`); frames turned by
+:data:`MIN_ROTATION` degrees or more are turned to the training orientation onto a canvas that holds
+them whole (:func:`segdepth.data.preprocess.rotate_frames`), read (steps 1-5), and their distributions
+turned back onto the frame's own label grid (bilinear), so the output overlays the input as before.
+
 The UNet is equivariant to shifts by ``required_multiple`` pixels away from the
 image border, so the stitched result equals the untiled one exactly when the
 network's receptive field (its half-width) fits in half the overlap; with a
@@ -57,9 +64,10 @@ import scipy.sparse
 import xarray as xr
 
 from segdepth.constants import check_int
+from segdepth.data.calibration import rotation_between
 from segdepth.data.hyperspy import is_signal
 from segdepth.data.io import LENGTH_UNITS, check_pixel_size, check_positive
-from segdepth.data.preprocess import normalise
+from segdepth.data.preprocess import normalise, rotate_frames, rotated_points
 from segdepth.physics.noise import lower_dose
 
 __all__ = [
@@ -75,6 +83,9 @@ __all__ = [
     "REFERENCE_MODEL",
     "load_default_model",
     "predict",
+    "estimated_orientation",
+    "TRAINED_ORIENTATION",
+    "MIN_ROTATION",
     "predict_to_netcdf",
     "resample",
 ]
@@ -106,6 +117,16 @@ _MAX_PIXELS = 2**28  # largest resampled frame we accept (16384 x 16384)
 MIN_FIELD = 3.0
 #: First word of the seeds of the dose-matching noise (:func:`predict`).
 DOSE_MATCHING_SEED = 20261205
+#: Direction of CeO2 [001] in the training images [deg from +x towards +y]: [1-10] along x, [001] along y
+#: (``segdepth.physics.structures``); a card's ``orientation`` overrides it.
+TRAINED_ORIENTATION = 90.0
+#: Smaller rotations [deg] are not applied (the models read a lattice turned by a few degrees nearly as
+#: well: README, "Crystals turned in the image plane").
+MIN_ROTATION = 3.0
+#: The orientation is estimated on at most this many frames (evenly spaced; their power spectra averaged),
+#: resampled to this pixel size [A].
+_ORIENTATION_FRAMES = 50
+_ORIENTATION_PIXEL = 0.3
 
 
 def load_default_model(*, reference: bool = False, rotated: bool = False):
@@ -676,6 +697,89 @@ def _maps(distributions, n_frames: int, labels: tuple[int, int], return_probabil
     return depth, confidence, probability
 
 
+# ------------------------------------------------ prediction: in-plane orientation
+
+
+def estimated_orientation(image: xr.DataArray):
+    """:func:`segdepth.data.calibration.estimate_orientation` of a ``(frame, y, x)`` stack (at most
+    :data:`_ORIENTATION_FRAMES` frames, resampled to about 0.3 A), or ``None`` when it shows no CeO2 [110]
+    reflection."""
+    from segdepth.data.calibration import CalibrationError, estimate_orientation
+
+    pixel_size = image_pixel_size(image)
+    n = image.shape[0]
+    picks = np.unique(np.linspace(0, n - 1, min(n, _ORIENTATION_FRAMES)).round().astype(int))
+    scale = min(1.0, pixel_size / _ORIENTATION_PIXEL)
+    shape = tuple(max(16, round(v * scale)) for v in image.shape[1:])
+    work = np.stack([resample(np.asarray(image[int(f)].values, np.float32), shape) for f in picks])
+    try:
+        return estimate_orientation(work, pixel_size * image.shape[2] / shape[1], false_alarm=1e-2)
+    except CalibrationError:
+        return None
+
+
+def _orientation(image: xr.DataArray, card: dict, orientation) -> tuple[float, dict]:
+    """The rotation [deg] :func:`predict` applies (0 for none) and what it records about it."""
+    trained = float(_card_value(card, "orientation", default=TRAINED_ORIENTATION))
+    if orientation is None:
+        return 0.0, {"angle": None, "estimated": False, "rotation": 0.0}
+    from segdepth.data.calibration import LatticeOrientation
+
+    if isinstance(orientation, str | LatticeOrientation):
+        if isinstance(orientation, str) and orientation != "auto":
+            raise ValueError(f"orientation must be an angle [deg], 'auto' or None, got {orientation!r}")
+        found = orientation if isinstance(orientation, LatticeOrientation) else estimated_orientation(image)
+        if found is None:
+            return 0.0, {"angle": None, "estimated": True, "rotation": 0.0,
+                         "note": "no CeO2 [110] reflection found: read as trained ([001] along y)"}
+        angle, info = found.angle, {"uncertainty": found.uncertainty, "reflections": len(found.peaks)}
+        if found.ambiguous:  # one {111} pair: [001] is one of two directions 109.5 deg apart
+            return 0.0, {"angle": float(angle), "estimated": True, "rotation": 0.0, **info,
+                         "note": "one {111} reflection only: the direction of [001] is ambiguous; read as they are"}
+    else:
+        angle, info = check_finite_angle(orientation), {}
+    rotation = rotation_between(angle, trained)
+    applied = rotation if abs(rotation) >= MIN_ROTATION else 0.0
+    return applied, {"angle": float(angle), "estimated": not isinstance(orientation, int | float | np.number),
+                     "rotation": float(applied), **info}
+
+
+def check_finite_angle(value) -> float:
+    """``value`` as a finite float [deg]; ``ValueError`` naming it otherwise."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"orientation must be an angle in degrees, got {value!r}") from None
+    if not math.isfinite(out):
+        raise ValueError(f"orientation must be a finite angle in degrees, got {value!r}")
+    return out
+
+
+def _canvas(image: xr.DataArray, rotation: float) -> xr.DataArray:
+    """The frames of ``image`` turned by ``rotation`` [deg] onto a canvas that holds them whole (corners
+    reflected: :func:`segdepth.data.preprocess.rotate_frames`)."""
+    frame_dim = image.dims[0]
+    coords = {frame_dim: image[frame_dim]} if frame_dim in image.coords else {}
+    return xr.DataArray(rotate_frames(image.values, rotation), dims=image.dims, coords=coords,
+                        attrs={**image.attrs, "pixel_size": image_pixel_size(image)})
+
+
+def _turned_back(distributions, grid: "_Grid", canvas_grid: "_Grid", rotation: float):
+    """Yield ``(f, F(y))`` of :func:`_distributions` on the canvas, resampled (bilinear) onto the frame's own
+    label grid."""
+    from scipy import ndimage
+
+    (n_y, n_x), (s_y, s_x), f_l, px = grid.labels, grid.sampling, grid.label_factor, grid.pixel_size
+    x = (np.arange(n_x) + 0.5) * f_l * s_x / px - 0.5  # label pixel centres in input pixels
+    y = (np.arange(n_y) + 0.5) * f_l * s_y / px - 0.5
+    qx, qy = rotated_points(*np.meshgrid(x, y), grid.input_shape, rotation)
+    c_y, c_x = canvas_grid.sampling
+    where = [(qy + 0.5) * px / (f_l * c_y) - 0.5, (qx + 0.5) * px / (f_l * c_x) - 0.5]
+    for f, distribution in distributions:
+        out = np.stack([ndimage.map_coordinates(p, where, order=1, mode="nearest") for p in distribution])
+        yield f, (out / out.sum(axis=0, keepdims=True)).astype(np.float32)
+
+
 # ----------------------------------------------------- prediction: the result
 
 
@@ -742,6 +846,7 @@ def predict(
     batch_size: int = 1,
     fast: bool = True,
     dose_matching: bool = True,
+    orientation: float | str | None = "auto",
 ) -> xr.Dataset:
     """Atomic column depth map of every frame of ``image``.
 
@@ -804,6 +909,17 @@ def predict(
         frames whose dose at the model's pixel size is above ``target`` are read ``draws`` times, each
         time brought down to ``target`` with fresh noise, and the distributions averaged (module
         docstring; ``draws`` times the network's time). Recorded in ``arguments`` (``dose_matched``).
+    orientation : float, "auto", None or LatticeOrientation
+        Direction of CeO2 [001] in the frames [deg from +x towards +y]. The models were trained with [001]
+        along y (:data:`TRAINED_ORIENTATION`) and count columns of a lattice turned by more than a few
+        degrees wrongly (README, "Crystals turned in the image plane"), so frames whose lattice is turned
+        by :data:`MIN_ROTATION` or more are turned to it (bilinear, on a canvas that holds the whole
+        frame, after the dose estimate), read, and the distributions turned back onto the frame's label
+        grid. ``"auto"``: estimated from the frames' power spectrum (:func:`estimated_orientation`; not
+        turned when no CeO2 [110] reflection is found) or, to turn several calls alike (a movie's chunks),
+        a :class:`segdepth.data.calibration.LatticeOrientation` already measured; ``None``: read as they are.
+        Recorded in
+        ``arguments`` and the attribute ``orientation`` (JSON).
 
     Returns
     -------
@@ -851,9 +967,14 @@ def predict(
             _dose_warning(lam, scale, card)
     n_frames = image.shape[0]
     draws = 1 if matching is None else matching[2]
-    with _eval_mode(model), _tile_bar(n_frames * len(grid.tiles) * draws, progress) as bar:
+    rotation, turned = _orientation(image, card, orientation)
+    canvas = _canvas(image, rotation) if rotation else image
+    read_grid = _grid(canvas, model, card, tile, overlap, batch_size) if rotation else grid
+    with _eval_mode(model), _tile_bar(n_frames * len(read_grid.tiles) * draws, progress) as bar:
         network = _network(model, fast)
-        distributions = _distributions(image, grid, network, batch_size, bar, matching)  # steps 1-4, frame by frame
+        distributions = _distributions(canvas, read_grid, network, batch_size, bar, matching)  # steps 1-4
+        if rotation:
+            distributions = _turned_back(distributions, grid, read_grid, rotation)
         maps = _maps(distributions, n_frames, grid.labels, return_probabilities)  # step 5
     arguments = {
         "tile": int(tile),
@@ -868,8 +989,11 @@ def predict(
         "resampled_shape": list(grid.resampled),
         "dose_matched": None if matching is None else {"dose": matching[0], "target": matching[1],
                                                         "draws": matching[2]},
+        "orientation": (orientation if orientation is None or isinstance(orientation, str)
+                        else float(getattr(orientation, "angle", orientation))),
     }
     result = _dataset(image, grid, maps, card, arguments)
+    result.attrs["orientation"] = json.dumps(turned)
     if as_signals:
         from segdepth.data.hyperspy import to_signals
 

@@ -1,7 +1,7 @@
 """Where the depth estimate applies: a crystal map, a validity map with its reason, and a one-line summary.
 
 The network answers for every pixel, also where its assumptions do not hold. :func:`predict_checked`
-runs :func:`segdepth.learn.inference.predict` and then asks three questions of every label pixel:
+runs :func:`segdepth.learn.inference.predict` and then asks four questions of every label pixel:
 
 1. **Is there crystal nearby?** :func:`segdepth.data.lattice.local_lattice` finds the lattice in 12 A
    windows of the image (averaged over ``lattice_average`` neighbouring frames of a movie). Pixels
@@ -32,6 +32,15 @@ runs :func:`segdepth.learn.inference.predict` and then asks three questions of e
    test this counts 0.5-2 points more columns exactly than the single pass at no extra cost
    (README, "The robust default").
 
+4. **Was this lattice read at the orientation the network knows?** :func:`segdepth.learn.inference.predict`
+   turns the frames so that the lattice's [001] lies where it did in training (one turn per frame).
+   Where a strong lattice window (:data:`STRONG_LATTICE` x the lattice threshold) holds a CeO2
+   reflection that puts [001], as read, more than :data:`MAX_MISFIT` (15) degrees away from it
+   (:func:`orientation_misfit`), the pixel is *turned lattice*: another grain, not valid. Measured on
+   the fresh4 shift tests (12 images each, lambda 1-10, static, vibrating and turned by 30 degrees):
+   0-0.04 % of the CeO2 [110] pixels flagged; weak windows (1.1 % of the pixels at lambda 2.5 have a
+   strongest reflection that implies a wrong direction) are not used.
+
 A frame in which no window holds a lattice gets reason *no crystal* everywhere (valid 0): a field
 of vacuum, amorphous material, or a frame too noisy to see a lattice in.
 
@@ -48,6 +57,7 @@ the frames could not be vouched for.
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 
@@ -69,8 +79,37 @@ KEEP_CONNECTED = 0.5
 #: Largest gap [A] between column readings (or a reading and the crystal) that still joins them.
 BRIDGE = 2.0
 #: ``valid_reason`` flags; 0 and 1 are valid (a count, or vacuum reported as vacuum).
-REASONS = {0: "ceo2_110", 1: "vacuum", 2: "other_lattice", 3: "model_disagreement", 4: "no_crystal"}
+#: A strong lattice window (peak / background above this multiple of the lattice threshold) whose CeO2 [110]
+#: lattice the network read more than :data:`MAX_MISFIT` degrees away from its training orientation is not
+#: valid (``turned_lattice``: another grain, turned otherwise than the one :func:`predict` turned the frame for).
+STRONG_LATTICE = 2.0
+MAX_MISFIT = 15.0
+REASONS = {0: "ceo2_110", 1: "vacuum", 2: "other_lattice", 3: "model_disagreement", 4: "no_crystal",
+           5: "turned_lattice"}
 _VALID_REASONS = (0, 1)
+
+
+def orientation_misfit(spacing, angle, rotation: float = 0.0, trained: float = 90.0) -> np.ndarray:
+    """Per pixel: how far [deg, 0-90] the local CeO2 [110] lattice, as the network read it, is turned from
+    the orientation it was trained at.
+
+    ``spacing`` and ``angle`` are the lattice maps' reference spacing [A] and direction [deg] of the strongest
+    reflection (:func:`segdepth.data.lattice.local_lattice`); each CeO2 family implies the direction of [001]
+    (:data:`segdepth.data.calibration.ZONE_110_OFFSETS`; a {111} reflection two, the nearer counts), which the
+    reading turned by ``rotation`` [deg] (:func:`segdepth.learn.inference.predict`'s ``orientation``
+    attribute). NaN where the strongest reflection is not a CeO2 one (Pt {200}, 1.962 A, which the lattice
+    maps cannot tell from CeO2 {220}, counts as {220}).
+    """
+    from segdepth.data.calibration import CEO2_SPACINGS, ZONE_110_OFFSETS
+
+    spacing, angle = np.asarray(spacing, float), np.asarray(angle, float)
+    misfit = np.full(np.broadcast(spacing, angle).shape, np.nan)
+    for family, d in CEO2_SPACINGS.items():  # within 3 %: the maps may name CeO2 {220} by Pt {200}'s 1.962 A
+        at = np.abs(spacing - d) < 0.03 * d
+        for offset in ZONE_110_OFFSETS[family]:
+            m = np.abs((angle + offset + rotation - trained + 90.0) % 180.0 - 90.0)
+            misfit = np.where(at, np.fmin(misfit, m), misfit)
+    return misfit
 
 
 def _expected(probability: np.ndarray) -> np.ndarray:
@@ -246,6 +285,12 @@ def assess(
         reason[(disagreement > max_disagreement) & near] = 3
     else:
         disagreement = np.full(depth.shape, np.nan, np.float32)
+    turned = json.loads(prediction.attrs.get("orientation") or "{}")
+    card = json.loads(prediction.attrs.get("model_card") or "{}")
+    misfit = orientation_misfit(grid["spacing"].values, grid["angle"].values, float(turned.get("rotation") or 0.0),
+                                float(card.get("orientation", 90.0)))
+    strong = grid["lattice_score"].values > STRONG_LATTICE * float(lattice.attrs.get("threshold", np.inf))
+    reason[(misfit > MAX_MISFIT) & strong & crystal_lattice & near] = 5
     reason[refuted & near] = 2
     no_crystal = ~crystal_lattice.any(axis=(1, 2))
     reason[no_crystal] = 4
@@ -413,8 +458,9 @@ def summary(ds: xr.Dataset) -> str:
     """One line: how much of the frames the estimate could not vouch for, and why."""
     f = validity_fractions(ds)
     not_valid = 1.0 - f["valid"]
-    parts = [f"{100 * f[name]:.1f} % {name.replace('_', ' ')}" for name in ("other_lattice", "model_disagreement",
-                                                                              "no_crystal") if f[name] > 0]
+    parts = [f"{100 * f[name]:.1f} % {name.replace('_', ' ')}" for name in ("other_lattice", "turned_lattice",
+                                                                              "model_disagreement", "no_crystal")
+             if round(100 * f[name], 1) > 0]
     why = f" ({', '.join(parts)})" if parts else ""
     return (f"could not vouch for {100 * not_valid:.1f} % of the pixels{why}; "
             f"{100 * f['vacuum']:.1f} % vacuum (no lattice within the margin) reported as depth 0")
