@@ -25,7 +25,8 @@ Variants, each adding to the one above it:
 The last line times ``segdepth.learn.inference.predict`` end to end with its defaults (default model,
 resampling, normalisation, softmax) on a 1024 x 1024 frame. A markdown table goes to ``--out``.
 ``--end-to-end-only --compare MODEL ...`` times only that, and then other models end to end, one frame per
-call, their runs interleaved with the default's (``--fast`` does not change the end-to-end model).
+call, their runs interleaved with the default's (``--fast`` does not change the end-to-end model);
+``--orientation-cost`` then times the orientation step (:func:`orientation_cost`).
 """
 
 from __future__ import annotations
@@ -184,6 +185,36 @@ def end_to_end_compare(frames, pixel, repeats, paths):
               f"{base / seconds:5.2f}x the default", flush=True)
 
 
+def orientation_cost(frames, pixel, repeats):
+    """What the orientation step costs ``predict`` end to end (one 1024^2 frame per call, the default model, runs
+    interleaved): read as given (``orientation=None``), measured (``"auto"``: the power-spectrum estimate; this
+    noise frame holds no lattice, so nothing is turned) and turned by 30 and 45 degrees (the lattice's direction
+    given, so that the frame is turned onto its canvas, read and the maps turned back)."""
+    import xarray as xr
+
+    from segdepth.learn.inference import load_default_model, predict
+    from segdepth.learn.model import optimise_for_inference
+
+    model, card = load_default_model()
+    net = optimise_for_inference(model)
+    frame = xr.DataArray(frames[0], dims=("y", "x"), attrs={"pixel_size": pixel})
+    runs = {"as given (orientation=None)": None, "measured (orientation='auto', nothing to turn)": "auto",
+            "turned by 30 degrees": 60.0, "turned by 45 degrees": 45.0}
+    times = {name: [] for name in runs}
+    for value in runs.values():
+        predict(frame, net, card, orientation=value)  # warm-up
+    for _ in range(repeats):
+        for name, value in runs.items():
+            t0 = time.perf_counter()
+            predict(frame, net, card, orientation=value)
+            times[name].append(time.perf_counter() - t0)
+    base = float(np.median(times["as given (orientation=None)"]))
+    for name, values in times.items():
+        seconds = float(np.median(values))
+        print(f"end to end, one frame per call, {name}: {seconds:7.3f} s/frame {1 / seconds:6.2f} fps "
+              f"{base / seconds:5.2f}x as given", flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -202,6 +233,8 @@ def main(argv=None) -> int:
     ap.add_argument("--end-to-end-only", action="store_true", help="time only segdepth.learn.inference end to end")
     ap.add_argument("--compare", nargs="+", default=[], metavar="MODEL",
                     help="with --end-to-end-only: also time these models end to end, interleaved with the default")
+    ap.add_argument("--orientation-cost", action="store_true",
+                    help="with --end-to-end-only: also time predict as given, measuring the orientation, and turning")
     ap.add_argument("--baseline-only", action="store_true",
                     help="of the paper model, time only the baseline (the other variants take ~10 min)")
     ap.add_argument("--out", default="data/results/inference_speed.md", help="markdown table ('' for none)")
@@ -240,6 +273,8 @@ def main(argv=None) -> int:
         end_to_end(frames * args.lam, pixel, args.repeats, None)
         if args.compare:
             end_to_end_compare(frames * args.lam, pixel, args.repeats, args.compare)
+        if args.orientation_cost:
+            orientation_cost(frames * args.lam, pixel, args.repeats)
         return 0
     rows, base = [], None
     for name, fn, batch in variants(reference, fast, compile_=not args.no_compile, baseline_only=args.baseline_only):
