@@ -7,7 +7,10 @@ the paper's nominal lens (Cs -9 um, C5 5 mm, 40 mrad aperture) at a random overf
 spread of ``--spread`` A (standard deviation), three
 ways: ``incoherent`` (intensities averaged over 15 Gaussian defocus values: this project's generator),
 ``quasi`` (abTEM's quasi-coherent envelope, ``abtem.CTF(focal_spread=sqrt(2) * spread)``, which many HRTEM
-simulations use) and ``coherent`` (no focal spread). Each image gets Poisson noise at lambda 2.5 and 10
+simulations use) and ``coherent`` (no focal spread); ``underfocus`` (``--kinds``; the incoherent lens at the same
+defocus but of the other sign, 2-8 nm *under*focus: what a simulation gets whose defocus sign convention is the
+opposite of abTEM's, ``../shared/PHYSICS.md``, or a microscopist who focuses the other way).
+Each image gets Poisson noise at lambda 2.5 and 10
 (the same noise draws for every model, and one seeded stream per particle and dose for every kind: the
 kinds are compared on paired noise; since 2026-12-05, fourth session, drawn by the inverse CDF from one uniform
 per pixel, :func:`segdepth.physics.noise.poisson_noise_paired`, so that a last-bit difference of the image no
@@ -38,7 +41,7 @@ import warnings
 
 import numpy as np
 
-LENS_KINDS = ("incoherent", "quasi", "coherent")
+LENS_KINDS = ("incoherent", "quasi", "coherent", "underfocus")
 #: Exit-wave variants (imaged with the incoherent lens): keyword arguments of ``simulate_exit_wave``.
 WAVE_KINDS = {"kirkland": {"parametrization": "kirkland"}, "thin_slices": {"slice_thickness": 1.913 / 2},
               "finite": {"projection": "finite"}}
@@ -57,7 +60,7 @@ def main(argv=None) -> int:
                     help="model files ('default': the shipped default in both passes; 'default-pair': the default "
                     "and its second model in the 180-degree pass; 'FIRST+SECOND': SECOND makes FIRST's 180-degree "
                     "pass)")
-    ap.add_argument("--kinds", nargs="+", default=list(LENS_KINDS), choices=KINDS, help="simulator variants")
+    ap.add_argument("--kinds", nargs="+", default=list(LENS_KINDS[:3]), choices=KINDS, help="simulator variants")
     args = ap.parse_args(argv)
     kinds = tuple(dict.fromkeys(["incoherent", *args.kinds]))
 
@@ -95,8 +98,10 @@ def main(argv=None) -> int:
         wave = simulate_exit_wave(structure, gpts=params.gpts, sampling=params.sampling,
                                   slice_thickness=params.slice_thickness)
         overfocus = float(rng.uniform(20.0, 80.0))
-        images = {k: image_exit_wave(wave, overfocus, microscope=lenses[k], binning=params.binning)[0]
-                  for k in kinds if k in lenses}
+        images = {k: image_exit_wave(wave, -overfocus if k == "underfocus" else overfocus,
+                                     microscope=lenses["incoherent" if k == "underfocus" else k],
+                                     binning=params.binning)[0]
+                  for k in kinds if k in LENS_KINDS}
         for kind in (k for k in kinds if k in WAVE_KINDS):
             options = {"slice_thickness": params.slice_thickness, **WAVE_KINDS[kind]}
             other = simulate_exit_wave(structure, gpts=params.gpts, sampling=params.sampling, **options)
