@@ -102,3 +102,19 @@ def test_predict_records_the_turn_and_refuses_bad_orientations(rng):
         predict(img, pixel_size=0.212, orientation="left")
     with pytest.raises(ValueError, match="finite"):
         predict(img, pixel_size=0.212, orientation=float("nan"))
+
+
+def test_one_111_fringe_family_is_ambiguous_and_not_turned():
+    """Fringes of one {111} family alone: [001] is one of two directions 109.5 degrees apart, so predict and the
+    CLI read the frame as it is and say why."""
+    from segdepth.learn.inference import predict
+
+    px, d, angle = 0.2, 3.124, 20.0  # fringe normal at 20 deg from x
+    y, x = np.mgrid[0:128, 0:128] * px
+    g = np.array([np.cos(np.radians(angle)), np.sin(np.radians(angle))]) / d
+    img = 1.0 + 0.3 * np.cos(2 * np.pi * (x * g[0] + y * g[1]))
+    found = estimate_orientation(img, px)
+    assert found.ambiguous and [p["family"] for p in found.peaks] == ["111"]
+    assert min(_line_error(found.angle, angle + 54.74), _line_error(found.angle, angle - 54.74)) < 1.0
+    turned = json.loads(predict(img, pixel_size=px).attrs["orientation"])
+    assert turned["rotation"] == 0.0 and "ambiguous" in turned["note"]
