@@ -760,19 +760,19 @@ def estimate_orientation(
         raise CalibrationError(f"orientation failed: the CeO2 spacings lie outside the searched frequencies at "
                                f"{pixel_size:.4g} A per pixel (the image is too coarse or too small)")
     peaks = _peaks(searched, np.where(searched.annulus, ratio, 0.0), _threshold(searched, false_alarm))
-    votes = []  # (peak, family, implied direction)
-    for p in peaks:
+    votes = []  # (peak index, family, implied direction): a {111} peak votes twice
+    for k, p in enumerate(peaks):
         d = pixel_size / p["frequency"]
-        family = min(spacings, key=lambda k: abs(d / spacings[k] - 1))
+        family = min(spacings, key=lambda name: abs(d / spacings[name] - 1))
         if abs(d / spacings[family] - 1) <= tolerance:
-            votes += [(p, family, (p["angle"] + off) % 180.0) for off in ZONE_110_OFFSETS[family]]
+            votes += [(k, family, (p["angle"] + off) % 180.0) for off in ZONE_110_OFFSETS[family]]
     if not votes:
         raise CalibrationError(
             f"orientation failed: no reflection at the CeO2 {{111}}, {{200}} or {{220}} spacings "
             f"({', '.join(f'{v:.3f}' for v in spacings.values())} A) at {pixel_size:.4g} A per pixel")
     implied = np.array([v[2] for v in votes])
-    strength = np.array([v[0]["strength"] for v in votes])
-    ident = np.array([id(v[0]) for v in votes])
+    strength = np.array([peaks[v[0]]["strength"] for v in votes])
+    ident = np.array([v[0] for v in votes])
 
     def support(direction):
         near = np.abs(_line_difference(implied, direction)) <= angle_tolerance
@@ -794,4 +794,4 @@ def estimate_orientation(
     ambiguous = families == {"111"} and len(agree) == 1
     return LatticeOrientation(
         angle=angle, uncertainty=spread, ambiguous=ambiguous,
-        peaks=[{**votes[k][0], "family": votes[k][1], "implied": float(implied[k])} for k in agree])
+        peaks=[{**peaks[votes[k][0]], "family": votes[k][1], "implied": float(implied[k])} for k in agree])

@@ -731,7 +731,7 @@ def _orientation(image: xr.DataArray, card: dict, orientation) -> tuple[float, d
         found = orientation if isinstance(orientation, LatticeOrientation) else estimated_orientation(image)
         if found is None:
             return 0.0, {"angle": None, "estimated": True, "rotation": 0.0,
-                         "note": "no CeO2 [110] reflection found: read as trained ([001] along y)"}
+                         "note": "no CeO2 [110] reflection found: read as given ([001] assumed along y)"}
         angle, info = found.angle, {"uncertainty": found.uncertainty, "reflections": len(found.peaks)}
         if found.ambiguous:  # one {111} pair: [001] is one of two directions 109.5 deg apart
             return 0.0, {"angle": float(angle), "estimated": True, "rotation": 0.0, **info,
@@ -756,8 +756,8 @@ def check_finite_angle(value) -> float:
 
 
 def _canvas(image: xr.DataArray, rotation: float) -> xr.DataArray:
-    """The frames of ``image`` turned by ``rotation`` [deg] onto a canvas that holds them whole (corners
-    reflected: :func:`segdepth.data.preprocess.rotate_frames`)."""
+    """The frames of ``image`` turned by ``rotation`` [deg] onto a canvas that holds them whole (corners filled
+    from the frame's edge pixels: :func:`segdepth.data.preprocess.rotate_frames`)."""
     frame_dim = image.dims[0]
     coords = {frame_dim: image[frame_dim]} if frame_dim in image.coords else {}
     return xr.DataArray(rotate_frames(image.values, rotation), dims=image.dims, coords=coords,
@@ -918,8 +918,8 @@ def predict(
         grid. ``"auto"``: estimated from the frames' power spectrum (:func:`estimated_orientation`; not
         turned when no CeO2 [110] reflection is found) or, to turn several calls alike (a movie's chunks),
         a :class:`segdepth.data.calibration.LatticeOrientation` already measured; ``None``: read as they are.
-        Recorded in
-        ``arguments`` and the attribute ``orientation`` (JSON).
+        Recorded in ``arguments`` and the attribute ``orientation`` (JSON: ``angle``, ``estimated``,
+        ``rotation`` applied, and a ``note`` when nothing was turned for want of a clear lattice).
 
     Returns
     -------
