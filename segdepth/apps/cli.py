@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="direction of CeO2 [001] in the frames [degrees from +x towards +y, i.e. clockwise on the "
                    "displayed image]; the models were trained with [001] along y (90) and frames whose lattice is "
                    "turned by 3 degrees or more are turned to it, read and turned back. 'auto' (default): measured "
-                   "from the power spectrum of the selected frames (at most 8), at the pixel size; 'none': read as "
+                   "from the power spectrum of the selected frames (at most 50), at the pixel size; 'none': read as "
                    "they are")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                    help="with --check: the 180-degree test-time pass (default on)")
@@ -312,7 +312,7 @@ def _predict_command(args: argparse.Namespace) -> int:
 
         model, card = load_model(model_path)
     check = _check_options(args) if args.check else None
-    orientation = _orientation_option(args.orientation, first, attrs)
+    orientation = _orientation_option(args.orientation, first, attrs, card)
     rotated = args.rotated_model
     if rotated is None and args.model is None and not args.reference and args.check and args.tta:
         rotated = "default"  # the default model's second pass
@@ -402,9 +402,9 @@ def _predict_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _orientation_option(value: str, first, attrs: dict):
+def _orientation_option(value: str, first, attrs: dict, card: dict):
     """``--orientation``: the angle [deg] or measured orientation to pass to predict (measured once for all chunks
-    when 'auto'), or None."""
+    when 'auto'; predict decides whether to turn), or None."""
     text = str(value).strip().lower()
     if text == "none":
         return None
@@ -415,20 +415,18 @@ def _orientation_option(value: str, first, attrs: dict):
             return check_finite_angle(text)
         except ValueError as err:
             raise CommandError(f"--orientation {value}: {err}; or 'auto' / 'none'") from None
-    from segdepth.learn.inference import MIN_ROTATION, TRAINED_ORIENTATION, estimated_orientation
+    from segdepth.learn.inference import MIN_ROTATION, estimated_orientation, trained_orientation
 
     found = estimated_orientation(first.isel(frame=slice(0, 50)))
-    if found is not None and found.ambiguous:
-        print(f"{PROG}: warning: lattice {found}: with one {{111}} reflection only the direction of [001] is "
-              "ambiguous; frames read as they are", file=sys.stderr)
-        attrs["lattice_orientation"] = str(found)
-        return None
     if found is None:  # quietly: the validity check says where there is no lattice, and flags turned ones
         attrs["lattice_orientation"] = "not found: frames read as they are ([001] assumed along y)"
         return None
     attrs["lattice_orientation"] = str(found)
-    turn = found.rotation_to(TRAINED_ORIENTATION)
-    if abs(turn) >= MIN_ROTATION:
+    turn = found.rotation_to(trained_orientation(card))
+    if found.ambiguous:  # predict reads such frames as they are
+        print(f"{PROG}: warning: lattice {found}: with one {{111}} reflection only the direction of [001] is "
+              "ambiguous; frames read as they are", file=sys.stderr)
+    elif abs(turn) >= MIN_ROTATION:
         print(f"{PROG}: lattice {found}: frames turned by {turn:.1f} deg to the model's orientation and back",
               file=sys.stderr)
     return found  # measured once: every chunk is turned alike

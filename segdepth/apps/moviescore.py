@@ -74,9 +74,7 @@ def run_movie_path(image: xr.DataArray, model, card: dict, *, lam: float | None 
     from segdepth.learn.validity import predict_checked
 
     # one orientation for the movie: the single frames and their running means are read turned alike
-    check = {"tta": tta, "lattice_average": lattice_average,
-             "orientation": estimated_orientation(image if "frame" in image.dims else image.expand_dims("frame"))
-             or "auto"}
+    check = {"tta": tta, "lattice_average": lattice_average, "orientation": estimated_orientation(image) or "auto"}
     if rotated is not None:
         check.update(rotated_model=rotated[0], rotated_card=rotated[1])
     n_frames = image.sizes["frame"]

@@ -696,9 +696,11 @@ class LatticeOrientation:
                 f"{len(self.peaks)} reflections ({', '.join('{' + f + '}' for f in families)}{flag})")
 
 
-def rotation_between(angle: float, target: float) -> float:
-    """The smallest turn [deg, in [-90, 90)] that takes a line at ``angle`` to one at ``target`` [deg]."""
-    return float(_line_difference(target, angle))
+def rotation_between(angle, target):
+    """The smallest turn [deg, in [-90, 90)] that takes a line at ``angle`` to one at ``target`` [deg] (a float,
+    or an array for array input)."""
+    turn = _line_difference(target, angle)
+    return float(turn) if np.ndim(turn) == 0 else turn
 
 
 def _line_difference(a, b):
@@ -744,8 +746,9 @@ def estimate_orientation(
     ValueError
         For an invalid image or pixel size.
     """
-    if not isinstance(pixel_size, int | float | np.number) or not math.isfinite(pixel_size) or pixel_size <= 0:
-        raise ValueError(f"pixel_size must be a positive number of Angstrom, got {pixel_size!r}")
+    from segdepth.data.io import check_pixel_size
+
+    pixel_size = check_pixel_size(pixel_size, name="pixel_size")
     spacings = {k.split()[-1]: v for k, v in cubic_spacings("CeO2", lattice_constant=lattice_constant).items()}
     arr = _nonblank_frames(image)
     spectrum = _spectrum(arr, min_frequency_bins, max_frequency)

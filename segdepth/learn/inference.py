@@ -64,7 +64,7 @@ import scipy.sparse
 import xarray as xr
 
 from segdepth.constants import check_int
-from segdepth.data.calibration import rotation_between
+from segdepth.data.calibration import CalibrationError, LatticeOrientation, estimate_orientation, rotation_between
 from segdepth.data.hyperspy import is_signal
 from segdepth.data.io import LENGTH_UNITS, check_pixel_size, check_positive
 from segdepth.data.preprocess import normalise, rotate_frames, rotated_points
@@ -84,6 +84,7 @@ __all__ = [
     "load_default_model",
     "predict",
     "estimated_orientation",
+    "trained_orientation",
     "TRAINED_ORIENTATION",
     "MIN_ROTATION",
     "predict_to_netcdf",
@@ -704,8 +705,6 @@ def estimated_orientation(image: xr.DataArray):
     """:func:`segdepth.data.calibration.estimate_orientation` of a ``(frame, y, x)`` stack (at most
     :data:`_ORIENTATION_FRAMES` frames, resampled to about 0.3 A), or ``None`` when it shows no CeO2 [110]
     reflection."""
-    from segdepth.data.calibration import CalibrationError, estimate_orientation
-
     pixel_size = image_pixel_size(image)
     n = image.shape[0]
     picks = np.unique(np.linspace(0, n - 1, min(n, _ORIENTATION_FRAMES)).round().astype(int))
@@ -718,13 +717,17 @@ def estimated_orientation(image: xr.DataArray):
         return None
 
 
+def trained_orientation(card: dict) -> float:
+    """Direction of CeO2 [001] [deg from +x towards +y] in the images the model of ``card`` was trained on (its
+    ``orientation``, else :data:`TRAINED_ORIENTATION`)."""
+    return float(_card_value(card, "orientation", default=TRAINED_ORIENTATION))
+
+
 def _orientation(image: xr.DataArray, card: dict, orientation) -> tuple[float, dict]:
     """The rotation [deg] :func:`predict` applies (0 for none) and what it records about it."""
-    trained = float(_card_value(card, "orientation", default=TRAINED_ORIENTATION))
+    trained = trained_orientation(card)
     if orientation is None:
         return 0.0, {"angle": None, "estimated": False, "rotation": 0.0}
-    from segdepth.data.calibration import LatticeOrientation
-
     if isinstance(orientation, str | LatticeOrientation):
         if isinstance(orientation, str) and orientation != "auto":
             raise ValueError(f"orientation must be an angle [deg], 'auto' or None, got {orientation!r}")

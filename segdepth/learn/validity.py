@@ -100,14 +100,14 @@ def orientation_misfit(spacing, angle, rotation: float = 0.0, trained: float = 9
     attribute). NaN where the strongest reflection is not a CeO2 one (Pt {200}, 1.962 A, which the lattice
     maps cannot tell from CeO2 {220}, counts as {220}).
     """
-    from segdepth.data.calibration import CEO2_SPACINGS, ZONE_110_OFFSETS
+    from segdepth.data.calibration import CEO2_SPACINGS, ZONE_110_OFFSETS, rotation_between
 
     spacing, angle = np.asarray(spacing, float), np.asarray(angle, float)
     misfit = np.full(np.broadcast(spacing, angle).shape, np.nan)
     for family, d in CEO2_SPACINGS.items():  # within 3 %: the maps may name CeO2 {220} by Pt {200}'s 1.962 A
         at = np.abs(spacing - d) < 0.03 * d
         for offset in ZONE_110_OFFSETS[family]:
-            m = np.abs((angle + offset + rotation - trained + 90.0) % 180.0 - 90.0)
+            m = np.abs(rotation_between(angle + offset + rotation, trained))
             misfit = np.where(at, np.fmin(misfit, m), misfit)
     return misfit
 
@@ -285,10 +285,12 @@ def assess(
         reason[(disagreement > max_disagreement) & near] = 3
     else:
         disagreement = np.full(depth.shape, np.nan, np.float32)
+    from segdepth.learn.inference import trained_orientation
+
     turned = json.loads(prediction.attrs.get("orientation") or "{}")
-    card = json.loads(prediction.attrs.get("model_card") or "{}")
+    trained = trained_orientation(json.loads(prediction.attrs.get("model_card") or "{}"))
     misfit = orientation_misfit(grid["spacing"].values, grid["angle"].values, float(turned.get("rotation") or 0.0),
-                                float(card.get("orientation", 90.0)))
+                                trained)
     strong = grid["lattice_score"].values > STRONG_LATTICE * float(lattice.attrs.get("threshold", np.inf))
     reason[(misfit > MAX_MISFIT) & strong & crystal_lattice & near] = 5
     reason[refuted & near] = 2
