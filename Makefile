@@ -33,7 +33,7 @@ MERGE = $(PY) -c 'from segdepth.data.store import merge_datasets; merge_datasets
 	data-robust-quasi shift-quasi-test train-robust-quasi data-robust-low-spread robust-quasi-mix evaluate-quasi \
 	data-robust-wide-spread shift-coherent-test robust-wide-mix train-robust-wide robust-wide-wise evaluate-wide \
 	fresh-shift-tests evaluate-two fresh2-shift-tests evaluate-second evaluate-pair-shift \
-	data-robust-static3 robust-flat-mix robust-wise-flat train-robust-flat train-robust-plain3 robust-flat-wise evaluate-flat
+	data-regime regime-test train-regime train-regime-blur evaluate-regime data-robust-static3 robust-flat-mix robust-wise-flat train-robust-flat train-robust-plain3 robust-flat-wise evaluate-flat
 
 all: reproduce
 
@@ -238,6 +238,37 @@ evaluate-wide: $(STAMP)
 # on the static shift test it loses at most 1 point at lambda 2.5 and at 10.
 FLAT_STRUCTURES ?= 200
 FLAT_MINUTES ?= 50
+# Contrast regime (eighth session): the training and test sets of the contrast-regime check, which recognises
+# underfocused images (the other defocus sign) that every counting model misreads (segdepth.learn.regime).
+REGIME_STRUCTURES ?= 120
+data-regime: $(STAMP)
+	$(RUN_NB) notebooks/01_data_generation.py -o notebooks/executed/01_regime_train.ipynb -p preset regime \
+		-p n_structures $(REGIME_STRUCTURES) -p n_defocus 4 -p vacancy_max 0.2 -p seed 9 \
+		-p output data/simulated/regime_train -p figure figures/fig3_regime_samples.png
+
+regime-test: $(STAMP)
+	$(PY) -c 'from segdepth.physics.generate import PRESETS, generate_dataset; \
+		generate_dataset(PRESETS["shift_regime"], "data/simulated/shift_regime_test", n_structures=20, workers=2)'
+
+REGIME_MINUTES ?= 25
+# train-regime: the sharp model (data/models/study), 18 min; train-regime-blur: the shipped one, its fine-tune with
+# every crop blurred by a Gaussian of 0-2 binned pixels (0-0.42 A) first (a camera's MTF), 4.6 min (early stop).
+train-regime: $(STAMP)
+	$(PY) -c 'from segdepth.learn.regime import train_regime; \
+		train_regime("data/simulated/regime_train", "data/models/study/segdepth_regime_sharp_base8_bin4.safetensors", \
+		minutes=$(REGIME_MINUTES), checkpoint_dir="data/checkpoints/regime")'
+
+train-regime-blur: $(STAMP)
+	$(PY) -c 'from segdepth.learn.regime import train_regime; \
+		train_regime("data/simulated/regime_train", "segdepth/models/segdepth_regime_base8_bin4.safetensors", \
+		minutes=12, blur=(0.0, 2.0), lr=5e-4, checkpoint_dir="data/checkpoints/regime_blur", \
+		init_weights="data/models/study/segdepth_regime_sharp_base8_bin4.safetensors")'
+
+evaluate-regime: $(STAMP)
+	$(PY) benchmarks/regime_check.py --test data/simulated/shift_regime_test --output data/results/regime_check
+	$(PY) benchmarks/regime_check.py --test data/simulated/shift_regime_test --output data/results/regime_check_sharp \
+		--regime-model data/models/study/segdepth_regime_sharp_base8_bin4.safetensors
+
 data-robust-static3: $(STAMP)
 	$(RUN_NB) notebooks/01_data_generation.py -o notebooks/executed/01_robust_static3_train.ipynb -p preset robust \
 		-p n_structures $(FLAT_STRUCTURES) -p n_defocus 4 -p vacancy_max 0.2 -p seed 8 \

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -283,7 +283,8 @@ fig.colorbar(im, ax=ax[1], ticks=range(11), shrink=0.8)
 imc = ax[2].imshow(r.confidence[0], cmap="magma", vmin=0, vmax=1, extent=ext_l)
 ax[2].set_title("confidence")
 fig.colorbar(imc, ax=ax[2], shrink=0.8)
-reason_cmap = plt.matplotlib.colors.ListedColormap(["tab:green", "0.85", "tab:red", "tab:purple", "k", "tab:orange"])
+reason_cmap = plt.matplotlib.colors.ListedColormap(["tab:green", "0.85", "tab:red", "tab:purple", "k", "tab:orange",
+                                                    "tab:brown"])
 imr = ax[3].imshow(r.valid_reason[0], cmap=reason_cmap, vmin=-0.5, vmax=len(REASONS) - 0.5, extent=ext_l,
                    interpolation="nearest")
 ax[3].set_title("where the estimate applies")

@@ -260,11 +260,14 @@ def test_predict_checks_where_the_estimate_applies_by_default(workdir, capsys):
             "0.2006", "--lambda", "4", "--no-progress", "--no-tta", "--lattice-average", "3",
             "--preview", str(preview), "--preview-frame", "1"]  # fmt: skip
     assert main(args) == 0, capsys.readouterr().err
-    lines = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
     assert len(lines) == 3 and lines[0].startswith("segdepth: could not vouch for"), lines
+    # the regime check scores the CeO2 support as underfocused (README, "The contrast regime"): one warning, no flag
+    assert "segdepth: warning: 3 of 3 frames (0, 1, 2) look underfocused to the regime model" in captured.err
     assert lines[1] == (f"segdepth: wrote {out}: depth, confidence, depth_low, depth_high, crystal, valid, "
-                        "valid_reason, lattice_score, ceo2_score, disagreement for 3 frames of 170 x 170 label pixels "
-                        "at 0.2124 A"), lines
+                        "valid_reason, lattice_score, ceo2_score, disagreement, underfocus_score for 3 frames of 170 x "
+                        "170 label pixels at 0.2124 A"), lines
     assert lines[2] == (f"segdepth: wrote {preview}: input, depth (pixels not vouched for hatched), confidence "
                         "of frame 1"), lines
     with Image.open(preview) as png:
@@ -287,6 +290,8 @@ def test_predict_checks_where_the_estimate_applies_by_default(workdir, capsys):
         assert float(ds["valid"].sel(y=band).mean()) >= 0.98
         assert int(ds["valid"].min()) == 0 and int(ds["valid"].max()) == 1  # the Pt particle is not valid
         assert np.isnan(ds["disagreement"]).all()  # --no-tta
+        assert ds["underfocus_score"].dims == ("frame",) and (ds["underfocus_score"] > 0.5).all()
+        assert not (ds["valid_reason"] == 6).any() and ds.attrs["validity_regime"] == "warn"
         assert ds.attrs["validity_keep_connected"] == 0.5 and ds.attrs["validity_bridge"] == 2.0  # the defaults
     plain = workdir / "plain.nc"
     args = ["predict", str(MOVIE), "--out", str(plain), "--crop", "0:180,:", "--frames", "0", "--pixel-size",

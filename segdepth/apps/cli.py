@@ -47,6 +47,7 @@ class _Parser(argparse.ArgumentParser):
 def _check_options(args) -> dict:
     """The validity check's options from the command line (only those given, so the library's defaults hold)."""
     options = dict(tta=args.tta, lattice_average=args.lattice_average, margin=args.margin)
+    options["regime"] = args.regime
     if args.keep_confident is not None:
         options["keep_confident"] = args.keep_confident
     if args.keep_connected is not None:
@@ -137,8 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "of any lattice is reported as depth 0; a lattice that is not CeO2 [110] is not valid), a second "
                    "pass on the frame rotated by 180 degrees (--rotated-model; where the two disagree by more than 1 "
                    "atom: not valid), strong lattice windows read more than 15 degrees from the model's orientation "
-                   "(another grain: not valid); writes crystal, valid, valid_reason, lattice_score, ceo2_score, "
-                   "disagreement and "
+                   "(another grain: not valid), frames that look underfocused (--regime); writes crystal, "
+                   "valid, valid_reason, lattice_score, ceo2_score, disagreement, underfocus_score and "
                    "depth_low / depth_high (the range of each pixel's 90 %% count set, with the probability mass "
                    "calibrated for the default: attribute count_set_mass). "
                    "--no-check writes the network's raw output, about 3x faster")
@@ -151,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "turned by 3 degrees or more are turned to it, read and turned back. 'auto' (default): measured "
                    "from the power spectrum of the selected frames (at most 50), at the pixel size; 'none': read as "
                    "they are")
+    p.add_argument("--regime", choices=("off", "warn", "flag"), default="warn",
+                   help="with --check: read the frames also with the contrast-regime model (segdepth.learn.regime) "
+                   "and write underfocus_score; 'warn' (default): name the frames whose crystal looks underfocused "
+                   "(columns dark: the other defocus sign, which the counting models never saw); 'flag': also make "
+                   "them not valid (reason wrong_focus); 'off': skip it. Not 'flag' by default: the real Pt/CeO2 "
+                   "movie's CeO2 support scores as underfocused too (README, 'The contrast regime')")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                    help="with --check: the 180-degree test-time pass (default on)")
     p.add_argument("--rotated-model", metavar="PATH",

@@ -41,6 +41,16 @@ runs :func:`segdepth.learn.inference.predict` and then asks four questions of ev
    0-0.04 % of the CeO2 [110] pixels flagged; weak windows (1.1 % of the pixels at lambda 2.5 have a
    strongest reflection that implies a wrong direction) are not used.
 
+5. **Was the frame imaged in the contrast regime the network knows?** Every counting model was trained on
+   overfocused images (bright columns); an underfocused frame (the other defocus sign) is read confidently and
+   wrongly. The regime model of :mod:`segdepth.learn.regime` gives every label pixel a probability of
+   underfocus; its mean over a frame's crystal pixels is ``underfocus_score`` (in a movie averaged over the
+   same ``lattice_average`` frames as the lattice maps). Above :data:`segdepth.learn.regime.MAX_UNDERFOCUS`
+   (0.5) :func:`predict_checked` warns (``regime="warn"``, the default) or, with ``regime="flag"``, makes the
+   frame's crystal *wrong focus*: not valid. Not flagged by default because the real Pt/CeO2 movie's CeO2
+   support scores 0.99 although its columns look bright (README, "The contrast regime"): on simulations the
+   check separates the two signs of the defocus, on that real movie it is not yet trusted.
+
 A frame in which no window holds a lattice gets reason *no crystal* everywhere (valid 0): a field
 of vacuum, amorphous material, or a frame too noisy to see a lattice in.
 
@@ -85,7 +95,7 @@ BRIDGE = 2.0
 STRONG_LATTICE = 2.0
 MAX_MISFIT = 15.0
 REASONS = {0: "ceo2_110", 1: "vacuum", 2: "other_lattice", 3: "model_disagreement", 4: "no_crystal",
-           5: "turned_lattice"}
+           5: "turned_lattice", 6: "wrong_focus"}
 _VALID_REASONS = (0, 1)
 
 
@@ -166,6 +176,9 @@ def assess(
     keep_connected: float | None = KEEP_CONNECTED,
     bridge: float = BRIDGE,
     count_set_mass: float | None = None,
+    underfocus=None,
+    max_underfocus: float | None = None,
+    flag_underfocus: bool = True,
 ) -> xr.Dataset:
     """Add the crystal mask, ``valid``, ``valid_reason`` and their scores to a prediction.
 
@@ -200,6 +213,12 @@ def assess(
         ``count_set_mass``). Default: without ``rotated``, the one-pass mass calibrated for the model
         (:func:`segdepth.data.tracking.count_set_mass`); with it, 0.9 (:func:`predict_checked` passes the
         mass calibrated for the shipped pair).
+    underfocus : array-like, optional
+        Probability of underfocus of every label pixel, ``(frame, y, x)``
+        (:func:`segdepth.learn.regime.underfocus_probability`); its mean over each frame's crystal pixels is
+        ``underfocus_score``, and a frame scoring above ``max_underfocus`` (default
+        :data:`segdepth.learn.regime.MAX_UNDERFOCUS`) is named in a warning and, with ``flag_underfocus``
+        (default), gets the reason ``wrong_focus`` on its crystal.
 
     Returns
     -------
@@ -293,6 +312,18 @@ def assess(
                                 trained)
     strong = grid["lattice_score"].values > STRONG_LATTICE * float(lattice.attrs.get("threshold", np.inf))
     reason[(misfit > MAX_MISFIT) & strong & crystal_lattice & near] = 5
+    from segdepth.learn.regime import MAX_UNDERFOCUS, frame_scores
+
+    max_underfocus = MAX_UNDERFOCUS if max_underfocus is None else max_underfocus
+    if not (isinstance(max_underfocus, int | float | np.number) and 0 < max_underfocus < 1):
+        raise ValueError(f"max_underfocus must be a probability in (0, 1), got {max_underfocus!r}")
+    underfocus_score = np.full(n_frames, np.nan, np.float32)
+    if underfocus is not None:
+        underfocus = np.asarray(underfocus, np.float32).reshape(depth.shape)  # over the lattice maps' frames:
+        underfocus = temporal_mean(underfocus, lattice_average)  # one frame's noise does not decide alone
+        underfocus_score = frame_scores(underfocus, near & ~vacuum).astype(np.float32)
+        if flag_underfocus:
+            reason[(underfocus_score > max_underfocus)[:, None, None] & near] = 6
     reason[refuted & near] = 2
     no_crystal = ~crystal_lattice.any(axis=(1, 2))
     reason[no_crystal] = 4
@@ -321,11 +352,16 @@ def assess(
     out["ceo2_score"] = (dims, grid["ceo2_score"].values.astype(np.float32), dict(grid["ceo2_score"].attrs))
     out["disagreement"] = (dims, disagreement, {
         "long_name": "|expected count - expected count of the 180-degree-rotated frame|, 3x3 mean", "units": "atoms"})
+    out["underfocus_score"] = (("frame",), underfocus_score, {
+        "long_name": "mean probability over the frame's crystal that it was imaged underfocused (NaN: not checked)",
+        "units": "1", "threshold": float(max_underfocus)})
     out.attrs.update(validity_margin=-1.0 if margin is None else float(margin),
                      validity_keep_confident=-1.0 if keep_confident is None else float(keep_confident),
                      validity_keep_connected=-1.0 if keep_connected is None else float(keep_connected),
                      validity_bridge=float(bridge),
                      validity_max_disagreement=float(max_disagreement),
+                     validity_max_underfocus=float(max_underfocus),
+                     validity_regime=("off" if underfocus is None else "flag" if flag_underfocus else "warn"),
                      validity_tta=int(rotated is not None), validity_lattice_average=int(lattice_average),
                      lattice_threshold=float(lattice.attrs.get("threshold", np.nan)))
     if no_crystal.any():
@@ -333,6 +369,16 @@ def assess(
         shown = ", ".join(map(str, frames[:10])) + (" ..." if len(frames) > 10 else "")
         warnings.warn(f"no crystal lattice found in {len(frames)} of {n_frames} frames ({shown}): "
                       "counts there are not valid (valid = 0)", stacklevel=2)
+    wrong = underfocus_score > max_underfocus
+    if wrong.any():
+        frames = [int(f) for f in np.asarray(prediction["frame"].values)[wrong]]
+        shown = ", ".join(map(str, frames[:10])) + (" ..." if len(frames) > 10 else "")
+        then = ("counts there are not valid (valid = 0)" if flag_underfocus else
+                "check the defocus sign (the real Pt/CeO2 movie's CeO2 support scores so too; README, 'The contrast "
+                "regime'); regime='flag' (segdepth predict --regime flag) makes them not valid")
+        warnings.warn(f"{len(frames)} of {n_frames} frames ({shown}) look underfocused to the regime model (score "
+                      f"above {max_underfocus:g}; the counting models know overfocused images only): {then}",
+                      stacklevel=2)
     return out
 
 
@@ -384,6 +430,9 @@ def predict_checked(
     return_probabilities: bool = False,
     rotated_model=None,
     rotated_card: dict | None = None,
+    regime: str = "warn",
+    regime_model=None,
+    max_underfocus: float | None = None,
     **options,
 ) -> xr.Dataset:
     """:func:`segdepth.learn.inference.predict` followed by :func:`assess` (and a 180-degree pass when ``tta``).
@@ -402,6 +451,12 @@ def predict_checked(
     :data:`segdepth.learn.inference.DEFAULT_ROTATED_MODEL`, the same weights reading the input divided by its
     local mean (README, "The default's second pass"); pass ``rotated_model="same"`` for the default's own
     180-degree pass. A model passed explicitly makes both passes unless ``rotated_model`` is given.
+
+    ``regime``: ``"warn"`` (default) reads the frames also with the regime model (``regime_model``, a ``(model,
+    card)`` pair; default the shipped one, :func:`segdepth.learn.regime.load_regime_model`, skipped where none is
+    shipped), writes ``underfocus_score`` and warns about the frames scoring above ``max_underfocus``;
+    ``"flag"`` also makes their crystal not valid (reason ``wrong_focus``); ``"off"`` does not read them. It
+    reads the lattice turned as the counting model did.
     """
     from segdepth.data.hyperspy import is_signal
     from segdepth.learn.inference import input_image, model_and_card, predict
@@ -429,16 +484,32 @@ def predict_checked(
     rotated = (predict(rotated_180(image), rotated_model, rotated_card, return_probabilities=True, **options)
                if tta else None)
     mass = pair_set_mass(card, rotated_card) if tta and rotated_model is not model else None
+    underfocus = None
+    if regime not in ("off", "warn", "flag"):
+        raise ValueError(f"regime must be 'off', 'warn' or 'flag', got {regime!r}")
+    if regime_model is not None and not (isinstance(regime_model, tuple) and len(regime_model) == 2):
+        raise ValueError(f"regime_model must be a (model, card) pair, got {type(regime_model).__name__}")
+    if regime != "off":
+        from segdepth.learn.regime import cached_regime_model, underfocus_probability
+
+        pair = cached_regime_model() if regime_model is None else regime_model
+        if pair is not None:
+            turned = json.loads(prediction.attrs.get("orientation") or "{}")
+            keep = {k: options[k] for k in ("tile", "overlap", "batch_size", "fast") if k in options}
+            underfocus = underfocus_probability(image, *pair, orientation=turned.get("angle") if turned.get(
+                "rotation") else None, **keep)
+            # onto the counting model's label grid (the same one for the shipped models: nothing moves)
+            underfocus = underfocus.sel(y=prediction["y"].values, x=prediction["x"].values, method="nearest").values
     out = assess(image, prediction, rotated=rotated, lattice_average=lattice_average, margin=margin,
                  max_disagreement=max_disagreement, keep_confident=keep_confident, keep_connected=keep_connected,
-                 bridge=bridge, count_set_mass=mass)
+                 bridge=bridge, count_set_mass=mass, underfocus=underfocus, max_underfocus=max_underfocus,
+                 flag_underfocus=regime == "flag")
     if not return_probabilities:
         out = out.drop_vars(["probability", "depth_class"])
     arguments = {"tta": bool(tta), "lattice_average": int(lattice_average), "margin": margin,
                  "max_disagreement": float(max_disagreement), "keep_confident": keep_confident,
                  "keep_connected": keep_connected, "bridge": float(bridge),
-                 "two_models": rotated_model is not model}
-    import json
+                 "two_models": rotated_model is not model, "regime": regime if underfocus is not None else "off"}
 
     out.attrs["validity_arguments"] = json.dumps(arguments)
     if as_signals:
@@ -461,7 +532,8 @@ def summary(ds: xr.Dataset) -> str:
     f = validity_fractions(ds)
     not_valid = 1.0 - f["valid"]
     parts = [f"{100 * f[name]:.1f} % {name.replace('_', ' ')}" for name in ("other_lattice", "turned_lattice",
-                                                                              "model_disagreement", "no_crystal")
+                                                                              "wrong_focus", "model_disagreement",
+                                                                              "no_crystal")
              if round(100 * f[name], 1) > 0]
     why = f" ({', '.join(parts)})" if parts else ""
     return (f"could not vouch for {100 * not_valid:.1f} % of the pixels{why}; "

@@ -258,6 +258,17 @@ PRESETS["shift_coherent"] = PRESETS["shift"].with_(optics=replace(OPTICS["shift"
                                                    seed=915)
 
 
+#: Contrast regime (2026-12-05, eighth session): ``regime`` the robust distribution with half the images
+#: *under*focused by the drawn amount (the other defocus sign: Ce columns dark), focal spreads 0-40 A, a
+#: quarter quasi-coherent, half the structures through 2 frozen-phonon configurations, seed 9: the training
+#: set of the contrast-regime check (:mod:`segdepth.learn.regime`); ``shift_regime`` its test (the shift
+#: test's optics and outlines, half the images underfocused, half the structures vibrating, seed 916).
+PRESETS["regime"] = PRESETS["robust"].with_(
+    optics=replace(OPTICS["train"], underfocus=0.5, quasi_coherent=0.25, defocus_spread=(0.0, 40.0)),
+    phonons=2, phonon_probability=0.5, seed=9)
+PRESETS["shift_regime"] = PRESETS["shift"].with_(
+    optics=replace(OPTICS["shift"], underfocus=0.5), phonons=2, phonon_probability=0.5, seed=916)
+
 def make_structure_samples(params: GenerationParameters, index: int) -> xr.Dataset:
     """Simulate structure ``index``: one particle, ``n_defocus`` images and its labels."""
     rng = np.random.default_rng([params.seed, index])

@@ -223,6 +223,12 @@ class OpticsRanges:
         Probability that an image models the focal spread by abTEM's quasi-coherent envelope
         instead of the incoherent defocus average (:class:`Microscope` ``coherence``); 0 draws
         nothing (the random stream of older presets is unchanged).
+    underfocus : float
+        Probability that an image is *under*focused by its drawn amount (the overfocus it
+        records is then negative: abTEM ``defocus`` > 0, Ce columns dark): the other contrast
+        regime, which the counting models were never trained on and which
+        :mod:`segdepth.learn.regime` learns to recognise; 0 draws nothing (older presets'
+        random streams are unchanged).
     """
 
     overfocus: tuple[float, float] = (5.0, 110.0)
@@ -238,6 +244,7 @@ class OpticsRanges:
     offset: tuple[float, float] = (-0.03, 0.03)
     defocus_samples_per_15A: int = 7
     quasi_coherent: float = 0.0
+    underfocus: float = 0.0
 
     def __post_init__(self):
         for name in ("overfocus", "defocus_spread", "Cs", "C5", "blur", "gain", "offset"):
@@ -253,6 +260,8 @@ class OpticsRanges:
             raise ValueError("defocus_samples_per_15A must be >= 1")
         if not 0.0 <= self.quasi_coherent <= 1.0:
             raise ValueError(f"quasi_coherent must be a probability in [0, 1], got {self.quasi_coherent!r}")
+        if not 0.0 <= self.underfocus <= 1.0:
+            raise ValueError(f"underfocus must be a probability in [0, 1], got {self.underfocus!r}")
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -282,6 +291,8 @@ class OpticsRanges:
         detector = Detector(blur=u(self.blur), gain=u(self.gain), offset=u(self.offset))
         if self.quasi_coherent > 0 and rng.random() < self.quasi_coherent:
             lens = dataclasses.replace(lens, coherence="quasi")
+        if self.underfocus > 0 and rng.random() < self.underfocus:
+            overfocus = -overfocus
         return overfocus, lens, detector
 
 
