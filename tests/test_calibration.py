@@ -156,3 +156,28 @@ def test_reflections_below_the_matched_ones_are_refused_unless_their_spacing_is_
     cal = calibrate_pixel_size(image, spacings={**CEO2_SPACINGS, "fringes": 5.0})
     assert cal.pixel_size == pytest.approx(0.2, rel=0.01)
     assert "fringes" in {p["family"] for p in cal.peaks}
+
+
+def test_ring_quantile_is_numpys_quantile_in_every_ring():
+    """The background of the peak detector: numpy's quantile of each ring's selected pixels (from one sort), given
+    to the whole ring; rings with fewer than 8 selected pixels take the nearest filled ring's value."""
+    from segdepth.data.calibration import _radial_quantile
+
+    rng = np.random.default_rng(3)
+    h, w = 60, 90
+    values = rng.gamma(2.0, size=(h, w))
+    radius = np.hypot(*np.meshgrid(np.fft.fftshift(np.fft.fftfreq(h)), np.fft.fftshift(np.fft.fftfreq(w)),
+                                   indexing="ij"))
+    mask = (radius > 0.05) & (radius < 0.4) & (rng.random((h, w)) > 0.2)
+    width = 2.0 / h
+    out = _radial_quantile(values, radius, width, mask, 0.25)
+    ring = np.floor(radius / width).astype(int)
+    for k in np.unique(ring[mask]):
+        sel = (ring == k) & mask
+        if sel.sum() >= 8:
+            assert (out[ring == k] == np.quantile(values[sel], 0.25)).all(), k
+        else:  # too few pixels: between its neighbours' values
+            filled = np.isfinite(out) & mask & (ring != k)
+            assert np.isfinite(out[sel]).all() and out[sel].min() >= out[filled].min()
+    assert np.isnan(out[ring > ring[mask].max()]).all()  # beyond every selected ring: nothing
+    assert np.isnan(_radial_quantile(values, radius, width, np.zeros_like(mask), 0.25)).all()

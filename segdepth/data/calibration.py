@@ -189,14 +189,29 @@ def _frequencies(h: int, w: int):
 
 
 def _radial_quantile(values, radius, bin_width: float, mask, q: float) -> np.ndarray:
-    """Quantile ``q`` of ``values`` in rings of width ``bin_width`` (``mask`` selects the pixels used)."""
+    """Quantile ``q`` of ``values`` in rings of width ``bin_width`` (``mask`` selects the pixels used).
+
+    Every ring with at least 8 selected pixels gets numpy's default (linear) quantile of them, all rings from one
+    sort; its value is given to every pixel of the ring. Rings with fewer take the nearest filled ring's value.
+    """
     index = np.floor(radius / bin_width).astype(np.int64)
     background = np.full(values.shape, np.nan)
-    for k in np.unique(index[mask]):
-        ring = index == k
-        sel = ring & mask
-        if sel.sum() >= 8:
-            background[ring] = np.quantile(values[sel], q)
+    ring_of, chosen = index[mask], np.asarray(values, np.float64)[mask]
+    if ring_of.size:
+        order = np.lexsort((chosen, ring_of))
+        ring_of, chosen = ring_of[order], chosen[order]
+        rings, start, count = np.unique(ring_of, return_index=True, return_counts=True)
+        enough = count >= 8
+        pos = q * (count - 1)
+        lo = np.floor(pos).astype(np.int64)
+        t = pos - lo
+        a, b = chosen[start + lo], chosen[start + np.minimum(lo + 1, count - 1)]
+        diff = b - a
+        value = np.where(t >= 0.5, b - diff * (1 - t), a + diff * t)  # numpy's linear interpolation, exactly
+        table = np.full(int(rings.max()) + 1, np.nan)
+        table[rings[enough]] = value[enough]
+        inside = (index >= 0) & (index < table.size)
+        background[inside] = table[index[inside]]
     # rings with too few pixels: nearest filled ring
     missing = ~np.isfinite(background) & mask
     if missing.any():
