@@ -71,18 +71,11 @@ def regime_dataset(ds: xr.Dataset) -> xr.Dataset:
     return ds.assign(label=(dims, label), weight=(dims, np.where(crystal, 1.0, VACUUM_WEIGHT).astype(np.float32)))
 
 
-def _binned(ds: xr.Dataset, binning: int) -> xr.Dataset:
-    from segdepth.data.preprocess import bin_dataset
-
-    return bin_dataset(ds, binning)
-
-
-def _frame_accuracy(logits: torch.Tensor, label: torch.Tensor, weight: torch.Tensor) -> tuple[float, float]:
-    """Frame decisions (weighted mean probability of underfocus > :data:`MAX_UNDERFOCUS`): accuracy, mean score."""
+def _frame_accuracy(logits: torch.Tensor, label: torch.Tensor, weight: torch.Tensor) -> float:
+    """Fraction of frames decided right (weighted mean probability of underfocus > :data:`MAX_UNDERFOCUS`)."""
     p = torch.softmax(logits, 1)[:, 1]
     score = (p * weight).sum((1, 2)) / weight.sum((1, 2))
-    truth = label[:, 0, 0].float()
-    return float(((score > MAX_UNDERFOCUS).float() == truth).float().mean()), float(score.mean())
+    return float(((score > MAX_UNDERFOCUS).float() == label[:, 0, 0].float()).float().mean())
 
 
 def train_regime(
@@ -122,7 +115,9 @@ def train_regime(
     a card (architecture, pixel size, doses, data, history, time).
     Returns the card.
     """
+    from segdepth.data.preprocess import bin_dataset
     from segdepth.data.store import open_dataset
+    from segdepth.learn.inference import TRAINED_ORIENTATION
     from segdepth.learn.model import UNet
     from segdepth.learn.modelio import save_model
     from segdepth.learn.torchdata import CropDataset, collate, split_indices
@@ -131,6 +126,7 @@ def train_regime(
         _noisy_input,
         _optimizer_state,
         _save_checkpoint,
+        checkpoint_model_state,
         load_checkpoint,
         weighted_cross_entropy,
     )
@@ -140,7 +136,7 @@ def train_regime(
         raise ValueError(f"output must end in .safetensors, got {output}")
     output.parent.mkdir(parents=True, exist_ok=True)
     ds = open_dataset(dataset) if not isinstance(dataset, xr.Dataset) else dataset
-    ds = _binned(regime_dataset(ds.load()), binning)
+    ds = bin_dataset(regime_dataset(ds.load()), binning)
     if crop % binning:
         raise ValueError(f"crop must be a multiple of binning={binning}, got {crop}")
     train_idx, val_idx = split_indices(ds, fractions=(1 - val_fraction, val_fraction), seed=seed)
@@ -175,7 +171,7 @@ def train_regime(
     saved = load_checkpoint(checkpoint_dir) if resume else None
     if saved is not None:
         saved_state, tensors = saved
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        model.load_state_dict(checkpoint_model_state(tensors))
         optimizer.load_state_dict(_optimizer_state(tensors, saved_state["optimizer"]))
         scheduler.load_state_dict(saved_state["scheduler"])
         state = {k: saved_state[k] for k in state}
@@ -206,7 +202,7 @@ def train_regime(
         with torch.no_grad():
             logits = torch.cat([model(val_input[i:i + 8]) for i in range(0, len(val_input), 8)])
             val_loss = float(weighted_cross_entropy(logits, val_batch["label"], val_batch["weight"]))
-            accuracy, _ = _frame_accuracy(logits, val_batch["label"], val_batch["weight"])
+            accuracy = _frame_accuracy(logits, val_batch["label"], val_batch["weight"])
         scheduler.step(val_loss)
         state["seconds"] += time.perf_counter() - start
         record = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
@@ -227,14 +223,14 @@ def train_regime(
     best = load_checkpoint(checkpoint_dir / "best")
     if best is None:
         raise RuntimeError("no epoch was trained (epochs, minutes or patience left nothing to do)")
-    model.load_state_dict({k[6:]: v for k, v in best[1].items() if k.startswith("model.")})
+    model.load_state_dict(checkpoint_model_state(best[1]))
     attrs = ds.attrs
     card = {
         "model_class": "regime", "classes": ["overfocus", "underfocus"],
         "sampling": float(attrs.get("sampling", attrs.get("pixel_size"))), "label_factor": label_factor,
         "input_binning": binning, "normalisation": "divide by frame mean",
         "lam_range": [lam_range[0], lam_range[1]], "dataset_lam_range": list(dataset_lam_range),
-        "max_underfocus": MAX_UNDERFOCUS, "orientation": 90.0,
+        "max_underfocus": MAX_UNDERFOCUS, "orientation": TRAINED_ORIENTATION,
         "train_config": {"minutes": minutes, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
                          "batch_size": batch_size, "crop": crop, "lr": lr, "patience": patience,
                          "val_fraction": val_fraction, "seed": seed, "vacuum_weight": VACUUM_WEIGHT,
@@ -280,8 +276,7 @@ def underfocus_probability(image, model, card, *, pixel_size=None, orientation=N
 
     out = predict(image, model, card, pixel_size=pixel_size, orientation=orientation, return_probabilities=True,
                   dose_matching=False, **options)
-    p = out["probability"].isel(depth_class=1) if "depth_class" in out["probability"].dims else \
-        out["probability"][:, 1]
+    p = out["probability"].isel(depth_class=1).drop_vars("depth_class")
     return p.rename("underfocus_probability").assign_attrs(long_name="probability that the frame is underfocused",
                                                            units="1")
 

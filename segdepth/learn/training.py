@@ -925,6 +925,11 @@ def load_checkpoint(out_dir) -> tuple[dict[str, Any], dict[str, torch.Tensor]] |
     return state, load_file(tensor_path)
 
 
+def checkpoint_model_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's state dict among a checkpoint's tensors (:func:`load_checkpoint`; the optimiser's are left out)."""
+    return {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+
+
 def _save_checkpoint(out_dir: Path, state: dict[str, Any], model, optimizer) -> None:
     optimizer_tensors, optimizer_rest = _optimizer_tensors(optimizer)
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -1236,7 +1241,7 @@ def _restore_or_initialise(cfg: TrainConfig, data: _Data, out_dir: Path, *, resu
         (out_dir / CHECKPOINT_NAME).unlink()
     if checkpoint is not None:
         saved, tensors = checkpoint
-        model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+        model.load_state_dict(checkpoint_model_state(tensors))
         optimizer.load_state_dict(_optimizer_state(tensors, saved["optimizer"]))
         if fit.scheduler is not None:
             fit.scheduler.load_state_dict(saved["scheduler"])

@@ -321,7 +321,7 @@ def assess(
     if underfocus is not None:
         underfocus = np.asarray(underfocus, np.float32).reshape(depth.shape)  # over the lattice maps' frames:
         underfocus = temporal_mean(underfocus, lattice_average)  # one frame's noise does not decide alone
-        underfocus_score = frame_scores(underfocus, near & ~vacuum).astype(np.float32)
+        underfocus_score = frame_scores(underfocus, near).astype(np.float32)
         if flag_underfocus:
             reason[(underfocus_score > max_underfocus)[:, None, None] & near] = 6
     reason[refuted & near] = 2
@@ -365,21 +365,24 @@ def assess(
                      validity_tta=int(rotated is not None), validity_lattice_average=int(lattice_average),
                      lattice_threshold=float(lattice.attrs.get("threshold", np.nan)))
     if no_crystal.any():
-        frames = [int(f) for f in np.asarray(prediction["frame"].values)[no_crystal]]
-        shown = ", ".join(map(str, frames[:10])) + (" ..." if len(frames) > 10 else "")
-        warnings.warn(f"no crystal lattice found in {len(frames)} of {n_frames} frames ({shown}): "
+        warnings.warn(f"no crystal lattice found in {_frames_named(prediction, no_crystal)}: "
                       "counts there are not valid (valid = 0)", stacklevel=2)
     wrong = underfocus_score > max_underfocus
     if wrong.any():
-        frames = [int(f) for f in np.asarray(prediction["frame"].values)[wrong]]
-        shown = ", ".join(map(str, frames[:10])) + (" ..." if len(frames) > 10 else "")
         then = ("counts there are not valid (valid = 0)" if flag_underfocus else
                 "check the defocus sign (the real Pt/CeO2 movie's CeO2 support scores so too; README, 'The contrast "
                 "regime'); regime='flag' (segdepth predict --regime flag) makes them not valid")
-        warnings.warn(f"{len(frames)} of {n_frames} frames ({shown}) look underfocused to the regime model (score "
+        warnings.warn(f"{_frames_named(prediction, wrong)} look underfocused to the regime model (score "
                       f"above {max_underfocus:g}; the counting models know overfocused images only): {then}",
                       stacklevel=2)
     return out
+
+
+def _frames_named(prediction: xr.Dataset, which: np.ndarray) -> str:
+    """``"N of M frames (f1, f2, ...)"`` for the frames selected by the boolean ``which`` (at most 10 named)."""
+    frames = [int(f) for f in np.asarray(prediction["frame"].values)[which]]
+    shown = ", ".join(map(str, frames[:10])) + (" ..." if len(frames) > 10 else "")
+    return f"{len(frames)} of {which.size} frames ({shown})"
 
 
 def check_same_grid(card: dict, rotated_card: dict) -> None:
