@@ -11,7 +11,8 @@ with its validity check (vacuum mask, other lattice, test-time disagreement) unl
 the script then also prints the validity summary. ``--keep-confident P`` is passed on to ``segdepth predict``
 (the vacuum mask keeps column readings at least this sure; what it trades: README, "Where the estimate applies"),
 and so are ``--lattice-average N`` (1: every frame judged on its own, as a single image would be) and
-``--rotated-model PATH`` (another model makes the 180-degree pass).
+``--rotated-model PATH`` (another model makes the 180-degree pass) and ``--reach A`` (how far from the lattice mask
+the hysteresis may grow; ``none``: no limit).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ MOVIE = ROOT / "data/raw/ptceo2_udvd_40frames.gif"
 
 
 def check(model: str, band: float, validity: bool = True, keep_confident: float | None = None,
-          lattice_average: int | None = None, rotated_model: str | None = None) -> dict:
+          lattice_average: int | None = None, rotated_model: str | None = None, reach: str | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "movie.nc"
         cmd = [sys.executable, "-m", "segdepth", "predict", str(MOVIE), "--crop", "0:180,:", "--calibrate",
@@ -42,6 +43,8 @@ def check(model: str, band: float, validity: bool = True, keep_confident: float 
             cmd += ["--lattice-average", str(lattice_average)]
         if rotated_model is not None:
             cmd += ["--rotated-model", rotated_model]
+        if reach is not None:
+            cmd += ["--reach", reach]
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
         ds = xr.load_dataset(out)
     top = ds.y <= float(ds.y.min()) + band
@@ -70,12 +73,13 @@ def main(argv=None) -> int:
     ap.add_argument("--lattice-average", type=int,
                     help="segdepth predict --lattice-average (default 5; 1: every frame judged on its own)")
     ap.add_argument("--rotated-model", help="segdepth predict --rotated-model (the 180-degree pass of every --model)")
+    ap.add_argument("--reach", help="segdepth predict --reach (A or 'none'; default: its default)")
     args = ap.parse_args(argv)
     if args.rotated_model is not None and "default" in args.model:
         ap.error("--rotated-model applies to models given as files, not to 'default'")
     for m in args.model:
         r = check(m, args.band, validity=not args.no_check, keep_confident=args.keep_confident,
-                  lattice_average=args.lattice_average, rotated_model=args.rotated_model)
+                  lattice_average=args.lattice_average, rotated_model=args.rotated_model, reach=args.reach)
         name = Path(m).stem + ("" if args.rotated_model is None else f"+{Path(args.rotated_model).stem}")
         print(f"{name}: vacuum band read as depth 0 {r['vacuum_as_vacuum']:.3f} (worst frame "
               f"{r['worst_frame']:.3f}); mean confidence band {r['confidence_band']:.3f}, "

@@ -28,9 +28,15 @@ the simulated images differ in the last bits between processes, and
 numpy's Poisson sampler switches algorithm at a mean of 10 (the vacuum at lambda 10), taking another number of
 draws, so the rest of the image's noise changed.
 
-Three more kinds change the exit wave instead of the lens (imaged the ``incoherent`` way): ``kirkland``
+Four more kinds change the exit wave instead of the lens (imaged the ``incoherent`` way): ``kirkland``
 (Kirkland's atomic potentials instead of Lobato's), ``thin_slices`` (two slices per atomic plane, 0.957 A,
-instead of one) and ``finite`` (abTEM's finite projection of each atom into the slices).
+instead of one), ``finite`` (abTEM's finite projection of each atom into the slices) and ``phonons8``
+(vibrating atoms: 8 frozen-phonon configurations with the generator's rms displacements,
+``segdepth.physics.simulation.PHONON_SIGMAS``; the training sets use 2, the phonon shift test 4). Three change the
+particle, not the simulator (imaged the ``incoherent`` way, the same columns and counts): ``entrance`` / ``exit``
+(every column's atoms flush with the entrance or the exit surface of the slab instead of centred on its
+mid-plane: a particle lying on a support, seen from either side) and ``random_z`` (each column at a random
+height: a rough 3D particle); ``ParticleSpec.stacking``.
 """
 
 from __future__ import annotations
@@ -44,8 +50,11 @@ import numpy as np
 LENS_KINDS = ("incoherent", "quasi", "coherent", "underfocus")
 #: Exit-wave variants (imaged with the incoherent lens): keyword arguments of ``simulate_exit_wave``.
 WAVE_KINDS = {"kirkland": {"parametrization": "kirkland"}, "thin_slices": {"slice_thickness": 1.913 / 2},
-              "finite": {"projection": "finite"}}
-KINDS = LENS_KINDS + tuple(WAVE_KINDS)
+              "finite": {"projection": "finite"}, "phonons8": {"phonons": 8, "phonon_seed": 5}}
+#: Structure variants (imaged with the incoherent lens): the same columns and counts, each column's atoms at
+#: another height along the beam (``ParticleSpec.stacking``; our generator centres them on the mid-plane).
+STRUCTURE_KINDS = {"entrance": "entrance", "exit": "exit", "random_z": "random"}
+KINDS = LENS_KINDS + tuple(WAVE_KINDS) + tuple(STRUCTURE_KINDS)
 
 
 def main(argv=None) -> int:
@@ -70,6 +79,8 @@ def main(argv=None) -> int:
     from segdepth.physics.generate import PRESETS
     from segdepth.physics.noise import poisson_noise_paired
     from segdepth.physics.simulation import Microscope, image_exit_wave, simulate_exit_wave
+    from dataclasses import replace
+
     from segdepth.physics.structures import build_particle, random_particle_spec
 
     start = time.perf_counter()
@@ -94,6 +105,7 @@ def main(argv=None) -> int:
         spec = random_particle_spec((params.extent, params.extent), rng=rng, surfaces=params.surfaces,
                                     thickness_range=params.thickness_range, vacuum=params.vacuum, vacancy_max=0.0,
                                     wedge_range=params.wedge_range)
+        state = rng.bit_generator.state
         structure = build_particle(spec, rng=rng)
         wave = simulate_exit_wave(structure, gpts=params.gpts, sampling=params.sampling,
                                   slice_thickness=params.slice_thickness)
@@ -106,6 +118,15 @@ def main(argv=None) -> int:
             options = {"slice_thickness": params.slice_thickness, **WAVE_KINDS[kind]}
             other = simulate_exit_wave(structure, gpts=params.gpts, sampling=params.sampling, **options)
             images[kind] = image_exit_wave(other, overfocus, microscope=lenses["incoherent"], binning=params.binning)[0]
+        for kind in (k for k in kinds if k in STRUCTURE_KINDS):
+            again = np.random.default_rng()
+            again.bit_generator.state = state  # the same draws: the same counts and vacancies
+            other = build_particle(replace(spec, stacking=STRUCTURE_KINDS[kind]), rng=again)
+            assert np.array_equal(other.column_count, structure.column_count)
+            other_wave = simulate_exit_wave(other, gpts=params.gpts, sampling=params.sampling,
+                                            slice_thickness=params.slice_thickness)
+            images[kind] = image_exit_wave(other_wave, overfocus, microscope=lenses["incoherent"],
+                                           binning=params.binning)[0]
         rms = ", ".join(f"{k} {np.sqrt(np.mean((im - images['incoherent']) ** 2)):.4f}"
                         for k, im in images.items() if k != "incoherent")
         print(f"structure {i} ({spec.surface}, {structure.n_columns} columns, overfocus {overfocus:.0f} A): "
@@ -130,7 +151,8 @@ def main(argv=None) -> int:
                         prob, structure.column_x, structure.column_y, plain.x.values, plain.y.values))
                     at_columns[name, kind, lam][1].append(np.asarray(structure.column_count))
     for (name, kind, lam), (exact, n) in hits.items():
-        what = f"{kind} focal spread" if kind in LENS_KINDS else f"{kind} exit wave"
+        what = (f"{kind} focal spread" if kind in LENS_KINDS else f"{kind} exit wave" if kind in WAVE_KINDS
+                else f"{kind} stacking")
         cal = column_calibration(*(np.concatenate(v) for v in at_columns[name, kind, lam]))
         print(f"{name}: {what}, lambda {lam:g}: exact {exact / n:.3f} of {n} columns; confidence at the columns "
               f"{cal['confidence']:.3f}, column ECE {cal['ece']:.3f}, 90 % count sets hold the truth in "

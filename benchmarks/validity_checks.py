@@ -13,7 +13,8 @@ masked vacuum does not count), the columns *lost to the mask* (the network reads
 column centre, the mask sets it to 0), the columns counted exactly after the mask, and the fraction of
 true-vacuum pixels (true depth 0) read as non-zero. Issue 12 asks >= 0.98 valid and no column lost.
 ``--keep-confident P`` sets the seed threshold of both (default :data:`~segdepth.learn.validity.KEEP_CONFIDENT`),
-``--keep-connected P`` the default rule's hysteresis threshold. ``--data DIR [--images N]`` takes the first N images
+``--keep-connected P`` the default rule's hysteresis threshold, ``--reach R ...`` adds the default rule with the
+hysteresis limited to ``R`` A from a seed (``assess(reach=R)``). ``--data DIR [--images N]`` takes the first N images
 of a simulated dataset (for example ``make fresh-shift-tests``) instead of simulating, ``--default-rule-only`` skips
 the rule before 2026-12-05, ``--rotated-model same`` makes the 180-degree pass with the default itself. Also
 printed: what the valid map buys, the exact count among the columns vouched for (reason 0 at the column centre)
@@ -37,6 +38,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lam", type=float, nargs="+", default=[0.3, 1.0, 2.5, 10.0])
     ap.add_argument("--keep-confident", type=float, help="the vacuum mask's seed threshold")
     ap.add_argument("--keep-connected", type=float, help="the default rule's hysteresis threshold")
+    ap.add_argument("--reach", type=float, nargs="+", default=[],
+                    help="also the default rule with the hysteresis limited to this distance [A] from a seed")
     ap.add_argument("--data", help="a simulated dataset directory instead of simulating --structures particles")
     ap.add_argument("--images", type=int, help="with --data: its first N images (default all)")
     ap.add_argument("--default-rule-only", action="store_true", help="only the default vacuum rule")
@@ -45,7 +48,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from segdepth.learn.inference import load_default_model, predict
-    from segdepth.learn.validity import KEEP_CONFIDENT, KEEP_CONNECTED, REASONS, assess, rotated_180
+    from segdepth.learn.validity import KEEP_CONFIDENT, KEEP_CONNECTED, REACH, REASONS, assess, rotated_180
     from segdepth.physics.generate import PRESETS, make_shard
     from segdepth.physics.noise import poisson_noise_paired
 
@@ -68,7 +71,9 @@ def main(argv=None) -> int:
     keep = KEEP_CONFIDENT if args.keep_confident is None else args.keep_confident
     connected = KEEP_CONNECTED if args.keep_connected is None else args.keep_connected
     disagreement_code = next(code for code, name in REASONS.items() if name == "model_disagreement")
-    rules = {f"hysteresis {connected:g}": connected, "lattice and seeds only": None}
+    rules = {f"hysteresis {connected:g}": (connected, REACH),
+             **{f"hysteresis {connected:g}, reach {r:g} A": (connected, r) for r in args.reach},
+             "lattice and seeds only": (None, None)}
     if args.default_rule_only:
         rules.pop("lattice and seeds only")
     # per rule and dose: valid px, labelled px, lost, columns, vacuum > 0, vacuum, exact,
@@ -86,9 +91,10 @@ def main(argv=None) -> int:
                                  attrs={"pixel_size": ds.attrs["pixel_size"]})
             plain = predict(image, model, card, return_probabilities=True)
             rotated = predict(rotated_180(image), second, second_card, return_probabilities=True)  # as predict_checked
-            for rule, connected in rules.items():
+            for rule, (connected, reach) in rules.items():
                 with np.errstate(all="ignore"):
-                    out = assess(image, plain, rotated=rotated, keep_confident=keep, keep_connected=connected)
+                    out = assess(image, plain, rotated=rotated, keep_confident=keep, keep_connected=connected,
+                                 reach=reach)
                 raw = out.probability.values[0].argmax(0)
                 depth = out.depth.values[0]
                 reason = out.valid_reason.values[0]

@@ -128,6 +128,9 @@ def _bad_cases(root: Path) -> list[tuple[str, list[str], str]]:
          "--keep-connected must be a probability in (0, 1] or 'none', got often"),
         ("zero keep-connected", ["image.npy", *px, "--keep-connected", "0"],
          "--keep-connected must be a probability in (0, 1] or 'none', got 0"),
+        ("bad reach", ["image.npy", *px, "--reach", "far"], "--reach must be a distance >= 0 [A] or 'none', got far"),
+        ("negative reach", ["image.npy", *px, "--reach", "-2"],
+         "--reach must be a distance >= 0 [A] or 'none', got -2"),
         ("missing model", ["image.npy", *px, "--model", "nowhere.safetensors"], "model file not found"),
         ("no lattice", [npy("noise.npy", image), *model, "--calibrate"], "noise.npy: calibration failed"),
         ("both calibrations", ["image.npy", *px, "--calibrate"], "exclude each other"),
@@ -295,10 +298,12 @@ def test_predict_checks_where_the_estimate_applies_by_default(workdir, capsys):
         assert ds.attrs["validity_keep_connected"] == 0.5 and ds.attrs["validity_bridge"] == 2.0  # the defaults
     plain = workdir / "plain.nc"
     args = ["predict", str(MOVIE), "--out", str(plain), "--crop", "0:180,:", "--frames", "0", "--pixel-size",
-            "0.2006", "--no-progress", "--no-tta", "--lattice-average", "1", "--keep-connected", "none"]
+            "0.2006", "--no-progress", "--no-tta", "--lattice-average", "1", "--keep-connected", "none",
+            "--reach", "1.5"]
     assert main(args) == 0, capsys.readouterr().err
     with xr.open_dataset(plain) as ds:
         assert ds.attrs["validity_keep_connected"] == -1.0  # no growth
+        assert ds.attrs["validity_reach"] == 1.5
 
 
 def test_rotated_model_makes_the_180_degree_pass(workdir, capsys):

@@ -84,8 +84,15 @@ def test_regime_labels_follow_the_defocus_sign_and_weigh_the_crystal():
     assert (out["depth"] == _dataset()["depth"]).all()  # the counts are kept
     with pytest.raises(ValueError, match="overfocus"):
         regime_dataset(_dataset().drop_vars("overfocus"))
-    with pytest.raises(ValueError, match="only overfocused"):
+    with pytest.raises(ValueError, match="only overfocus images"):
         regime_dataset(_dataset(overfocus=(10.0, 40.0)))
+    vibrating = _dataset().assign_coords(phonons=("sample", np.array([0, 4])))
+    by_phonons = regime_dataset(vibrating, target="phonons")  # the other target: static 0, vibrating 1
+    assert (by_phonons["label"].values[0] == 0).all() and (by_phonons["label"].values[1] == 1).all()
+    with pytest.raises(ValueError, match="phonons"):
+        regime_dataset(_dataset(), target="phonons")  # no such coordinate
+    with pytest.raises(ValueError, match="target must be one of"):
+        regime_dataset(vibrating, target="tilt")
 
 
 def test_frame_scores_average_over_the_crystal():
@@ -120,7 +127,7 @@ def test_train_regime_learns_writes_a_card_and_resumes(tmp_path):
     out = tmp_path / "regime.safetensors"
     card = train_regime(ds, out, epochs=2, steps_per_epoch=8, batch_size=4, crop=64, lr=1e-2, val_fraction=0.25,
                         lam_range=(50.0, 100.0), progress=False)
-    assert out.is_file() and card["model_class"] == "regime" and len(card["history"]) == 2
+    assert out.is_file() and card["model_class"] == "regime" and card["target"] == "underfocus" and len(card["history"]) == 2
     assert card["sampling"] == pytest.approx(0.212) and card["label_factor"] == 1 and card["input_binning"] == 4
     card = train_regime(ds, out, epochs=8, steps_per_epoch=8, batch_size=4, crop=64, lr=1e-2, val_fraction=0.25,
                         lam_range=(50.0, 100.0), progress=False)  # resumes after epoch 1

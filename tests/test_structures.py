@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -99,3 +101,38 @@ def test_same_seed_same_structure():
 def test_bad_spec(kwargs, word, rng):
     with pytest.raises(ValueError, match=word):
         build_particle(ParticleSpec(extent=(40.0, 40.0), **kwargs), rng=rng)
+
+
+@pytest.mark.parametrize("stacking", ["entrance", "exit", "random"])
+def test_stacking_moves_columns_along_the_beam_only(stacking):
+    """Every stacking keeps the columns, counts, vacancies and in-plane positions of the centred structure; only
+    the heights move, by whole cells: flush with the entrance (z = 0) or the exit plane, or anywhere between."""
+    spec = random_particle_spec((40.0, 40.0), rng=np.random.default_rng(3), vacancy_max=0.2)
+    centred = build_particle(spec, rng=np.random.default_rng(4))
+    other = build_particle(replace(spec, stacking=stacking), rng=np.random.default_rng(4))
+    assert np.array_equal(other.column_count, centred.column_count)
+    assert np.array_equal(other.atoms.numbers, centred.atoms.numbers)
+    a, b = centred.atoms.get_positions(), other.atoms.get_positions()
+    np.testing.assert_array_equal(a[:, :2], b[:, :2])
+    cell = 5.411 / np.sqrt(2)  # [110] repeat along the beam [A]
+    shift = (b[:, 2] - a[:, 2]) / cell
+    np.testing.assert_allclose(shift, np.round(shift), atol=1e-9)
+    assert np.any(shift != 0)
+    z, height = b[:, 2], other.atoms.cell[2, 2]
+    assert z.min() >= 0 and z.max() < height
+    ce = other.atoms.numbers == 58  # Ce columns: no vacancies, so their ends are where the stacking put them
+    column = np.unique(np.round(b[ce, :2], 3), axis=0, return_inverse=True)[1].ravel()
+    first = np.array([z[ce][column == c].min() for c in range(column.max() + 1)])
+    last = np.array([z[ce][column == c].max() for c in range(column.max() + 1)])
+    starts_on_top, ends_at_bottom = first < cell, last >= height - cell
+    if stacking == "entrance":
+        assert starts_on_top.all() and not ends_at_bottom.all()
+    elif stacking == "exit":
+        assert ends_at_bottom.all() and not starts_on_top.all()
+    else:
+        assert not starts_on_top.all() and not ends_at_bottom.all()
+
+
+def test_bad_stacking(rng):
+    with pytest.raises(ValueError, match="stacking must be one of"):
+        build_particle(ParticleSpec(extent=(40.0, 40.0), stacking="middle"), rng=rng)

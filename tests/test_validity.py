@@ -104,6 +104,20 @@ def test_crystal_region_is_hysteresis_with_bridged_gaps():
     assert crystal_region(seeds, readings, bridge=2.0)[0, 10, 30:33].all()
 
 
+def test_crystal_region_reach_limits_the_growth_from_the_seeds():
+    seeds = np.zeros((2, 20, 40), bool)
+    seeds[:, :, :4] = True
+    readings = np.zeros_like(seeds)
+    readings[:, 10, 4:20] = True  # a chain of readings running 16 px out of the seeds (x = 3 is the last seed)
+    for reach, last in ((None, 19), (0.0, None), (2.0, 5), (7.5, 10)):
+        kept = crystal_region(seeds, readings, bridge=2.0, reach=reach)[:, 10]
+        assert (kept[0] == kept[1]).all()  # frame by frame, the same rule
+        out = np.flatnonzero(kept[0, 4:]) + 4
+        assert (out.max() if out.size else None) == last and (out.size == 0 or (np.diff(out) == 1).all())
+    seeds[1] = False  # a frame without seeds keeps nothing, reach or not
+    assert not crystal_region(seeds, readings, bridge=2.0, reach=3.0)[1].any()
+
+
 def _blobs(frames: int, *, joined_in: tuple, isolated_in: tuple, p: float = 0.7) -> np.ndarray:
     """Vacuum (p0 0.95) with a column-like strip joined to the crystal (y 8-16 A) and an isolated blob (y < 5 A)."""
     vac = np.zeros((1, 11, M, M))
@@ -141,6 +155,15 @@ def test_readings_joined_to_the_crystal_survive_the_mask(half_crystal):
         assess(image, _prediction(_blobs(1, joined_in=(0,), isolated_in=())), keep_connected=1.5)
     with pytest.raises(ValueError, match="bridge"):
         assess(image, _prediction(_blobs(1, joined_in=(0,), isolated_in=())), bridge=-1.0)
+    short = assess(image, _prediction(_blobs(1, joined_in=(0,), isolated_in=(0,))), reach=1.0)
+    grown, full = (o["depth"].values[0, :, M // 2] == 2 for o in (short, out))
+    seeds = old["crystal"].values[0, :, M // 2] == 1  # the lattice mask (no confident readings here)
+    gap = np.abs(y[:, None] - y[seeds][None]).min(axis=1)  # distance from the seeds along the strip [A]
+    assert (grown & ~seeds).any() and (grown <= full).all() and (grown & ~seeds).sum() < (full & ~seeds).sum()
+    assert (gap[grown & ~seeds] <= 1.0).all() and (full & ~seeds & (gap <= 1.0) <= grown).all()
+    assert short.attrs["validity_reach"] == 1.0 and out.attrs["validity_reach"] == -1.0
+    with pytest.raises(ValueError, match="reach"):
+        assess(image, _prediction(_blobs(1, joined_in=(0,), isolated_in=())), reach=-1.0)
 
 
 def test_in_a_movie_a_flickering_reading_is_masked_and_a_steady_one_kept(half_crystal):

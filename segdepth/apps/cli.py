@@ -52,7 +52,22 @@ def _check_options(args) -> dict:
         options["keep_confident"] = args.keep_confident
     if args.keep_connected is not None:
         options["keep_connected"] = _keep_connected(args.keep_connected)
+    if args.reach is not None:
+        options["reach"] = _reach(args.reach)
     return options
+
+
+def _reach(text: str) -> float | None:
+    """``--reach``: a distance >= 0 [A], or ``none`` (the hysteresis grows as far as the readings are joined)."""
+    if text == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise CommandError(f"--reach must be a distance >= 0 [A] or 'none', got {text}")
+    return value
 
 
 def _keep_connected(text: str) -> float | None:
@@ -175,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --check: a column reading at least this sure joined to the lattice or to a confident "
                    "reading (gaps up to 2 A) survives the vacuum mask too (hysteresis; in a movie over "
                    "--lattice-average frames; default 0.5, segdepth.learn.validity.KEEP_CONNECTED; 'none': no growth)")
+    p.add_argument("--reach", default=None, metavar="A",
+                   help="with --check: the hysteresis keeps readings at most this far from the lattice mask or a "
+                   "confident reading [Angstrom] (default segdepth.learn.validity.REACH; 'none': as far as they are "
+                   "joined)")
     p.add_argument("--lattice-average", type=int, default=5, metavar="N",
                    help="with --check: odd number of neighbouring frames averaged for the lattice maps, within a "
                    "chunk (default 5)")
@@ -256,6 +275,8 @@ def _predict_command(args: argparse.Namespace) -> int:
         raise CommandError(f"--keep-confident must be a probability in (0, 1], got {args.keep_confident}")
     if args.keep_connected is not None:
         _keep_connected(args.keep_connected)  # refused here, before anything is read
+    if args.reach is not None:
+        _reach(args.reach)
     frames = parse_frames(args.frames)
     crop = parse_crop(args.crop)
 

@@ -48,21 +48,35 @@ CRYSTAL_REACH = 8
 LAM_RANGE = (0.2, 32.0)
 _ARCHITECTURE = {"n_classes": 2, "base_channels": 8, "n_scales": 4, "output_factor": 1, "median_size": 1}
 _CHECKPOINT = "regime_checkpoint"
+#: What a regime model learns: its per-sample label (from the dataset's coordinates) and its two class names.
+#: ``underfocus``: the defocus sign (the shipped check); ``phonons``: whether the image was made with vibrating
+#: atoms (frozen phonons), static ones being class 0.
+TARGETS = {"underfocus": ("overfocus", ("overfocus", "underfocus")),
+           "phonons": ("phonons", ("static", "vibrating"))}
 
 
-def regime_dataset(ds: xr.Dataset) -> xr.Dataset:
+def _target_labels(ds: xr.Dataset, target: str) -> np.ndarray:
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {tuple(TARGETS)}, got {target!r}")
+    coord = TARGETS[target][0]
+    if coord not in ds.coords and coord not in ds:
+        raise ValueError(f"dataset has no per-sample {coord!r} coordinate: it was not made by the generator")
+    values = np.asarray(ds[coord].values)
+    return values < 0 if target == "underfocus" else values > 0
+
+
+def regime_dataset(ds: xr.Dataset, target: str = "underfocus") -> xr.Dataset:
     """``ds`` with ``label`` the regime of every label pixel (1: its image is underfocused) and ``weight``.
 
     ``ds`` is a simulated dataset (``docs/conventions.md``) with the per-sample coordinate ``overfocus`` [A]
     (negative: underfocused, as preset ``regime`` records it). ``weight`` is 1 within :data:`CRYSTAL_REACH`
     label pixels of a column and :data:`VACUUM_WEIGHT` elsewhere; ``depth`` and ``center_mask`` are kept.
     """
-    if "overfocus" not in ds.coords and "overfocus" not in ds:
-        raise ValueError("dataset has no per-sample 'overfocus' coordinate: it was not made by the generator")
-    under = np.asarray(ds["overfocus"].values) < 0
+    under = _target_labels(ds, target)
     if under.all() or not under.any():
-        raise ValueError(f"dataset holds only {'under' if under.all() else 'over'}focused images: the regime "
-                         "check needs both (preset 'regime', OpticsRanges(underfocus=...))")
+        name = TARGETS[target][1][int(under.all())]
+        raise ValueError(f"dataset holds only {name} images ({target}): the regime check needs both (preset "
+                         "'regime', OpticsRanges(underfocus=...))")
     depth = ds["depth"].transpose("sample", "label_y", "label_x").values
     disc = np.hypot(*np.mgrid[-CRYSTAL_REACH:CRYSTAL_REACH + 1, -CRYSTAL_REACH:CRYSTAL_REACH + 1]) <= CRYSTAL_REACH
     crystal = np.stack([ndimage.binary_dilation(d > 0, disc) for d in depth])
@@ -98,6 +112,7 @@ def train_regime(
     checkpoint_dir=None,
     resume: bool = True,
     progress: bool = True,
+    target: str = "underfocus",
 ) -> dict:
     """Train the regime model on ``dataset`` (a directory of shards or a Dataset) and save it as ``output``.
 
@@ -136,7 +151,7 @@ def train_regime(
         raise ValueError(f"output must end in .safetensors, got {output}")
     output.parent.mkdir(parents=True, exist_ok=True)
     ds = open_dataset(dataset) if not isinstance(dataset, xr.Dataset) else dataset
-    ds = bin_dataset(regime_dataset(ds.load()), binning)
+    ds = bin_dataset(regime_dataset(ds.load(), target), binning)
     if crop % binning:
         raise ValueError(f"crop must be a multiple of binning={binning}, got {crop}")
     train_idx, val_idx = split_indices(ds, fractions=(1 - val_fraction, val_fraction), seed=seed)
@@ -226,7 +241,7 @@ def train_regime(
     model.load_state_dict(checkpoint_model_state(best[1]))
     attrs = ds.attrs
     card = {
-        "model_class": "regime", "classes": ["overfocus", "underfocus"],
+        "model_class": "regime", "target": target, "classes": list(TARGETS[target][1]),
         "sampling": float(attrs.get("sampling", attrs.get("pixel_size"))), "label_factor": label_factor,
         "input_binning": binning, "normalisation": "divide by frame mean",
         "lam_range": [lam_range[0], lam_range[1]], "dataset_lam_range": list(dataset_lam_range),

@@ -75,7 +75,7 @@ import numpy as np
 import xarray as xr
 from scipy import ndimage
 
-__all__ = ["BRIDGE", "KEEP_CONFIDENT", "KEEP_CONNECTED", "MARGIN", "MAX_DISAGREEMENT", "REASONS", "assess",
+__all__ = ["BRIDGE", "KEEP_CONFIDENT", "KEEP_CONNECTED", "MARGIN", "MAX_DISAGREEMENT", "REACH", "REASONS", "assess",
            "crystal_region", "pair_set_mass", "predict_checked", "rotated_180", "summary", "validity_fractions"]
 
 #: Distance [A] from the nearest lattice window beyond which a pixel is vacuum (depth reported as 0).
@@ -88,6 +88,9 @@ KEEP_CONFIDENT = 0.97
 KEEP_CONNECTED = 0.5
 #: Largest gap [A] between column readings (or a reading and the crystal) that still joins them.
 BRIDGE = 2.0
+#: Largest distance [A] from a seed (lattice mask or confident reading) of a reading kept by the hysteresis
+#: (``None``: no limit).
+REACH = None
 #: ``valid_reason`` flags; 0 and 1 are valid (a count, or vacuum reported as vacuum).
 #: A strong lattice window (peak / background above this multiple of the lattice threshold) whose CeO2 [110]
 #: lattice the network read more than :data:`MAX_MISFIT` degrees away from its training orientation is not
@@ -138,12 +141,13 @@ def _disc(radius: float) -> np.ndarray:
     return yy**2 + xx**2 <= radius**2
 
 
-def crystal_region(seeds: np.ndarray, readings: np.ndarray, bridge: float) -> np.ndarray:
+def crystal_region(seeds: np.ndarray, readings: np.ndarray, bridge: float, reach: float | None = None) -> np.ndarray:
     """Hysteresis: ``seeds`` with every pixel of ``readings`` joined to them across gaps up to ``bridge`` pixels.
 
     ``seeds`` and ``readings`` are boolean ``(frame, y, x)`` maps. Pixels of ``seeds | readings`` closer than
     ``bridge`` (a disc of radius ``bridge / 2`` around each, 8-connectivity) belong to one region; the
-    readings of a region that holds a seed are kept. The result holds every seed and adds only readings.
+    readings of a region that holds a seed are kept, with ``reach`` only those within ``reach`` pixels of a
+    seed. The result holds every seed and adds only readings.
     """
     structure = _disc(bridge / 2)
     out = seeds.copy()
@@ -151,7 +155,10 @@ def crystal_region(seeds: np.ndarray, readings: np.ndarray, bridge: float) -> np
         either = seeds[f] | readings[f]
         labels, _ = ndimage.label(ndimage.binary_dilation(either, structure), structure=np.ones((3, 3), bool))
         touched = np.unique(labels[seeds[f]])
-        out[f] |= readings[f] & np.isin(labels, touched[touched > 0])
+        grown = readings[f] & np.isin(labels, touched[touched > 0])
+        if reach is not None and seeds[f].any():
+            grown &= ndimage.distance_transform_edt(~seeds[f]) <= reach
+        out[f] |= grown
     return out
 
 
@@ -175,6 +182,7 @@ def assess(
     keep_confident: float | None = KEEP_CONFIDENT,
     keep_connected: float | None = KEEP_CONNECTED,
     bridge: float = BRIDGE,
+    reach: float | None = REACH,
     count_set_mass: float | None = None,
     underfocus=None,
     max_underfocus: float | None = None,
@@ -208,6 +216,9 @@ def assess(
         mask or to a kept confident reading (:func:`crystal_region`); ``None``: no growth.
     bridge : float
         Largest gap [A] between readings that still joins them (default 2 A).
+    reach : float or None
+        Largest distance [A] from a seed (the lattice mask or a confident reading) of a reading the hysteresis
+        keeps (default :data:`REACH`); ``None``: as far as the readings are joined.
     count_set_mass : float, optional
         Probability mass of the 90 % count sets (``depth_low`` / ``depth_high``; recorded as the attribute
         ``count_set_mass``). Default: without ``rotated``, the one-pass mass calibrated for the model
@@ -239,6 +250,9 @@ def assess(
     _check("bridge", bridge, positive=False)
     if bridge < 0:
         raise ValueError(f"bridge must be a distance >= 0 [A], got {bridge!r}")
+    _check("reach", reach, allow_none=True, positive=False)
+    if reach is not None and reach < 0:
+        raise ValueError(f"reach must be a distance >= 0 [A] or None, got {reach!r}")
     for name, value in (("keep_confident", keep_confident), ("keep_connected", keep_connected)):
         if value is not None and not (isinstance(value, int | float | np.number) and 0 < value <= 1):
             raise ValueError(f"{name} must be a probability in (0, 1] or None, got {value!r}")
@@ -288,7 +302,8 @@ def assess(
         if keep_confident is not None:  # a confident column reading survives the mask (weak-contrast crystal)
             near = near | (column >= keep_confident)
         if keep_connected is not None:  # and so does every reading joined to the crystal (hysteresis)
-            near = crystal_region(near, column >= keep_connected, bridge / label_px)
+            near = crystal_region(near, column >= keep_connected, bridge / label_px,
+                                  None if reach is None else reach / label_px)
     vacuum = ~near
     depth[vacuum] = 0
     confidence[vacuum] = probability[:, 0][vacuum]
@@ -358,7 +373,7 @@ def assess(
     out.attrs.update(validity_margin=-1.0 if margin is None else float(margin),
                      validity_keep_confident=-1.0 if keep_confident is None else float(keep_confident),
                      validity_keep_connected=-1.0 if keep_connected is None else float(keep_connected),
-                     validity_bridge=float(bridge),
+                     validity_bridge=float(bridge), validity_reach=-1.0 if reach is None else float(reach),
                      validity_max_disagreement=float(max_disagreement),
                      validity_max_underfocus=float(max_underfocus),
                      validity_regime=("off" if underfocus is None else "flag" if flag_underfocus else "warn"),
@@ -430,6 +445,7 @@ def predict_checked(
     keep_confident: float | None = KEEP_CONFIDENT,
     keep_connected: float | None = KEEP_CONNECTED,
     bridge: float = BRIDGE,
+    reach: float | None = REACH,
     return_probabilities: bool = False,
     rotated_model=None,
     rotated_card: dict | None = None,
@@ -505,13 +521,13 @@ def predict_checked(
             underfocus = underfocus.sel(y=prediction["y"].values, x=prediction["x"].values, method="nearest").values
     out = assess(image, prediction, rotated=rotated, lattice_average=lattice_average, margin=margin,
                  max_disagreement=max_disagreement, keep_confident=keep_confident, keep_connected=keep_connected,
-                 bridge=bridge, count_set_mass=mass, underfocus=underfocus, max_underfocus=max_underfocus,
+                 bridge=bridge, reach=reach, count_set_mass=mass, underfocus=underfocus, max_underfocus=max_underfocus,
                  flag_underfocus=regime == "flag")
     if not return_probabilities:
         out = out.drop_vars(["probability", "depth_class"])
     arguments = {"tta": bool(tta), "lattice_average": int(lattice_average), "margin": margin,
                  "max_disagreement": float(max_disagreement), "keep_confident": keep_confident,
-                 "keep_connected": keep_connected, "bridge": float(bridge),
+                 "keep_connected": keep_connected, "bridge": float(bridge), "reach": reach,
                  "two_models": rotated_model is not model, "regime": regime if underfocus is not None else "off"}
 
     out.attrs["validity_arguments"] = json.dumps(arguments)

@@ -33,6 +33,7 @@ __all__ = [
     "LATTICE_CONSTANT",
     "SURFACES",
     "OUTLINES",
+    "STACKINGS",
     "FACET_NORMALS",
     "MAX_ATOMS",
     "ParticleSpec",
@@ -48,6 +49,12 @@ SURFACES = ("flat", "sawtooth", "stepped")
 #: ``faceted`` (a convex particle bounded by the facets seen edge-on along [110]) and
 #: ``multi`` (two or three faceted particles in one field).
 OUTLINES = SURFACES + ("faceted", "multi")
+#: Where the atoms of a column sit along the beam: ``centred`` on the slab's mid-plane (a free particle with a
+#: mirror plane normal to [110]; the default), flush with the ``entrance`` (top, low z) or the ``exit`` (bottom,
+#: high z: the plane the defocus is measured from) surface (a particle on a support, seen from either side), or
+#: at a ``random`` height per column (a rough 3D particle). Only ``random`` draws random numbers, after all
+#: others: the counts and vacancies of a structure do not depend on its stacking.
+STACKINGS = ("centred", "entrance", "exit", "random")
 #: In-plane angles [degrees from +x = [1-10]] of the facet normals seen edge-on along [110]:
 #: {110} (0, 180), {111} (+-35.26, 180 -+ 35.26: normal (sqrt 2, 1) in (x, y)) and {100} (+-90).
 FACET_NORMALS = (0.0, 35.264, 90.0, 144.736, 180.0, 215.264, 270.0, 324.736)
@@ -151,6 +158,8 @@ class ParticleSpec:
     adatoms : int
         Number of 1-2 atom columns at lattice sites within 3.5 A outside the
         outline (adatoms).
+    stacking : str
+        Where each column's atoms sit along the beam (:data:`STACKINGS`).
     """
 
     extent: tuple[float, float]
@@ -174,11 +183,14 @@ class ParticleSpec:
     surface_depth: float = 4.0
     surface_short: float = 0.0
     adatoms: int = 0
+    stacking: str = "centred"
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad parameter."""
         if self.surface not in OUTLINES:
             raise ValueError(f"surface must be one of {OUTLINES}, got {self.surface!r}")
+        if self.stacking not in STACKINGS:
+            raise ValueError(f"stacking must be one of {STACKINGS}, got {self.stacking!r}")
         if self.surface in ("faceted", "multi"):
             if not self.particles or any(len(p) != 3 + len(FACET_NORMALS) for p in self.particles):
                 raise ValueError(
@@ -338,6 +350,13 @@ def build_particle(spec: ParticleSpec, *, rng: np.random.Generator) -> Structure
         rate = spec.vacancy_rate + spec.surface_vacancy_rate * near_surface[col_index]
         keep = ~((Z == Z_O) & (rng.random(Z.size) < rate))
         pos, Z, col_index = pos[keep], Z[keep], col_index[keep]
+    if spec.stacking != "centred":  # move each column from the mid-plane to its stacking (after every other draw)
+        centred = (n_max - count) // 2
+        k0 = {"entrance": np.zeros_like(count), "exit": n_max - count}.get(spec.stacking)
+        if k0 is None:  # random
+            k0 = rng.integers(0, n_max - count + 1)
+        pos = pos.copy()
+        pos[:, 2] += _PERIOD_Z * (k0 - centred)[col_index]
     present = np.bincount(col_index, minlength=count.size)
     has_atoms = present > 0
 
