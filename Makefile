@@ -280,6 +280,9 @@ evaluate-regime: $(STAMP)
 # most 1 column more to the mask than the unlimited hysteresis and its valid fraction is at most 1 point lower; and
 # the real movie (segdepth predict as a user types it) keeps >= 0.98 of its vacuum band as vacuum in every frame with
 # the default 5-frame maps and does not get worse frame by frame (worst frame and mean, --lattice-average 1).
+# Scored on 2026-12-05 (9 min, data/results/reach_check.md): seed 973 at lambda 0.3 lost 2 columns with reach 2 and
+# none without; everything else held (movie 0.990 -> 0.992 with 5-frame maps, single frames 0.946 -> 0.958). Not
+# adopted: REACH stays None; --reach 2 is an option for single frames.
 reach-check: $(STAMP)
 	for s in 971 973; do $(PY) benchmarks/validity_checks.py --preset shift --seed $$s --reach 2 --default-rule-only \
 		|| exit 1; done

@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
+from dataclasses import replace
 
 import numpy as np
 
@@ -79,8 +80,6 @@ def main(argv=None) -> int:
     from segdepth.physics.generate import PRESETS
     from segdepth.physics.noise import poisson_noise_paired
     from segdepth.physics.simulation import Microscope, image_exit_wave, simulate_exit_wave
-    from dataclasses import replace
-
     from segdepth.physics.structures import build_particle, random_particle_spec
 
     start = time.perf_counter()

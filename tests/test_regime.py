@@ -127,7 +127,8 @@ def test_train_regime_learns_writes_a_card_and_resumes(tmp_path):
     out = tmp_path / "regime.safetensors"
     card = train_regime(ds, out, epochs=2, steps_per_epoch=8, batch_size=4, crop=64, lr=1e-2, val_fraction=0.25,
                         lam_range=(50.0, 100.0), progress=False)
-    assert out.is_file() and card["model_class"] == "regime" and card["target"] == "underfocus" and len(card["history"]) == 2
+    assert out.is_file() and card["model_class"] == "regime" and len(card["history"]) == 2
+    assert card["target"] == "underfocus" and card["classes"] == ["overfocus", "underfocus"]
     assert card["sampling"] == pytest.approx(0.212) and card["label_factor"] == 1 and card["input_binning"] == 4
     card = train_regime(ds, out, epochs=8, steps_per_epoch=8, batch_size=4, crop=64, lr=1e-2, val_fraction=0.25,
                         lam_range=(50.0, 100.0), progress=False)  # resumes after epoch 1

@@ -50,9 +50,14 @@ _ARCHITECTURE = {"n_classes": 2, "base_channels": 8, "n_scales": 4, "output_fact
 _CHECKPOINT = "regime_checkpoint"
 #: What a regime model learns: its per-sample label (from the dataset's coordinates) and its two class names.
 #: ``underfocus``: the defocus sign (the shipped check); ``phonons``: whether the image was made with vibrating
-#: atoms (frozen phonons), static ones being class 0.
+#: atoms (frozen phonons), static ones being class 0; ``quasi``: whether the focal spread was modelled by abTEM's
+#: quasi-coherent envelope (``quasi_coherent``) with a spread of at least :data:`QUASI_MIN_SPREAD` (below it the
+#: two models of temporal coherence give nearly the same image).
 TARGETS = {"underfocus": ("overfocus", ("overfocus", "underfocus")),
-           "phonons": ("phonons", ("static", "vibrating"))}
+           "phonons": ("phonons", ("static", "vibrating")),
+           "quasi": ("quasi_coherent", ("incoherent", "quasi-coherent"))}
+#: Smallest focal spread (standard deviation [A]) labelled quasi-coherent by the ``quasi`` target.
+QUASI_MIN_SPREAD = 10.0
 
 
 def _target_labels(ds: xr.Dataset, target: str) -> np.ndarray:
@@ -62,6 +67,8 @@ def _target_labels(ds: xr.Dataset, target: str) -> np.ndarray:
     if coord not in ds.coords and coord not in ds:
         raise ValueError(f"dataset has no per-sample {coord!r} coordinate: it was not made by the generator")
     values = np.asarray(ds[coord].values)
+    if target == "quasi":
+        return (values > 0) & (np.asarray(ds["defocus_spread"].values) >= QUASI_MIN_SPREAD)
     return values < 0 if target == "underfocus" else values > 0
 
 

@@ -19,7 +19,10 @@ runs :func:`segdepth.learn.inference.predict` and then asks four questions of ev
    hysteresis none. In a movie the column probability that decides is averaged over the same
    ``lattice_average`` frames as the lattice maps: the network's false columns in vacuum flicker
    from frame to frame, a column does not (the real movie's vacuum band: single-frame hysteresis
-   keeps false columns in 5 % of the band's pixels in its worst frame, over 5 frames 0.9 %).
+   keeps false columns in 5 % of the band's pixels in its worst frame, over 5 frames 0.9 %). ``reach`` (default
+   :data:`REACH`, no limit) keeps only grown readings within that distance of a seed: 2 A halves the single real
+   frames' false columns but lost 2 columns of a fresh shifted particle set at lambda 0.3, so it is an option
+   (``segdepth predict --reach``), not the default (README, "How far the hysteresis may grow").
 2. **Is the lattice CeO2 seen along [110]?** Where the local power spectrum holds a spacing or an
    angle that refutes it (Pt {111}, a spacing between the CeO2 rings, a wrong angle between two
    reflections), the pixel is *other lattice*: not valid.
