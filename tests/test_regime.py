@@ -186,6 +186,26 @@ def test_assess_flags_an_underfocused_frame():
         assess(image, pred, underfocus=np.full(shape, 0.8), max_underfocus=1.5)
 
 
+def test_assess_names_a_quasi_coherent_frame_and_never_flags_it():
+    from test_lattice import _columns_image
+    from test_validity import _columns_everywhere, _image, _prediction
+
+    from segdepth.learn.regime import MAX_QUASI
+    from segdepth.learn.validity import assess
+    from segdepth.physics.structures import LATTICE_CONSTANT
+
+    clean = _columns_image(LATTICE_CONSTANT, cation_only=False, angle=12.0, region=lambda x, y: y > 16.0)
+    image, pred = _image(clean), _prediction(_columns_everywhere())
+    shape = pred["depth"].shape
+    calm = assess(image, pred, quasi=np.full(shape, 0.2))
+    assert float(calm["quasi_score"][0]) == pytest.approx(0.2) and calm["quasi_score"].attrs["threshold"] == MAX_QUASI
+    with pytest.warns(UserWarning, match="1 of 1 frames .* quasi-coherent focal-spread envelope"):
+        out = assess(image, pred, quasi=np.full(shape, 0.8))
+    assert float(out["quasi_score"][0]) == pytest.approx(0.8)
+    assert (out["valid_reason"].values == calm["valid_reason"].values).all()  # a warning, never a flag
+    assert np.isnan(assess(image, pred)["quasi_score"]).all()  # not checked
+
+
 @pytest.mark.slow
 def test_the_shipped_regime_model_tells_over_from_underfocus():
     """One simulated particle, 5 nm over- and underfocused (lambda 2.5): only the underfocused frame scores above

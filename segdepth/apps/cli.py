@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "pass on the frame rotated by 180 degrees (--rotated-model; where the two disagree by more than 1 "
                    "atom: not valid), strong lattice windows read more than 15 degrees from the model's orientation "
                    "(another grain: not valid), frames that look underfocused (--regime); writes crystal, "
-                   "valid, valid_reason, lattice_score, ceo2_score, disagreement, underfocus_score and "
+                   "valid, valid_reason, lattice_score, ceo2_score, disagreement, underfocus_score, quasi_score and "
                    "depth_low / depth_high (the range of each pixel's 90 %% count set, with the probability mass "
                    "calibrated for the default: attribute count_set_mass). "
                    "--no-check writes the network's raw output, about 3x faster")
@@ -172,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "and write underfocus_score; 'warn' (default): name the frames whose crystal looks underfocused "
                    "(columns dark: the other defocus sign, which the counting models never saw); 'flag': also make "
                    "them not valid (reason wrong_focus); 'off': skip it. Not 'flag' by default: the real Pt/CeO2 "
-                   "movie's CeO2 support scores as underfocused too (README, 'The contrast regime')")
+                   "movie's CeO2 support scores as underfocused too (README, 'The contrast regime'). Unless 'off', "
+                   "the coherence model also reads them and writes quasi_score, with a warning naming the frames "
+                   "that look simulated with abTEM's quasi-coherent focal-spread envelope (never a flag)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                    help="with --check: the 180-degree test-time pass (default on)")
     p.add_argument("--rotated-model", metavar="PATH",

@@ -34,13 +34,17 @@ import torch
 import xarray as xr
 from scipy import ndimage
 
-__all__ = ["MAX_UNDERFOCUS", "REGIME_MODEL", "cached_regime_model", "frame_scores", "load_regime_model",
-           "regime_dataset", "train_regime", "underfocus_probability"]
+__all__ = ["COHERENCE_MODEL", "MAX_QUASI", "MAX_UNDERFOCUS", "REGIME_MODEL", "TARGETS", "cached_regime_model", "frame_scores", "load_regime_model",
+           "regime_dataset", "regime_probability", "train_regime", "underfocus_probability"]
 
 #: The shipped regime model (weights and JSON card beside the counting models).
 REGIME_MODEL = Path(__file__).resolve().parents[1] / "models" / "segdepth_regime_base8_bin4.safetensors"
+#: The shipped coherence check: a regime model of target ``quasi`` (abTEM's quasi-coherent envelope).
+COHERENCE_MODEL = Path(__file__).resolve().parents[1] / "models" / "segdepth_coherence_base8_bin4.safetensors"
 #: A frame whose crystal pixels' mean probability of underfocus exceeds this is read in the wrong regime.
 MAX_UNDERFOCUS = 0.5
+#: A frame whose crystal pixels' mean probability of the quasi-coherent envelope exceeds this is named in a warning.
+MAX_QUASI = 0.5
 #: Loss weight of pixels farther than :data:`CRYSTAL_REACH` label pixels from a column (vacuum).
 VACUUM_WEIGHT = 0.1
 CRYSTAL_REACH = 8
@@ -273,7 +277,7 @@ def load_regime_model(path=None):
     from segdepth.learn.modelio import load_model
 
     path = REGIME_MODEL if path is None else Path(path)
-    if path == REGIME_MODEL and not path.is_file():
+    if path in (REGIME_MODEL, COHERENCE_MODEL) and not path.is_file():
         return None
     model, card = load_model(path)
     if card.get("model_class") != "regime":
@@ -281,14 +285,16 @@ def load_regime_model(path=None):
     return model, card
 
 
-@functools.lru_cache(maxsize=1)
-def cached_regime_model():
-    """:func:`load_regime_model` of the shipped model, loaded once per process (``None`` where none is shipped)."""
-    return load_regime_model()
+@functools.lru_cache(maxsize=2)
+def cached_regime_model(coherence: bool = False):
+    """:func:`load_regime_model` of the shipped underfocus check (``coherence``: of the shipped coherence check),
+    loaded once per process (``None`` where none is shipped)."""
+    return load_regime_model(COHERENCE_MODEL if coherence else None)
 
 
-def underfocus_probability(image, model, card, *, pixel_size=None, orientation=None, **options) -> xr.DataArray:
-    """Probability that each label pixel of ``image`` was imaged underfocused, ``(frame, y, x)``.
+def regime_probability(image, model, card, *, pixel_size=None, orientation=None, **options) -> xr.DataArray:
+    """Probability of the regime model's second class (its card's ``classes[1]``: underfocused for the shipped
+    check, quasi-coherent for target ``quasi``) at each label pixel of ``image``, ``(frame, y, x)``.
 
     ``image`` as for :func:`segdepth.learn.inference.predict` (which reads it: the same resampling and tiling;
     ``orientation`` as there, default ``None``: pass the counting prediction's turn so both read the same
@@ -296,11 +302,20 @@ def underfocus_probability(image, model, card, *, pixel_size=None, orientation=N
     """
     from segdepth.learn.inference import predict
 
+    target = card.get("target", "underfocus")
+    name = card.get("classes", TARGETS["underfocus"][1])[1]
     out = predict(image, model, card, pixel_size=pixel_size, orientation=orientation, return_probabilities=True,
                   dose_matching=False, **options)
     p = out["probability"].isel(depth_class=1).drop_vars("depth_class")
-    return p.rename("underfocus_probability").assign_attrs(long_name="probability that the frame is underfocused",
-                                                           units="1")
+    return p.rename(f"{target}_probability").assign_attrs(long_name=f"probability that the frame is {name}", units="1")
+
+
+def underfocus_probability(image, model, card, **options) -> xr.DataArray:
+    """:func:`regime_probability` of the underfocus check (``underfocus_probability``, ``(frame, y, x)``)."""
+    if card.get("target", "underfocus") != "underfocus":
+        raise ValueError(f"not an underfocus model (its card's target is {card.get('target')!r})")
+    return regime_probability(image, model, card, **options).assign_attrs(
+        long_name="probability that the frame is underfocused")
 
 
 def frame_scores(probability: np.ndarray, crystal: np.ndarray) -> np.ndarray:

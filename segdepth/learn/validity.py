@@ -190,6 +190,7 @@ def assess(
     underfocus=None,
     max_underfocus: float | None = None,
     flag_underfocus: bool = True,
+    quasi=None,
 ) -> xr.Dataset:
     """Add the crystal mask, ``valid``, ``valid_reason`` and their scores to a prediction.
 
@@ -233,6 +234,11 @@ def assess(
         ``underfocus_score``, and a frame scoring above ``max_underfocus`` (default
         :data:`segdepth.learn.regime.MAX_UNDERFOCUS`) is named in a warning and, with ``flag_underfocus``
         (default), gets the reason ``wrong_focus`` on its crystal.
+    quasi : array-like, optional
+        Probability of abTEM's quasi-coherent focal-spread envelope at every label pixel, ``(frame, y, x)``
+        (:func:`segdepth.learn.regime.regime_probability` of the coherence model); its mean over each frame's crystal
+        is ``quasi_score``, and the frames scoring above :data:`segdepth.learn.regime.MAX_QUASI` are named in a
+        warning (never flagged: the envelope is a simulation shortcut, not a microscope's property).
 
     Returns
     -------
@@ -330,7 +336,7 @@ def assess(
                                 trained)
     strong = grid["lattice_score"].values > STRONG_LATTICE * float(lattice.attrs.get("threshold", np.inf))
     reason[(misfit > MAX_MISFIT) & strong & crystal_lattice & near] = 5
-    from segdepth.learn.regime import MAX_UNDERFOCUS, frame_scores
+    from segdepth.learn.regime import MAX_QUASI, MAX_UNDERFOCUS, frame_scores
 
     max_underfocus = MAX_UNDERFOCUS if max_underfocus is None else max_underfocus
     if not (isinstance(max_underfocus, int | float | np.number) and 0 < max_underfocus < 1):
@@ -342,6 +348,10 @@ def assess(
         underfocus_score = frame_scores(underfocus, near).astype(np.float32)
         if flag_underfocus:
             reason[(underfocus_score > max_underfocus)[:, None, None] & near] = 6
+    quasi_score = np.full(n_frames, np.nan, np.float32)
+    if quasi is not None:
+        quasi = temporal_mean(np.asarray(quasi, np.float32).reshape(depth.shape), lattice_average)
+        quasi_score = frame_scores(quasi, near).astype(np.float32)
     reason[refuted & near] = 2
     no_crystal = ~crystal_lattice.any(axis=(1, 2))
     reason[no_crystal] = 4
@@ -373,6 +383,9 @@ def assess(
     out["underfocus_score"] = (("frame",), underfocus_score, {
         "long_name": "mean probability over the frame's crystal that it was imaged underfocused (NaN: not checked)",
         "units": "1", "threshold": float(max_underfocus)})
+    out["quasi_score"] = (("frame",), quasi_score, {
+        "long_name": "mean probability over the frame's crystal that it was simulated with abTEM's quasi-coherent "
+                     "focal-spread envelope (NaN: not checked)", "units": "1", "threshold": float(MAX_QUASI)})
     out.attrs.update(validity_margin=-1.0 if margin is None else float(margin),
                      validity_keep_confident=-1.0 if keep_confident is None else float(keep_confident),
                      validity_keep_connected=-1.0 if keep_connected is None else float(keep_connected),
@@ -393,6 +406,12 @@ def assess(
         warnings.warn(f"{_frames_named(prediction, wrong)} look underfocused to the regime model (score "
                       f"above {max_underfocus:g}; the counting models know overfocused images only): {then}",
                       stacklevel=2)
+    quasi_like = quasi_score > MAX_QUASI
+    if quasi_like.any():
+        warnings.warn(f"{_frames_named(prediction, quasi_like)} look like a simulation with abTEM's quasi-coherent "
+                      f"focal-spread envelope to the coherence model (score above {MAX_QUASI:g}; the counting models "
+                      "know the incoherent defocus average): their counts are unreliable (0.17-0.35 exact on such "
+                      "images; README, 'The coherence check')", stacklevel=2)
     return out
 
 
@@ -455,6 +474,7 @@ def predict_checked(
     regime: str = "warn",
     regime_model=None,
     max_underfocus: float | None = None,
+    coherence_model=None,
     **options,
 ) -> xr.Dataset:
     """:func:`segdepth.learn.inference.predict` followed by :func:`assess` (and a 180-degree pass when ``tta``).
@@ -478,7 +498,10 @@ def predict_checked(
     card)`` pair; default the shipped one, :func:`segdepth.learn.regime.load_regime_model`, skipped where none is
     shipped), writes ``underfocus_score`` and warns about the frames scoring above ``max_underfocus``;
     ``"flag"`` also makes their crystal not valid (reason ``wrong_focus``); ``"off"`` does not read them. It
-    reads the lattice turned as the counting model did.
+    reads the lattice turned as the counting model did. Unless ``"off"``, the coherence model (``coherence_model``,
+    a ``(model, card)`` pair; default the shipped one, :data:`segdepth.learn.regime.COHERENCE_MODEL`, skipped where
+    none is shipped) reads them too: ``quasi_score`` and a warning about the frames that look simulated with
+    abTEM's quasi-coherent envelope (never a flag).
     """
     from segdepth.data.hyperspy import is_signal
     from segdepth.learn.inference import input_image, model_and_card, predict
@@ -511,21 +534,29 @@ def predict_checked(
         raise ValueError(f"regime must be 'off', 'warn' or 'flag', got {regime!r}")
     if regime_model is not None and not (isinstance(regime_model, tuple) and len(regime_model) == 2):
         raise ValueError(f"regime_model must be a (model, card) pair, got {type(regime_model).__name__}")
+    quasi = None
+    if coherence_model is not None and not (isinstance(coherence_model, tuple) and len(coherence_model) == 2):
+        raise ValueError(f"coherence_model must be a (model, card) pair, got {type(coherence_model).__name__}")
     if regime != "off":
-        from segdepth.learn.regime import cached_regime_model, underfocus_probability
+        from segdepth.learn.regime import cached_regime_model, regime_probability, underfocus_probability
+
+        turned = json.loads(prediction.attrs.get("orientation") or "{}")
+        keep = {k: options[k] for k in ("tile", "overlap", "batch_size", "fast") if k in options}
+        keep["orientation"] = turned.get("angle") if turned.get("rotation") else None
+
+        def on_grid(p):  # onto the counting model's label grid (the same one for the shipped models: nothing moves)
+            return p.sel(y=prediction["y"].values, x=prediction["x"].values, method="nearest").values
 
         pair = cached_regime_model() if regime_model is None else regime_model
         if pair is not None:
-            turned = json.loads(prediction.attrs.get("orientation") or "{}")
-            keep = {k: options[k] for k in ("tile", "overlap", "batch_size", "fast") if k in options}
-            underfocus = underfocus_probability(image, *pair, orientation=turned.get("angle") if turned.get(
-                "rotation") else None, **keep)
-            # onto the counting model's label grid (the same one for the shipped models: nothing moves)
-            underfocus = underfocus.sel(y=prediction["y"].values, x=prediction["x"].values, method="nearest").values
+            underfocus = on_grid(underfocus_probability(image, *pair, **keep))
+        pair = cached_regime_model(coherence=True) if coherence_model is None else coherence_model
+        if pair is not None:
+            quasi = on_grid(regime_probability(image, *pair, **keep))
     out = assess(image, prediction, rotated=rotated, lattice_average=lattice_average, margin=margin,
                  max_disagreement=max_disagreement, keep_confident=keep_confident, keep_connected=keep_connected,
                  bridge=bridge, reach=reach, count_set_mass=mass, underfocus=underfocus, max_underfocus=max_underfocus,
-                 flag_underfocus=regime == "flag")
+                 flag_underfocus=regime == "flag", quasi=quasi)
     if not return_probabilities:
         out = out.drop_vars(["probability", "depth_class"])
     arguments = {"tta": bool(tta), "lattice_average": int(lattice_average), "margin": margin,
