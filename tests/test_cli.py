@@ -269,8 +269,8 @@ def test_predict_checks_where_the_estimate_applies_by_default(workdir, capsys):
     # the regime check scores the CeO2 support as underfocused (README, "The contrast regime"): one warning, no flag
     assert "segdepth: warning: 3 of 3 frames (0, 1, 2) look underfocused to the regime model" in captured.err
     assert lines[1] == (f"segdepth: wrote {out}: depth, confidence, depth_low, depth_high, crystal, valid, "
-                        "valid_reason, lattice_score, ceo2_score, disagreement, underfocus_score for 3 frames of 170 x "
-                        "170 label pixels at 0.2124 A"), lines
+                        "valid_reason, lattice_score, ceo2_score, disagreement, underfocus_score, quasi_score for 3 "
+                        "frames of 170 x 170 label pixels at 0.2124 A"), lines
     assert lines[2] == (f"segdepth: wrote {preview}: input, depth (pixels not vouched for hatched), confidence "
                         "of frame 1"), lines
     with Image.open(preview) as png:

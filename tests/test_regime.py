@@ -244,6 +244,40 @@ def test_the_shipped_regime_model_tells_over_from_underfocus():
                            tta=False)["underfocus_score"].isnull().all()
 
 
+@pytest.mark.slow
+def test_the_shipped_coherence_model_tells_the_quasi_coherent_envelope_apart():
+    """One simulated particle, 5 nm overfocused, focal spread 21 A imaged the incoherent way (the counting models')
+    and with abTEM's quasi-coherent envelope (lambda 2.5): only the quasi-coherent frame scores above the threshold
+    and is named in a warning, end to end through predict_checked; the validity map is the same either way."""
+    from segdepth.learn.regime import COHERENCE_MODEL, MAX_QUASI
+    from segdepth.learn.validity import predict_checked
+    from segdepth.physics.generate import PRESETS as P
+    from segdepth.physics.noise import poisson_noise_paired
+    from segdepth.physics.simulation import image_exit_wave, simulate_exit_wave
+    from segdepth.physics.structures import build_particle, random_particle_spec
+
+    assert json.loads(COHERENCE_MODEL.with_suffix(".json").read_text())["target"] == "quasi"
+    params = P["robust"]
+    rng = np.random.default_rng([607, 0])
+    spec = random_particle_spec((params.extent, params.extent), rng=rng, surfaces=("faceted",),
+                                thickness_range=(4, 8), vacuum=params.vacuum, vacancy_max=0.0)
+    wave = simulate_exit_wave(build_particle(spec, rng=rng), gpts=params.gpts, sampling=params.sampling,
+                              slice_thickness=params.slice_thickness)
+    scores = {}
+    for coherence in ("incoherent", "quasi"):
+        lens = Microscope(defocus_spread=21.0, defocus_samples=9, coherence=coherence)
+        image = image_exit_wave(wave, 50.0, microscope=lens, binning=params.binning)[0]
+        noisy = poisson_noise_paired(image, 2.5, rng=np.random.default_rng(1))
+        with pytest.warns(UserWarning, match="quasi-coherent focal-spread envelope") if coherence == "quasi" else \
+                _no_warning():
+            out = predict_checked(noisy, pixel_size=params.pixel_size, lam=2.5, tta=False)
+        scores[coherence] = float(out["quasi_score"][0])
+        assert out["quasi_score"].attrs["threshold"] == MAX_QUASI and not (out["valid_reason"] == 6).any()
+    assert scores["incoherent"] < MAX_QUASI < scores["quasi"]
+    off = predict_checked(noisy, pixel_size=params.pixel_size, lam=2.5, tta=False, regime="off")
+    assert off["quasi_score"].isnull().all()
+
+
 class _no_warning:
     def __enter__(self):
         import warnings
@@ -251,6 +285,7 @@ class _no_warning:
         self._w = warnings.catch_warnings()
         self._w.__enter__()
         warnings.filterwarnings("error", message=".*underfocused.*")
+        warnings.filterwarnings("error", message=".*quasi-coherent focal-spread envelope.*")
 
     def __exit__(self, *exc):
         return self._w.__exit__(*exc)

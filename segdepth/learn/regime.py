@@ -20,6 +20,12 @@ doses drawn per sample like the counting models', with fresh noise every step, a
 :func:`segdepth.learn.inference.predict` (the same resampling, tiling and in-plane turn as the counting
 model); :func:`frame_scores` averages it over the crystal pixels of each frame. Above :data:`MAX_UNDERFOCUS`
 :func:`segdepth.learn.validity.assess` gives the frame's crystal the reason ``wrong_focus`` (not valid).
+
+The same machinery learns other regimes (:data:`TARGETS`): ``quasi`` tells images made with abTEM's quasi-coherent
+focal-spread envelope, which the counting models misread (0.17-0.35 exact), from the incoherent defocus average
+they know; shipped as :data:`COHERENCE_MODEL`, read by :func:`regime_probability`, a frame above :data:`MAX_QUASI`
+is named in a warning, never flagged (README, "The coherence check"). ``phonons`` (static against vibrating
+atoms) was tried and learned nothing.
 """
 
 from __future__ import annotations
@@ -34,8 +40,9 @@ import torch
 import xarray as xr
 from scipy import ndimage
 
-__all__ = ["COHERENCE_MODEL", "MAX_QUASI", "MAX_UNDERFOCUS", "REGIME_MODEL", "TARGETS", "cached_regime_model", "frame_scores", "load_regime_model",
-           "regime_dataset", "regime_probability", "train_regime", "underfocus_probability"]
+__all__ = ["COHERENCE_MODEL", "MAX_QUASI", "MAX_UNDERFOCUS", "REGIME_MODEL", "TARGETS", "cached_regime_model",
+           "frame_scores", "load_regime_model", "regime_dataset", "regime_probability", "train_regime",
+           "underfocus_probability"]
 
 #: The shipped regime model (weights and JSON card beside the counting models).
 REGIME_MODEL = Path(__file__).resolve().parents[1] / "models" / "segdepth_regime_base8_bin4.safetensors"

@@ -408,10 +408,11 @@ def assess(
                       stacklevel=2)
     quasi_like = quasi_score > MAX_QUASI
     if quasi_like.any():
-        warnings.warn(f"{_frames_named(prediction, quasi_like)} look like a simulation with abTEM's quasi-coherent "
-                      f"focal-spread envelope to the coherence model (score above {MAX_QUASI:g}; the counting models "
-                      "know the incoherent defocus average): their counts are unreliable (0.17-0.35 exact on such "
-                      "images; README, 'The coherence check')", stacklevel=2)
+        warnings.warn(f"{_frames_named(prediction, quasi_like)} look made with abTEM's quasi-coherent focal-spread "
+                      f"envelope to the coherence model (score above {MAX_QUASI:g}; thick regions darker than in the "
+                      "incoherent defocus average the counting models know): their counts are unreliable (0.17-0.35 "
+                      "exact on such simulations; some frames of the real Pt/CeO2 movie score so too; README, 'The "
+                      "coherence check')", stacklevel=2)
     return out
 
 
