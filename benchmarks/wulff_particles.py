@@ -83,6 +83,10 @@ def main(argv=None) -> int:
     ap.add_argument("--lam", type=float, nargs="+", default=[2.5, 10.0])
     ap.add_argument("--spread", type=float, default=21.0, help="focal spread, standard deviation [A]")
     ap.add_argument("--seed", type=int, default=2061)
+    ap.add_argument("--turn", default=None,
+                    help="turn every particle in the image plane by this many degrees ('random': uniform 0-180 per "
+                    "particle) and read it as segdepth predict does, the lattice's orientation measured and turned "
+                    "back (orientation 'auto'); default: upright, read as given")
     ap.add_argument("--phonons", type=int, default=0,
                     help="frozen-phonon configurations (0: static atoms; the generator's rms displacements)")
     ap.add_argument("--out", help="write the table (markdown) here")
@@ -107,8 +111,11 @@ def main(argv=None) -> int:
         f100 = float(rng.uniform(0.6, 1.0))
         centre = rng.uniform(0.0, 5.411, 3)
         truncate = float(rng.uniform(0.0, 4.0)) if i % 2 else None
+        turn = (float(rng.uniform(0.0, 180.0)) if args.turn == "random" else float(args.turn)) if args.turn else 0.0
+        c, s_ = np.cos(np.radians(turn)), np.sin(np.radians(turn))
         while True:  # shrink until no column is longer than the labels go
             numbers, beam = polyhedron(r111, f100 * np.sqrt(3) * r111, centre, truncate)
+            beam = np.column_stack([c * beam[:, 0] - s_ * beam[:, 1], s_ * beam[:, 0] + c * beam[:, 1], beam[:, 2]])
             structure = as_structure(numbers, beam, extent)
             if structure.column_count.max() <= MAX_ATOMS and np.ptp(beam[:, :2], axis=0).max() < extent - 20.0:
                 break
@@ -118,6 +125,7 @@ def main(argv=None) -> int:
         image = image_exit_wave(wave, OVERFOCUS, microscope=lens, binning=binning)[0]
         counts = structure.column_count
         shape = (f"r111 {r111:.1f} A, r100 {f100 * np.sqrt(3) * r111:.1f} A"
+                 + (f", turned {turn:.0f} deg" if turn else "")
                  + (f", base {truncate:.1f} A below the centre" if truncate is not None else ""))
         lines.append(f"particle {i}: {shape}; {structure.n_columns} columns of 1-{counts.max()} atoms, "
                      f"{len(structure.atoms)} atoms")
@@ -125,7 +133,7 @@ def main(argv=None) -> int:
         for j, lam in enumerate(args.lam):
             noisy = poisson_noise_paired(image, lam, rng=np.random.default_rng([args.seed, i, j]))
             options = {"pixel_size": sampling * binning, "return_probabilities": True, "lam": lam,
-                       "orientation": None}
+                       "orientation": "auto" if args.turn else None}
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 plain = predict(noisy, model, card, **options)
@@ -146,8 +154,10 @@ def main(argv=None) -> int:
                      f"{np.mean(read - true):+.2f} |")
     text = "\n".join(lines + [""] + table + ["", f"({time.perf_counter() - start:.0f} s; seed {args.seed}, focal "
                                              f"spread {args.spread:g} A, overfocus {OVERFOCUS / 10:g} nm, "
-                                             + (f"{args.phonons} frozen-phonon configurations)" if args.phonons
-                                                else "static atoms)")])
+                                             + (f"{args.phonons} frozen-phonon configurations" if args.phonons
+                                                else "static atoms")
+                                             + (f", turned {args.turn} deg, orientation measured)" if args.turn
+                                                else ")")])
     print("\n".join(table[2:]))
     print(text.splitlines()[-1])
     if args.out:
