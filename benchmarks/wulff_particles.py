@@ -87,6 +87,9 @@ def main(argv=None) -> int:
                     help="turn every particle in the image plane by this many degrees ('random': uniform 0-180 per "
                     "particle) and read it as segdepth predict does, the lattice's orientation measured and turned "
                     "back (orientation 'auto'); default: upright, read as given")
+    ap.add_argument("--checked", action="store_true",
+                    help="read through segdepth predict's validity check (predict_checked: the vacuum mask, the "
+                    "validity map, the regime and coherence checks) and report the columns it vouches for")
     ap.add_argument("--phonons", type=int, default=0,
                     help="frozen-phonon configurations (0: static atoms; the generator's rms displacements)")
     ap.add_argument("--out", help="write the table (markdown) here")
@@ -95,6 +98,7 @@ def main(argv=None) -> int:
     from segdepth.constants import MAX_ATOMS
     from segdepth.learn.inference import load_default_model, predict
     from segdepth.learn.metrics import column_counts
+    from segdepth.learn.validity import predict_checked
     from segdepth.physics.noise import poisson_noise_paired
     from segdepth.physics.simulation import Microscope, image_exit_wave, simulate_exit_wave
 
@@ -104,6 +108,7 @@ def main(argv=None) -> int:
     (model, card), (second, second_card) = load_default_model(), load_default_model(rotated=True)
     lens = Microscope(defocus_spread=args.spread, defocus_samples=15)
     rows = {lam: [] for lam in args.lam}  # (true counts, counts read) per particle
+    checked = []  # with --checked: (columns vouched for, underfocus score, quasi score, warnings) per image
     lines = []
     for i in range(args.particles):
         rng = np.random.default_rng([args.seed, i])
@@ -134,13 +139,23 @@ def main(argv=None) -> int:
             noisy = poisson_noise_paired(image, lam, rng=np.random.default_rng([args.seed, i, j]))
             options = {"pixel_size": sampling * binning, "return_probabilities": True, "lam": lam,
                        "orientation": "auto" if args.turn else None}
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                plain = predict(noisy, model, card, **options)
-                turned = predict(np.ascontiguousarray(noisy[::-1, ::-1]), second, second_card, **options)
-            prob = 0.5 * (plain.probability.values[0] + turned.probability.values[0][:, ::-1, ::-1])
-            read = column_counts(prob.argmax(0), structure.column_x, structure.column_y, plain.x.values,
-                                 plain.y.values)
+            if args.checked:
+                options.pop("return_probabilities")
+                with warnings.catch_warnings(record=True) as said:
+                    warnings.simplefilter("always", UserWarning)
+                    out = predict_checked(noisy, **options)
+                at = (structure.column_x, structure.column_y, out.x.values, out.y.values)
+                read = column_counts(out.depth.values[0], *at)
+                valid = column_counts(out.valid_reason.values[0], *at) == 0  # vouched for as a CeO2 [110] count
+                checked.append((valid, float(out.underfocus_score[0]), float(out.quasi_score[0]), len(said)))
+            else:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    plain = predict(noisy, model, card, **options)
+                    turned = predict(np.ascontiguousarray(noisy[::-1, ::-1]), second, second_card, **options)
+                prob = 0.5 * (plain.probability.values[0] + turned.probability.values[0][:, ::-1, ::-1])
+                read = column_counts(prob.argmax(0), structure.column_x, structure.column_y, plain.x.values,
+                                     plain.y.values)
             rows[lam].append((np.asarray(counts, int), np.asarray(read, int)))
     table = ["| lambda | columns | exact | within one | exact, 1-3 atoms | exact, 4-6 | exact, 7-10 | "
              "mean read - true |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -152,13 +167,19 @@ def main(argv=None) -> int:
         within = np.mean(np.abs(read - true) <= 1)
         table.append(f"| {lam:g} | {true.size} | {np.mean(read == true):.3f} | {within:.3f} | {' | '.join(cells)} | "
                      f"{np.mean(read - true):+.2f} |")
+    if checked:
+        vouched = np.concatenate([c[0] for c in checked])
+        table += ["", f"validity check: {vouched.mean():.3f} of the columns vouched for as CeO2 [110] counts; "
+                  f"underfocus scores {min(c[1] for c in checked):.3f}-{max(c[1] for c in checked):.3f}, quasi "
+                  f"scores {min(c[2] for c in checked):.3f}-{max(c[2] for c in checked):.3f}; "
+                  f"{sum(c[3] > 0 for c in checked)} of {len(checked)} images warned"]
     text = "\n".join(lines + [""] + table + ["", f"({time.perf_counter() - start:.0f} s; seed {args.seed}, focal "
                                              f"spread {args.spread:g} A, overfocus {OVERFOCUS / 10:g} nm, "
                                              + (f"{args.phonons} frozen-phonon configurations" if args.phonons
                                                 else "static atoms")
                                              + (f", turned {args.turn} deg, orientation measured)" if args.turn
                                                 else ")")])
-    print("\n".join(table[2:]))
+    print("\n".join(table[2:]))  # (with --checked: the counts after the vacuum mask, as segdepth predict writes them)
     print(text.splitlines()[-1])
     if args.out:
         from segdepth.data.store import atomic_write
