@@ -34,7 +34,7 @@ MERGE = $(PY) -c 'from segdepth.data.store import merge_datasets; merge_datasets
 	data-robust-wide-spread shift-coherent-test robust-wide-mix train-robust-wide robust-wide-wise evaluate-wide \
 	fresh-shift-tests evaluate-two fresh2-shift-tests evaluate-second evaluate-pair-shift \
 	data-regime regime-test train-regime train-regime-blur evaluate-regime data-robust-static3 robust-flat-mix robust-wise-flat train-robust-flat train-robust-plain3 robust-flat-wise evaluate-flat reach-check \
-	train-coherence fresh5-shift-tests fresh5-generate coherence-check
+	train-coherence fresh5-shift-tests fresh5-generate coherence-check wulff-particles
 
 all: reproduce
 
@@ -312,6 +312,16 @@ fresh5-generate: $(STAMP)
 coherence-check: $(STAMP)
 	$(PY) benchmarks/coherence_check.py --model data/models/study/segdepth_quasi_sharp_base8_bin4.safetensors \
 		--test-sets $(call FRESH_SETS_OF,fresh5) --out data/results/coherence_check.md
+
+# Particles our generator cannot make (2026-12-05, ninth session; not a decision): 3D CeO2 polyhedra cut from bulk,
+# read by the default pair upright, vibrating, turned, and through the checked path (~12 min on 2 cores; README "Whole
+# 3D particles, cut from bulk", data/results/wulff_particles.md is these runs' output).
+wulff-particles: $(STAMP)
+	$(PY) benchmarks/wulff_particles.py
+	$(PY) benchmarks/wulff_particles.py --phonons 8
+	$(PY) benchmarks/wulff_particles.py --turn random
+	$(PY) benchmarks/wulff_particles.py --checked
+	$(PY) benchmarks/wulff_particles.py --checked --phonons 8
 
 data-robust-static3: $(STAMP)
 	$(RUN_NB) notebooks/01_data_generation.py -o notebooks/executed/01_robust_static3_train.ipynb -p preset robust \

@@ -147,7 +147,10 @@ def main(argv=None) -> int:
                 at = (structure.column_x, structure.column_y, out.x.values, out.y.values)
                 read = column_counts(out.depth.values[0], *at)
                 valid = column_counts(out.valid_reason.values[0], *at) == 0  # vouched for as a CeO2 [110] count
-                checked.append((valid, float(out.underfocus_score[0]), float(out.quasi_score[0]), len(said)))
+                low, high = (column_counts(out[v].values[0], *at) for v in ("depth_low", "depth_high"))
+                held = (low <= counts) & (counts <= high)  # the count set holds the true count
+                checked.append((valid, float(out.underfocus_score[0]), float(out.quasi_score[0]), len(said), held,
+                                high - low + 1))
             else:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)
@@ -172,7 +175,9 @@ def main(argv=None) -> int:
         table += ["", f"validity check: {vouched.mean():.3f} of the columns vouched for as CeO2 [110] counts; "
                   f"underfocus scores {min(c[1] for c in checked):.3f}-{max(c[1] for c in checked):.3f}, quasi "
                   f"scores {min(c[2] for c in checked):.3f}-{max(c[2] for c in checked):.3f}; "
-                  f"{sum(c[3] > 0 for c in checked)} of {len(checked)} images warned"]
+                  f"{sum(c[3] > 0 for c in checked)} of {len(checked)} images warned; the count sets (depth_low-"
+                  f"depth_high) hold the true count in {np.concatenate([c[4] for c in checked]).mean():.3f} of the "
+                  f"columns, {np.concatenate([c[5] for c in checked]).mean():.2f} counts wide on average"]
     text = "\n".join(lines + [""] + table + ["", f"({time.perf_counter() - start:.0f} s; seed {args.seed}, focal "
                                              f"spread {args.spread:g} A, overfocus {OVERFOCUS / 10:g} nm, "
                                              + (f"{args.phonons} frozen-phonon configurations" if args.phonons
