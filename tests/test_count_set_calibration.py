@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from benchmarkmodule import load
 from test_pass_ensembles import _dataset
 
 torch = pytest.importorskip("torch")
@@ -18,11 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def bench():
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("count_set_calibration", ROOT / "benchmarks" /
-                                                  "count_set_calibration.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("count_set_calibration")
 
 
 def test_set_stats_on_hand_made_columns(bench):

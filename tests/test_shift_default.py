@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from benchmarkmodule import load
 
 from segdepth.learn.evaluation import robustness
 from segdepth.learn.inference import PREVIOUS_DEFAULT_MODEL, load_default_model
@@ -52,21 +52,13 @@ def test_shipped_default_beats_the_previous_default_on_a_shifted_set(shifted):
     assert np.all(np.isfinite(r.column_ece.values)) and np.all(r.column_confidence.values > 0)
 
 
-def _benchmark(name: str):
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _exact_at_columns(ds, angle: float, orientation, lam: float = 10.0) -> float:
     """The default's exact count over the columns of ``ds`` turned by ``angle`` [deg] (clean image, then noise)."""
     from segdepth.learn.inference import predict
     from segdepth.learn.metrics import column_probabilities
     from segdepth.physics.noise import poisson_noise
 
-    turned_columns = _benchmark("orientation").turned_columns
+    turned_columns = load("orientation").turned_columns
     right, total = 0, 0
     px = float(ds.attrs["pixel_size"])
     for i in range(ds.sizes["sample"]):

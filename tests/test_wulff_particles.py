@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
+from benchmarkmodule import load
 
-ROOT = Path(__file__).resolve().parents[1]
 PERIOD = 5.411 / np.sqrt(2)  # [110] repeat along the beam [A]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("wulff_particles", ROOT / "benchmarks" / "wulff_particles.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("wulff_particles")
 
 
 def _columns(structure):

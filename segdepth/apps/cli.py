@@ -57,30 +57,27 @@ def _check_options(args) -> dict:
     return options
 
 
-def _reach(text: str) -> float | None:
-    """``--reach``: a distance >= 0 [A], or ``none`` (the hysteresis grows as far as the readings are joined)."""
+def _number_or_none(text: str, option: str, ok, what: str) -> float | None:
+    """A number ``ok(value)`` accepts, or ``none``; anything else is refused naming ``option`` and ``what`` it takes."""
     if text == "none":
         return None
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not 0 <= value < math.inf:
-        raise CommandError(f"--reach must be a distance >= 0 [A] or 'none', got {text}")
+    if not ok(value):
+        raise CommandError(f"{option} must be {what} or 'none', got {text}")
     return value
+
+
+def _reach(text: str) -> float | None:
+    """``--reach``: a distance >= 0 [A], or ``none`` (the hysteresis grows as far as the readings are joined)."""
+    return _number_or_none(text, "--reach", lambda v: 0 <= v < math.inf, "a distance >= 0 [A]")
 
 
 def _keep_connected(text: str) -> float | None:
     """``--keep-connected``: a probability in (0, 1], or ``none`` (no growth)."""
-    if text == "none":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value <= 1:
-        raise CommandError(f"--keep-connected must be a probability in (0, 1] or 'none', got {text}")
-    return value
+    return _number_or_none(text, "--keep-connected", lambda v: 0 < v <= 1, "a probability in (0, 1]")
 
 
 def _one_line(text: str) -> str:

@@ -341,17 +341,17 @@ def assess(
     max_underfocus = MAX_UNDERFOCUS if max_underfocus is None else max_underfocus
     if not (isinstance(max_underfocus, int | float | np.number) and 0 < max_underfocus < 1):
         raise ValueError(f"max_underfocus must be a probability in (0, 1), got {max_underfocus!r}")
-    underfocus_score = np.full(n_frames, np.nan, np.float32)
-    if underfocus is not None:
-        underfocus = np.asarray(underfocus, np.float32).reshape(depth.shape)  # over the lattice maps' frames:
-        underfocus = temporal_mean(underfocus, lattice_average)  # one frame's noise does not decide alone
-        underfocus_score = frame_scores(underfocus, near).astype(np.float32)
-        if flag_underfocus:
-            reason[(underfocus_score > max_underfocus)[:, None, None] & near] = 6
-    quasi_score = np.full(n_frames, np.nan, np.float32)
-    if quasi is not None:
-        quasi = temporal_mean(np.asarray(quasi, np.float32).reshape(depth.shape), lattice_average)
-        quasi_score = frame_scores(quasi, near).astype(np.float32)
+
+    def score(probability) -> np.ndarray:  # a regime model's frame scores; NaN where it did not read the frames
+        if probability is None:
+            return np.full(n_frames, np.nan, np.float32)
+        probability = np.asarray(probability, np.float32).reshape(depth.shape)  # over the lattice maps' frames:
+        probability = temporal_mean(probability, lattice_average)  # one frame's noise does not decide alone
+        return frame_scores(probability, near).astype(np.float32)
+
+    underfocus_score, quasi_score = score(underfocus), score(quasi)
+    if underfocus is not None and flag_underfocus:
+        reason[(underfocus_score > max_underfocus)[:, None, None] & near] = 6
     reason[refuted & near] = 2
     no_crystal = ~crystal_lattice.any(axis=(1, 2))
     reason[no_crystal] = 4
@@ -533,11 +533,10 @@ def predict_checked(
     underfocus = None
     if regime not in ("off", "warn", "flag"):
         raise ValueError(f"regime must be 'off', 'warn' or 'flag', got {regime!r}")
-    if regime_model is not None and not (isinstance(regime_model, tuple) and len(regime_model) == 2):
-        raise ValueError(f"regime_model must be a (model, card) pair, got {type(regime_model).__name__}")
+    for name, given in (("regime_model", regime_model), ("coherence_model", coherence_model)):
+        if given is not None and not (isinstance(given, tuple) and len(given) == 2):
+            raise ValueError(f"{name} must be a (model, card) pair, got {type(given).__name__}")
     quasi = None
-    if coherence_model is not None and not (isinstance(coherence_model, tuple) and len(coherence_model) == 2):
-        raise ValueError(f"coherence_model must be a (model, card) pair, got {type(coherence_model).__name__}")
     if regime != "off":
         from segdepth.learn.regime import cached_regime_model, regime_probability, underfocus_probability
 

@@ -336,12 +336,11 @@ def build_particle(spec: ParticleSpec, *, rng: np.random.Generator) -> Structure
 
     # stack atoms along the beam, centred on the slab mid-plane
     n_max = int(count.max()) if count.size else 1
-    positions, zs = [], []
+    positions = []
     for x, y, z, n in zip(cx, cy, cz, count):
         k0 = (n_max - n) // 2
         zcol = z + _PERIOD_Z * (k0 + np.arange(n))
         positions.append(np.column_stack([np.full(n, x), np.full(n, y), zcol]))
-        zs.append(np.full(n, 0))
     pos = np.concatenate(positions) if positions else np.zeros((0, 3))
     col_index = np.repeat(np.arange(count.size), count)
     Z = np.repeat(cZ, count)
