@@ -37,6 +37,13 @@ particle, not the simulator (imaged the ``incoherent`` way, the same columns and
 (every column's atoms flush with the entrance or the exit surface of the slab instead of centred on its
 mid-plane: a particle lying on a support, seen from either side) and ``random_z`` (each column at a random
 height: a rough 3D particle); ``ParticleSpec.stacking``.
+
+Other microscopes (since 2026-12-06, tenth session; the exit wave and lens the ``incoherent`` way otherwise):
+``aperture30`` / ``aperture20`` (an objective aperture of 30 / 20 mrad instead of 40), ``no_aperture`` (none:
+what the lens scatters beyond 40 mrad stays in the image), and ``kv200`` / ``kv80`` (the whole simulation, exit
+wave and lens, at 200 / 80 kV with the same Cs, C5, aperture angle, overfocus and focal spread: another
+instrument, or the same one at another high tension). Every training set of this project is at 300 kV with a
+40 mrad aperture.
 """
 
 from __future__ import annotations
@@ -55,7 +62,11 @@ WAVE_KINDS = {"kirkland": {"parametrization": "kirkland"}, "thin_slices": {"slic
 #: Structure variants (imaged with the incoherent lens): the same columns and counts, each column's atoms at
 #: another height along the beam (``ParticleSpec.stacking``; our generator centres them on the mid-plane).
 STRUCTURE_KINDS = {"entrance": "entrance", "exit": "exit", "random_z": "random"}
-KINDS = LENS_KINDS + tuple(WAVE_KINDS) + tuple(STRUCTURE_KINDS)
+#: Objective-aperture variants [mrad] (the incoherent lens otherwise; 1000 mrad: beyond the simulation grid).
+APERTURE_KINDS = {"aperture30": 30.0, "aperture20": 20.0, "no_aperture": 1000.0}
+#: Beam-energy variants [eV]: exit wave and lens at that energy.
+ENERGY_KINDS = {"kv200": 200e3, "kv80": 80e3}
+KINDS = LENS_KINDS + tuple(WAVE_KINDS) + tuple(STRUCTURE_KINDS) + tuple(APERTURE_KINDS) + tuple(ENERGY_KINDS)
 
 
 def main(argv=None) -> int:
@@ -126,6 +137,15 @@ def main(argv=None) -> int:
                                             slice_thickness=params.slice_thickness)
             images[kind] = image_exit_wave(other_wave, overfocus, microscope=lenses["incoherent"],
                                            binning=params.binning)[0]
+        for kind in (k for k in kinds if k in APERTURE_KINDS):
+            lens = replace(lenses["incoherent"], semiangle_cutoff=APERTURE_KINDS[kind])
+            images[kind] = image_exit_wave(wave, overfocus, microscope=lens, binning=params.binning)[0]
+        for kind in (k for k in kinds if k in ENERGY_KINDS):
+            energy = ENERGY_KINDS[kind]
+            other_wave = simulate_exit_wave(structure, gpts=params.gpts, sampling=params.sampling, energy=energy,
+                                            slice_thickness=params.slice_thickness)
+            images[kind] = image_exit_wave(other_wave, overfocus, microscope=replace(lenses["incoherent"],
+                                           energy=energy), binning=params.binning)[0]
         rms = ", ".join(f"{k} {np.sqrt(np.mean((im - images['incoherent']) ** 2)):.4f}"
                         for k, im in images.items() if k != "incoherent")
         print(f"structure {i} ({spec.surface}, {structure.n_columns} columns, overfocus {overfocus:.0f} A): "
@@ -151,7 +171,7 @@ def main(argv=None) -> int:
                     at_columns[name, kind, lam][1].append(np.asarray(structure.column_count))
     for (name, kind, lam), (exact, n) in hits.items():
         what = (f"{kind} focal spread" if kind in LENS_KINDS else f"{kind} exit wave" if kind in WAVE_KINDS
-                else f"{kind} stacking")
+                else f"{kind} stacking" if kind in STRUCTURE_KINDS else f"{kind} microscope")
         cal = column_calibration(*(np.concatenate(v) for v in at_columns[name, kind, lam]))
         print(f"{name}: {what}, lambda {lam:g}: exact {exact / n:.3f} of {n} columns; confidence at the columns "
               f"{cal['confidence']:.3f}, column ECE {cal['ece']:.3f}, 90 % count sets hold the truth in "
