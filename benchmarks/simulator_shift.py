@@ -40,10 +40,12 @@ height: a rough 3D particle); ``ParticleSpec.stacking``.
 
 Other microscopes (since 2026-12-06, tenth session; the exit wave and lens the ``incoherent`` way otherwise):
 ``aperture30`` / ``aperture20`` (an objective aperture of 30 / 20 mrad instead of 40), ``no_aperture`` (none:
-what the lens scatters beyond 40 mrad stays in the image), and ``kv200`` / ``kv120`` / ``kv80`` (the whole simulation, exit
-wave and lens, at 200 / 120 / 80 kV with the same Cs, C5, aperture angle, overfocus and focal spread: another
-instrument, or the same one at another high tension). Every training set of this project is at 300 kV with a
-40 mrad aperture.
+what the lens scatters beyond 40 mrad stays in the image), and ``kv200`` / ``kv120`` / ``kv80`` (the whole
+simulation, exit wave and lens, at 200 / 120 / 80 kV with the same Cs, C5, aperture angle, overfocus and focal
+spread: another instrument, or the same one at another high tension; ``make microscope-shift``). Every training
+set of this project is at 300 kV with a 40 mrad aperture. ``tilt5`` / ``tilt10``: the specimen tilted off the
+zone axis by 5 / 10 mrad about an in-plane axis at a random azimuth (per particle; the training sets draw +-2 mrad
+about x and y, the shift test +-3), a new exit wave through the tilted particle (``tilt_structure``).
 """
 
 from __future__ import annotations
@@ -66,7 +68,10 @@ STRUCTURE_KINDS = {"entrance": "entrance", "exit": "exit", "random_z": "random"}
 APERTURE_KINDS = {"aperture30": 30.0, "aperture20": 20.0, "no_aperture": 1000.0}
 #: Beam-energy variants [eV]: exit wave and lens at that energy.
 ENERGY_KINDS = {"kv200": 200e3, "kv120": 120e3, "kv80": 80e3}
-KINDS = LENS_KINDS + tuple(WAVE_KINDS) + tuple(STRUCTURE_KINDS) + tuple(APERTURE_KINDS) + tuple(ENERGY_KINDS)
+#: Specimen-tilt variants [mrad] (magnitude; the azimuth drawn per particle).
+TILT_KINDS = {"tilt5": 5.0, "tilt10": 10.0}
+KINDS = (LENS_KINDS + tuple(WAVE_KINDS) + tuple(STRUCTURE_KINDS) + tuple(APERTURE_KINDS) + tuple(ENERGY_KINDS)
+         + tuple(TILT_KINDS))
 
 
 def main(argv=None) -> int:
@@ -91,7 +96,7 @@ def main(argv=None) -> int:
     from segdepth.learn.modelio import load_model
     from segdepth.physics.generate import PRESETS
     from segdepth.physics.noise import poisson_noise_paired
-    from segdepth.physics.simulation import Microscope, image_exit_wave, simulate_exit_wave
+    from segdepth.physics.simulation import Microscope, image_exit_wave, simulate_exit_wave, tilt_structure
     from segdepth.physics.structures import build_particle, random_particle_spec
 
     start = time.perf_counter()
@@ -141,6 +146,13 @@ def main(argv=None) -> int:
         for kind in (k for k in kinds if k in APERTURE_KINDS):
             lens = replace(lenses["incoherent"], semiangle_cutoff=APERTURE_KINDS[kind])
             images[kind] = image_exit_wave(wave, overfocus, microscope=lens, binning=params.binning)[0]
+        azimuth = float(np.random.default_rng([args.seed, i, 5]).uniform(0, 2 * np.pi))
+        for kind in (k for k in kinds if k in TILT_KINDS):
+            tilt = TILT_KINDS[kind] * np.array([np.cos(azimuth), np.sin(azimuth)])
+            other_wave = simulate_exit_wave(tilt_structure(structure, tuple(tilt)), gpts=params.gpts,
+                                            sampling=params.sampling, slice_thickness=params.slice_thickness)
+            images[kind] = image_exit_wave(other_wave, overfocus, microscope=lenses["incoherent"],
+                                           binning=params.binning)[0]
         for kind in (k for k in kinds if k in ENERGY_KINDS):
             energy = ENERGY_KINDS[kind]
             other_wave = simulate_exit_wave(structure, gpts=params.gpts, sampling=params.sampling, energy=energy,

@@ -94,11 +94,13 @@ def _dm_image(data: np.ndarray, scale: float, units: str, name: str) -> dict:
     }
 
 
-def _write_dm(path, data, pixel_size_nm: float, version: int, thumbnail: bool) -> None:
+def _write_dm(path, data, pixel_size_nm: float, version: int, thumbnail: bool, voltage: float | None) -> None:
     data = np.asarray(data, np.float32)
     if data.ndim not in (2, 3):
         raise ValueError(f"expected a (y, x) image or a (frame, y, x) stack, got shape {data.shape}")
     images = [_dm_image(data, pixel_size_nm, "nm", "synthetic")]
+    if voltage is not None:  # as the microscope plug-in records it: the high tension in volts
+        images[0]["ImageTags"] = {"Microscope Info": {"Voltage": float(voltage)}}
     root = {"ImageList": images}
     if thumbnail:  # as DigitalMicrograph saves: image 0 is an RGBA preview, listed under Thumbnails
         preview = np.full((8, 6), 0xFF808080, np.uint32)  # opaque grey
@@ -111,14 +113,14 @@ def _write_dm(path, data, pixel_size_nm: float, version: int, thumbnail: bool) -
         f.write(header + tags + bytes(struct.calcsize(length)))  # end marker: zeros
 
 
-def write_dm3(path, data, pixel_size_nm: float, *, thumbnail: bool = True) -> None:
-    """DM3 file of a float32 (y, x) image or (frame, y, x) stack calibrated in nm per pixel."""
-    _write_dm(path, data, pixel_size_nm, 3, thumbnail)
+def write_dm3(path, data, pixel_size_nm: float, *, thumbnail: bool = True, voltage: float | None = None) -> None:
+    """DM3 file of a float32 (y, x) image or (frame, y, x) stack calibrated in nm per pixel (high tension [V])."""
+    _write_dm(path, data, pixel_size_nm, 3, thumbnail, voltage)
 
 
-def write_dm4(path, data, pixel_size_nm: float, *, thumbnail: bool = True) -> None:
-    """DM4 file of a float32 (y, x) image or (frame, y, x) stack calibrated in nm per pixel."""
-    _write_dm(path, data, pixel_size_nm, 4, thumbnail)
+def write_dm4(path, data, pixel_size_nm: float, *, thumbnail: bool = True, voltage: float | None = None) -> None:
+    """DM4 file of a float32 (y, x) image or (frame, y, x) stack calibrated in nm per pixel (high tension [V])."""
+    _write_dm(path, data, pixel_size_nm, 4, thumbnail, voltage)
 
 
 # ------------------------------------------------------------------ TIA series (.ser)
@@ -169,7 +171,7 @@ def write_ser(path, data, pixel_size_m: float) -> None:
         f.write(out)
 
 
-def write_emi(path, mode: str = "TEM Image") -> None:
+def write_emi(path, mode: str = "TEM Image", high_tension_kv: float = 300.0) -> None:
     """Stand-in for the TIA ``.emi`` file that accompanies ``<name>_1.ser``.
 
     The ``.emi`` format itself is not published; the only part of it that readers
@@ -182,7 +184,7 @@ def write_emi(path, mode: str = "TEM Image") -> None:
         "<ObjectInfo><AcquireDate>Mon Jan 08 10:30:00 2024</AcquireDate>"
         "<ExperimentalDescription><Root>"
         f"<Data><Label>Mode</Label><Value>{mode}</Value><Unit></Unit></Data>"
-        "<Data><Label>High tension</Label><Value>300</Value><Unit>kV</Unit></Data>"
+        f"<Data><Label>High tension</Label><Value>{high_tension_kv:g}</Value><Unit>kV</Unit></Data>"
         "</Root></ExperimentalDescription>"
         "<AcquireInfo><CameraNamePath>BM-Ceta</CameraNamePath></AcquireInfo></ObjectInfo>"
     )

@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", action="store_true", help="the checked reference path instead: the shipped "
                    "paper-layout model in plain eager float32 (about 50x slower)")
     p.add_argument("--pixel-size", metavar="A", help="pixel size of INPUT [Angstrom]; overrides the file's calibration")
+    p.add_argument("--beam-energy", metavar="KV", help="high tension of INPUT [kV]; overrides what the file states "
+                   "(DigitalMicrograph, TIA and Velox files state it). The models were trained on 300 kV images: "
+                   "frames at another energy are named in a warning (README, 'Other microscopes')")
     p.add_argument(
         "--calibrate",
         nargs="?",
@@ -257,6 +260,7 @@ def _predict_command(args: argparse.Namespace) -> int:
     if pixel_size is not None and args.calibrate is not None:
         raise CommandError("--pixel-size and --calibrate exclude each other")
     lam = None if args.lam in (None, "auto", "none") else _positive_float(args.lam, "--lambda")
+    energy = None if args.beam_energy is None else _positive_float(args.beam_energy, "--beam-energy")
     limits = (("--tile", args.tile, 1), ("--overlap", args.overlap, 0), ("--batch-size", args.batch_size, 1),
               ("--chunk", args.chunk, 1), ("--lattice-average", args.lattice_average, 1))
     for option, value, least in limits:
@@ -296,6 +300,10 @@ def _predict_command(args: argparse.Namespace) -> int:
         raise CommandError(f"--preview-frame {preview_frame} is not among the predicted frames "
                            f"({_frame_summary(keys)})")
     attrs = {"input": str(args.input)}
+    if energy is not None:
+        attrs["beam_energy_source"] = "--beam-energy"
+    elif "beam_energy" in first.attrs:
+        attrs["beam_energy_source"] = "file"
     if args.calibrate is not None:
         from segdepth.data.calibration import calibrate_pixel_size, cubic_spacings
 
@@ -393,6 +401,7 @@ def _predict_command(args: argparse.Namespace) -> int:
         check=check,
         dose_matching=args.dose_matching,
         orientation=orientation,
+        beam_energy=energy,
     )
     import xarray as xr
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from segdepth.data.io import (
     LENGTH_UNITS,
+    beam_energy,
     check_pixel_size,
     square_pixel_size,
     to_float_frames,
@@ -116,8 +117,9 @@ def from_signal(signal, *, pixel_size=None) -> xr.DataArray:
     xarray.DataArray
         Float32 ``(frame, y, x)``: the navigation axes flattened in data order into ``frame``; ``y``, ``x``
         at the pixel centres [A] (``offset + i * scale`` of the signal axes, converted); attributes
-        ``pixel_size`` [A], ``source`` (the signal's title), ``long_name``, ``frames_in_file`` and
-        ``navigation_shape`` (of the data, to restore the stack, :func:`to_signal`).
+        ``pixel_size`` [A], ``source`` (the signal's title), ``long_name``, ``frames_in_file``,
+        ``navigation_shape`` (of the data, to restore the stack, :func:`to_signal`) and ``beam_energy`` [kV]
+        (``metadata.Acquisition_instrument.TEM.beam_energy``, when set).
 
     Raises
     ------
@@ -162,6 +164,9 @@ def from_signal(signal, *, pixel_size=None) -> xr.DataArray:
     }
     attrs = {"pixel_size": float(pixel_size), "source": _title(signal), "long_name": "intensity",
              "frames_in_file": int(frames.shape[0]), "navigation_shape": list(nav_shape)}
+    energy = beam_energy({"metadata": signal.metadata.as_dictionary()})
+    if energy is not None:
+        attrs["beam_energy"] = energy
     return xr.DataArray(frames, dims=("frame", "y", "x"), coords=coords, name="image", attrs=attrs)
 
 

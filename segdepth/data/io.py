@@ -72,6 +72,7 @@ __all__ = [
     "SUPPORTED_EXTENSIONS",
     "RawImage",
     "Reader",
+    "beam_energy",
     "check_pixel_size",
     "check_positive",
     "frame_indices",
@@ -116,6 +117,8 @@ class RawImage:
     frames_in_file : int or None
         Number of frames in the file; set (only) with ``selected_frames``,
         otherwise counted from ``data``.
+    beam_energy : float or None
+        High tension the file states [kV]; ``None`` when it states none.
     """
 
     data: np.ndarray
@@ -123,6 +126,7 @@ class RawImage:
     is_rgb: bool | None = None
     selected_frames: tuple[int, ...] | None = None
     frames_in_file: int | None = None
+    beam_energy: float | None = None
 
     def __post_init__(self):
         if (self.selected_frames is None) != (self.frames_in_file is None):
@@ -446,11 +450,11 @@ def _read_rsciio(path: Path, *, calibrate: bool, frames, plugin: str) -> RawImag
     for signal in signals:
         data, axes = np.asarray(signal.get("data")), signal.get("axes") or []
         if data.ndim in (2, 3):
-            images.append((data, axes))
+            images.append((data, axes, signal))
     if not images:
         shapes = [np.shape(s.get("data")) for s in signals]
         raise ValueError(f"{path}: no 2-D image or 3-D image stack in the file (found data of shapes {shapes})")
-    data, axes = images[0]
+    data, axes, signal = images[0]
     pixel_size = None
     if len(axes) == data.ndim:
         axes = sorted(axes, key=lambda ax: ax.get("index_in_array", axes.index(ax)))
@@ -462,7 +466,48 @@ def _read_rsciio(path: Path, *, calibrate: bool, frames, plugin: str) -> RawImag
             px_y = _scaled(axes[-2].get("scale"), axes[-2].get("units"), where)
             px_x = _scaled(axes[-1].get("scale"), axes[-1].get("units"), where)
             pixel_size = square_pixel_size(px_y, px_x, where)
-    return RawImage(data, pixel_size)
+    return RawImage(data, pixel_size, beam_energy=beam_energy(signal))
+
+
+def _metadata_item(tree, dotted: str):
+    """The value at ``dotted`` in a nested dict (HyperSpy's names: a space in a key may be written ``_``)."""
+    for part in dotted.split("."):
+        if not isinstance(tree, dict):
+            return None
+        match = [k for k in tree if k == part or str(k).replace(" ", "_") == part.replace(" ", "_")]
+        if not match:
+            return None
+        tree = tree[match[0]]
+    return tree
+
+
+def beam_energy(signal: dict) -> float | None:
+    """High tension [kV] a rosettasciio signal dict states, or ``None``.
+
+    Read where HyperSpy would put it, ``metadata.Acquisition_instrument.TEM.beam_energy``: from the signal's
+    ``metadata``, or by the reader's own ``mapping`` of the file's original metadata (DigitalMicrograph's
+    ``Microscope Info.Voltage`` [V], TIA's ``High tension`` [kV], Velox's ``Optics.AccelerationVoltage``), which
+    HyperSpy applies on loading and rosettasciio alone does not. A value that is not a positive number is ignored.
+    """
+    candidates = [_metadata_item(signal.get("metadata") or {}, "Acquisition_instrument.TEM.beam_energy")]
+    for source, target in (signal.get("mapping") or {}).items():
+        name, convert = target if isinstance(target, tuple | list) else (target, None)
+        if str(name).endswith(".beam_energy"):
+            value = _metadata_item(signal.get("original_metadata") or {}, source)
+            if value is not None and convert is not None:
+                try:
+                    value = convert(value)
+                except Exception:  # a reader's converter on a value it did not expect
+                    value = None
+            candidates.append(value)
+    for value in candidates:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(number) and number > 0:
+            return number
+    return None
 
 
 def _rsciio(plugin: str) -> Callable[..., RawImage]:
@@ -706,8 +751,9 @@ def read_image(path, *, pixel_size=None, frames=None, crop=None) -> xr.DataArray
         ``y``, ``x`` at pixel centres ``(i + 0.5) * pixel_size`` [A] in the
         uncropped image's frame of reference (absent when the pixel size is
         unknown) and attributes ``pixel_size`` [A] (``None`` when unknown),
-        ``source`` (the file name), ``frames_in_file`` and ``crop``
-        (``[x0, x1, y0, y1]``, when cropped).
+        ``source`` (the file name), ``frames_in_file``, ``crop``
+        (``[x0, x1, y0, y1]``, when cropped) and ``beam_energy`` (the high
+        tension [kV], when the file states it: DigitalMicrograph, TIA, Velox).
 
     Raises
     ------
@@ -764,6 +810,8 @@ def read_image(path, *, pixel_size=None, frames=None, crop=None) -> xr.DataArray
                 dim, (start + np.arange(n) + 0.5) * pixel_size, {"units": "Å", "long_name": f"{dim} (pixel centre)"}
             )
     attrs = {"pixel_size": pixel_size, "source": path.name, "long_name": "intensity", "frames_in_file": int(total)}
+    if raw.beam_energy is not None:
+        attrs["beam_energy"] = float(raw.beam_energy)
     if crop is not None:
         attrs["crop"] = [int(cx0), int(cx0 + frames.shape[2]), int(cy0), int(cy0 + frames.shape[1])]
     return xr.DataArray(frames, dims=("frame", "y", "x"), coords=coords, name="image", attrs=attrs)

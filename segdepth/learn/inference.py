@@ -86,6 +86,10 @@ __all__ = [
     "estimated_orientation",
     "trained_orientation",
     "TRAINED_ORIENTATION",
+    "trained_beam_energy",
+    "beam_energy_status",
+    "BEAM_ENERGY_TOLERANCE",
+    "MIN_BEAM_ENERGY",
     "MIN_ROTATION",
     "predict_to_netcdf",
     "resample",
@@ -128,6 +132,14 @@ MIN_ROTATION = 3.0
 #: resampled to this pixel size [A].
 _ORIENTATION_FRAMES = 50
 _ORIENTATION_PIXEL = 0.3
+#: A beam energy (high tension) further than this fraction from the model's training energy is "other"
+#: (:func:`beam_energy_status`): the card's ``data_parameters.microscope.energy``, 300 kV for every shipped model.
+BEAM_ENERGY_TOLERANCE = 0.01
+#: Frames at a beam energy at or below this [kV] (and other than the training energy) are not valid in the
+#: checked path (reason ``beam_energy``); other energies only warn. Set by the rule of ``make microscope-shift``
+#: (README, "Other microscopes"; 2026-12-06): at 120 kV the default pair's 90 % count sets held the truth in 0.81 /
+#: 0.78 of the columns (lambda 2.5 / 10; 80 kV 0.53-0.79), at 200 kV in 0.98-1.00 (exact counts 14-29 points lower).
+MIN_BEAM_ENERGY = 120.0
 
 
 def load_default_model(*, reference: bool = False, rotated: bool = False):
@@ -314,6 +326,36 @@ def _dose_matching(spec: dict | None, dose: float) -> tuple[float, float, int] |
     if not (math.isfinite(target) and target > 0 and draws >= 1):
         raise ValueError(f"the model card's dose_matching needs target > 0 and draws >= 1, got {spec!r}")
     return (float(dose), target, draws) if dose > target * (1 + 1e-9) else None  # rounding of pixel ratios
+
+
+def trained_beam_energy(card: dict) -> float | None:
+    """The beam energy [kV] the model's training images were simulated at (its card), or ``None``."""
+    microscope = (card.get("data_parameters") or {}).get("microscope") or {}
+    energy = microscope.get("energy")
+    return None if energy is None else float(energy) / 1e3
+
+
+def beam_energy_status(energy, card: dict) -> str:
+    """``"unknown"`` (no energy or none in the card), ``"trained"`` (within :data:`BEAM_ENERGY_TOLERANCE`),
+    ``"other"`` or ``"flagged"`` (other and at most :data:`MIN_BEAM_ENERGY`) for a beam energy [kV]."""
+    trained = trained_beam_energy(card)
+    if energy is None or trained is None:
+        return "unknown"
+    energy = check_positive(energy, name="beam energy", units="kV")
+    if abs(energy - trained) <= BEAM_ENERGY_TOLERANCE * trained:
+        return "trained"
+    return "flagged" if MIN_BEAM_ENERGY is not None and energy <= MIN_BEAM_ENERGY else "other"
+
+
+def _beam_energy_warning(energy: float, card: dict, status: str) -> None:
+    """Warn about frames recorded at a beam energy the model never saw (:func:`predict` calls it directly)."""
+    flagged = " (the checked path marks them not valid, reason beam_energy)" if status == "flagged" else ""
+    warnings.warn(
+        f"the frames were recorded at {energy:g} kV but the model was trained on {trained_beam_energy(card):g} kV "
+        f"images only: another high tension changes the contrast of every count (on simulations 14-29 points "
+        f"fewer columns exact at 200 kV, 45-57 at 120 and 80 kV; README, 'Other microscopes'){flagged}",
+        stacklevel=3,
+    )
 
 
 def _dose_warning(lam: float, scale: float, card: dict) -> None:
@@ -850,6 +892,7 @@ def predict(
     fast: bool = True,
     dose_matching: bool = True,
     orientation: float | str | None = "auto",
+    beam_energy: float | None = None,
 ) -> xr.Dataset:
     """Atomic column depth map of every frame of ``image``.
 
@@ -923,6 +966,11 @@ def predict(
         a :class:`segdepth.data.calibration.LatticeOrientation` already measured; ``None``: read as they are.
         Recorded in ``arguments`` and the attribute ``orientation`` (JSON: ``angle``, ``estimated``,
         ``rotation`` applied, and a ``note`` when nothing was turned for want of a clear lattice).
+    beam_energy : float, optional
+        High tension of the frames [kV]; default the image's attribute ``beam_energy`` (what the file states:
+        :func:`segdepth.data.io.read_image`), else unknown. Compared with the model's training energy
+        (:func:`beam_energy_status`): another energy warns. Recorded as the attribute ``beam_energy`` and
+        ``beam_energy_status``.
 
     Returns
     -------
@@ -968,6 +1016,13 @@ def predict(
         matching = _dose_matching(card.get("dose_matching"), lam * scale) if dose_matching else None
         if matching is None:  # a dose brought down to the target is one the model was trained at
             _dose_warning(lam, scale, card)
+    if beam_energy is None:
+        beam_energy = image.attrs.get("beam_energy")
+    if beam_energy is not None:
+        beam_energy = check_positive(beam_energy, name="beam energy", units="kV")
+    energy_status = beam_energy_status(beam_energy, card)
+    if energy_status in ("other", "flagged"):
+        _beam_energy_warning(beam_energy, card, energy_status)
     n_frames = image.shape[0]
     draws = 1 if matching is None else matching[2]
     rotation, turned = _orientation(image, card, orientation)
@@ -997,6 +1052,9 @@ def predict(
     }
     result = _dataset(image, grid, maps, card, arguments)
     result.attrs["orientation"] = json.dumps(turned)
+    if beam_energy is not None:
+        result.attrs["beam_energy"] = float(beam_energy)
+    result.attrs["beam_energy_status"] = energy_status
     if as_signals:
         from segdepth.data.hyperspy import to_signals
 
