@@ -185,7 +185,8 @@ def main(argv=None) -> int:
                     at_columns[name, kind, lam][1].append(np.asarray(structure.column_count))
     for (name, kind, lam), (exact, n) in hits.items():
         what = (f"{kind} focal spread" if kind in LENS_KINDS else f"{kind} exit wave" if kind in WAVE_KINDS
-                else f"{kind} stacking" if kind in STRUCTURE_KINDS else f"{kind} microscope")
+                else f"{kind} stacking" if kind in STRUCTURE_KINDS else f"{kind} specimen" if kind in TILT_KINDS
+                else f"{kind} microscope")
         cal = column_calibration(*(np.concatenate(v) for v in at_columns[name, kind, lam]))
         print(f"{name}: {what}, lambda {lam:g}: exact {exact / n:.3f} of {n} columns; confidence at the columns "
               f"{cal['confidence']:.3f}, column ECE {cal['ece']:.3f}, 90 % count sets hold the truth in "
