@@ -322,6 +322,7 @@ wulff-particles: $(STAMP)
 	$(PY) benchmarks/wulff_particles.py --turn random
 	$(PY) benchmarks/wulff_particles.py --checked
 	$(PY) benchmarks/wulff_particles.py --checked --phonons 8
+	$(PY) benchmarks/wulff_particles.py --gpts 4096 --max-atoms 16 --radius 17 24 --checked --particles 4
 
 # Other microscopes (2026-12-06, tenth session): every training set is at 300 kV with a 40 mrad objective aperture,
 # and a real file states its high tension in its metadata (dm3/dm4, emd, ser). The same particles as

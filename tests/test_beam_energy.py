@@ -118,6 +118,8 @@ def test_checked_path_makes_a_low_beam_energy_not_valid(half_crystal_image):
     assert (reason[crystal] == 7).mean() > 0.9 and (low["valid"].values[crystal] == 0).all()
     assert (reason[~crystal] == 1).all()  # vacuum stays vacuum
     assert "beam energy" in summary(low)
+    assert low["depth_high"].attrs["long_name"].endswith("10: 10 or more")
+    assert low["depth"].attrs["last_class"].startswith("10 means 10 or more")  # kept through the vacuum mask
     np.testing.assert_array_equal(low["depth"], other["depth"])  # the counts stay, not vouched for
 
 

@@ -46,6 +46,7 @@ def test_output_overlays_input(saved, rng):
     assert ds["x"].values[0] - 0.2 == pytest.approx(0) and ds["x"].values[-1] + 0.2 == pytest.approx(80 * MODEL_PIXEL)
     assert ds["y"].values[-1] + 0.2 == pytest.approx(96 * MODEL_PIXEL)
     assert ds["depth"].values.max() <= 10
+    assert ds["depth"].attrs["last_class"].startswith("10 means 10 or more")  # the labels' end is a lower bound
     confidence = ds["confidence"].values
     assert confidence.min() >= 1 / 11 - 1e-6 and confidence.max() <= 1 + 1e-6
     probability = ds["probability"].values

@@ -132,6 +132,11 @@ MIN_ROTATION = 3.0
 #: resampled to this pixel size [A].
 _ORIENTATION_FRAMES = 50
 _ORIENTATION_PIXEL = 0.3
+#: What the labels' last class means (the attribute ``last_class`` of ``depth``): the models were trained on columns
+#: of 1-10 atoms and read longer ones as 10 (benchmarks/wulff_particles.py --max-atoms 16: all 458 column images of
+#: 11-14 atoms read 10, vouched for; README, "Columns longer than the labels").
+LAST_CLASS_NOTE = ("10 means 10 or more: columns longer than 10 atoms (beyond the training labels) read 10; "
+                   "a 10 is a lower bound")
 #: A beam energy (high tension) further than this fraction from the model's training energy is "other"
 #: (:func:`beam_energy_status`): the card's ``data_parameters.microscope.energy``, 300 kV for every shipped model.
 BEAM_ENERGY_TOLERANCE = 0.01
@@ -845,7 +850,8 @@ def _dataset(image: xr.DataArray, grid: _Grid, maps: tuple, card: dict, argument
         "depth": (
             ("frame", "y", "x"),
             depth,
-            {"long_name": "atomic column depth (most probable number of atoms, 0 = background)", "units": "atoms"},
+            {"long_name": "atomic column depth (most probable number of atoms, 0 = background)", "units": "atoms",
+             "last_class": LAST_CLASS_NOTE},
         ),
         "confidence": (
             ("frame", "y", "x"),

@@ -375,7 +375,8 @@ def assess(
     out["confidence"] = (dims, confidence.astype(np.float32), prediction["confidence"].attrs)
     for name, values, end in (("depth_low", depth_low, "smallest"), ("depth_high", depth_high, "largest")):
         out[name] = (dims, values, {"units": "atoms", "long_name": f"{end} count of the {COUNT_SET_LEVEL:.0%} count "
-                                    "set (0 in vacuum)", "set_mass": float(count_set_mass)})
+                                    "set (0 in vacuum)" + ("; 10: 10 or more" if name == "depth_high" else ""),
+                                    "set_mass": float(count_set_mass)})
     out.attrs["count_set_mass"] = float(count_set_mass)
     out["crystal"] = (dims, near.astype(np.uint8),
                       {"long_name": f"a lattice within {margin} A (not vacuum)", "units": "1"})
