@@ -30,7 +30,8 @@ MOVIE = ROOT / "data/raw/ptceo2_udvd_40frames.gif"
 
 
 def check(model: str, band: float, validity: bool = True, keep_confident: float | None = None,
-          lattice_average: int | None = None, rotated_model: str | None = None, reach: str | None = None) -> dict:
+          lattice_average: int | None = None, rotated_model: str | None = None, reach: str | None = None,
+          refute_radius: str | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "movie.nc"
         cmd = [sys.executable, "-m", "segdepth", "predict", str(MOVIE), "--crop", "0:180,:", "--calibrate",
@@ -45,6 +46,8 @@ def check(model: str, band: float, validity: bool = True, keep_confident: float 
             cmd += ["--rotated-model", rotated_model]
         if reach is not None:
             cmd += ["--reach", reach]
+        if refute_radius is not None:
+            cmd += ["--refute-radius", refute_radius]
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
         ds = xr.load_dataset(out)
     top = ds.y <= float(ds.y.min()) + band
@@ -74,12 +77,14 @@ def main(argv=None) -> int:
                     help="segdepth predict --lattice-average (default 5; 1: every frame judged on its own)")
     ap.add_argument("--rotated-model", help="segdepth predict --rotated-model (the 180-degree pass of every --model)")
     ap.add_argument("--reach", help="segdepth predict --reach (A or 'none'; default: its default)")
+    ap.add_argument("--refute-radius", help="segdepth predict --refute-radius (A or 'none'; default: its default)")
     args = ap.parse_args(argv)
     if args.rotated_model is not None and "default" in args.model:
         ap.error("--rotated-model applies to models given as files, not to 'default'")
     for m in args.model:
         r = check(m, args.band, validity=not args.no_check, keep_confident=args.keep_confident,
-                  lattice_average=args.lattice_average, rotated_model=args.rotated_model, reach=args.reach)
+                  lattice_average=args.lattice_average, rotated_model=args.rotated_model, reach=args.reach,
+                  refute_radius=args.refute_radius)
         name = Path(m).stem + ("" if args.rotated_model is None else f"+{Path(args.rotated_model).stem}")
         print(f"{name}: vacuum band read as depth 0 {r['vacuum_as_vacuum']:.3f} (worst frame "
               f"{r['worst_frame']:.3f}); mean confidence band {r['confidence_band']:.3f}, "

@@ -40,6 +40,8 @@ def main(argv=None) -> int:
     ap.add_argument("--keep-connected", type=float, help="the default rule's hysteresis threshold")
     ap.add_argument("--reach", type=float, nargs="+", default=[],
                     help="also the default rule with the hysteresis limited to this distance [A] from a seed")
+    ap.add_argument("--refute-radius", type=float, nargs="+", default=[],
+                    help="also the default rule with assess(refute_radius=R) (a grain's neighbourhood refutes [110])")
     ap.add_argument("--data", help="a simulated dataset directory instead of simulating --structures particles")
     ap.add_argument("--images", type=int, help="with --data: its first N images (default all)")
     ap.add_argument("--default-rule-only", action="store_true", help="only the default vacuum rule")
@@ -48,7 +50,15 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from segdepth.learn.inference import load_default_model, predict
-    from segdepth.learn.validity import KEEP_CONFIDENT, KEEP_CONNECTED, REACH, REASONS, assess, rotated_180
+    from segdepth.learn.validity import (
+        KEEP_CONFIDENT,
+        KEEP_CONNECTED,
+        REACH,
+        REASONS,
+        REFUTE_RADIUS,
+        assess,
+        rotated_180,
+    )
     from segdepth.physics.generate import PRESETS, make_shard
     from segdepth.physics.noise import poisson_noise_paired
 
@@ -71,9 +81,10 @@ def main(argv=None) -> int:
     keep = KEEP_CONFIDENT if args.keep_confident is None else args.keep_confident
     connected = KEEP_CONNECTED if args.keep_connected is None else args.keep_connected
     disagreement_code = next(code for code, name in REASONS.items() if name == "model_disagreement")
-    rules = {f"hysteresis {connected:g}": (connected, REACH),
-             **{f"hysteresis {connected:g}, reach {r:g} A": (connected, r) for r in args.reach},
-             "lattice and seeds only": (None, None)}
+    rules = {f"hysteresis {connected:g}": (connected, REACH, REFUTE_RADIUS),
+             **{f"hysteresis {connected:g}, reach {r:g} A": (connected, r, REFUTE_RADIUS) for r in args.reach},
+             **{f"hysteresis {connected:g}, refute radius {r:g} A": (connected, REACH, r) for r in args.refute_radius},
+             "lattice and seeds only": (None, None, REFUTE_RADIUS)}
     if args.default_rule_only:
         rules.pop("lattice and seeds only")
     # per rule and dose: valid px, labelled px, lost, columns, vacuum > 0, vacuum, exact,
@@ -91,10 +102,10 @@ def main(argv=None) -> int:
                                  attrs={"pixel_size": ds.attrs["pixel_size"]})
             plain = predict(image, model, card, return_probabilities=True)
             rotated = predict(rotated_180(image), second, second_card, return_probabilities=True)  # as predict_checked
-            for rule, (connected, reach) in rules.items():
+            for rule, (connected, reach, refute) in rules.items():
                 with np.errstate(all="ignore"):
                     out = assess(image, plain, rotated=rotated, keep_confident=keep, keep_connected=connected,
-                                 reach=reach)
+                                 reach=reach, refute_radius=refute)
                 raw = out.probability.values[0].argmax(0)
                 depth = out.depth.values[0]
                 reason = out.valid_reason.values[0]

@@ -98,6 +98,8 @@ def main(argv=None) -> int:
                     help="range of the {111} planes' distance from the centre [A] (shrunk until the columns fit)")
     ap.add_argument("--gpts", type=int, default=EXTENT_GPTS,
                     help="simulation grid (at 0.0265 A; 2048: a 54 A field, 4096: 108 A for larger particles)")
+    ap.add_argument("--refute-radius", type=float, default=None,
+                    help="with --checked: predict_checked(refute_radius=...) (default: its default)")
     ap.add_argument("--out", help="write the table (markdown) here")
     args = ap.parse_args(argv)
 
@@ -150,6 +152,8 @@ def main(argv=None) -> int:
                 options.pop("return_probabilities")
                 with warnings.catch_warnings(record=True) as said:
                     warnings.simplefilter("always", UserWarning)
+                    if args.refute_radius is not None:
+                        options["refute_radius"] = args.refute_radius
                     out = predict_checked(noisy, **options)
                 at = (structure.column_x, structure.column_y, out.x.values, out.y.values)
                 read = column_counts(out.depth.values[0], *at)

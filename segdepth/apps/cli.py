@@ -54,6 +54,8 @@ def _check_options(args) -> dict:
         options["keep_connected"] = _keep_connected(args.keep_connected)
     if args.reach is not None:
         options["reach"] = _reach(args.reach)
+    if args.refute_radius is not None:
+        options["refute_radius"] = _refute_radius(args.refute_radius)
     return options
 
 
@@ -68,6 +70,11 @@ def _number_or_none(text: str, option: str, ok, what: str) -> float | None:
     if not ok(value):
         raise CommandError(f"{option} must be {what} or 'none', got {text}")
     return value
+
+
+def _refute_radius(text: str) -> float | None:
+    """``--refute-radius``: a distance > 0 [A], or ``none`` (every lattice window judged alone)."""
+    return _number_or_none(text, "--refute-radius", lambda v: 0 < v < math.inf, "a distance > 0 [A]")
 
 
 def _reach(text: str) -> float | None:
@@ -196,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --check: the hysteresis keeps readings at most this far from the lattice mask or a "
                    "confident reading [Angstrom] (default segdepth.learn.validity.REACH; 'none': as far as they are "
                    "joined)")
+    p.add_argument("--refute-radius", default=None, metavar="A",
+                   help="with --check: a crystal pixel more than 30 %% of whose lattice windows within this radius "
+                   "[Angstrom] refute CeO2 [110] is other lattice too (a grain seen along another zone axis; default "
+                   "segdepth.learn.validity.REFUTE_RADIUS; 'none': every window judged alone)")
     p.add_argument("--lattice-average", type=int, default=5, metavar="N",
                    help="with --check: odd number of neighbouring frames averaged for the lattice maps, within a "
                    "chunk (default 5)")
@@ -280,6 +291,8 @@ def _predict_command(args: argparse.Namespace) -> int:
         _keep_connected(args.keep_connected)  # refused here, before anything is read
     if args.reach is not None:
         _reach(args.reach)
+    if args.refute_radius is not None:
+        _refute_radius(args.refute_radius)
     frames = parse_frames(args.frames)
     crop = parse_crop(args.crop)
 

@@ -85,8 +85,9 @@ import numpy as np
 import xarray as xr
 from scipy import ndimage
 
-__all__ = ["BRIDGE", "KEEP_CONFIDENT", "KEEP_CONNECTED", "MARGIN", "MAX_DISAGREEMENT", "REACH", "REASONS", "assess",
-           "crystal_region", "pair_set_mass", "predict_checked", "rotated_180", "summary", "validity_fractions"]
+__all__ = ["BRIDGE", "KEEP_CONFIDENT", "KEEP_CONNECTED", "MARGIN", "MAX_DISAGREEMENT", "REACH", "REASONS",
+           "REFUTE_FRACTION", "REFUTE_RADIUS", "assess", "crystal_region", "pair_set_mass", "predict_checked",
+           "rotated_180", "summary", "validity_fractions"]
 
 #: Distance [A] from the nearest lattice window beyond which a pixel is vacuum (depth reported as 0).
 MARGIN = 4.0
@@ -101,6 +102,11 @@ BRIDGE = 2.0
 #: Largest distance [A] from a seed (lattice mask or confident reading) of a reading kept by the hysteresis
 #: (``None``: no limit).
 REACH = None
+#: A grain is seen along one zone axis: a crystal pixel more than :data:`REFUTE_FRACTION` of whose lattice windows
+#: within this radius [A] refute CeO2 [110] (other lattice, turned lattice) is other lattice too (``None``: each
+#: window judged alone). Decided by the rule of ``make zone-check`` (README, "Other zone axes").
+REFUTE_RADIUS = None
+REFUTE_FRACTION = 0.3
 #: ``valid_reason`` flags; 0 and 1 are valid (a count, or vacuum reported as vacuum).
 #: A strong lattice window (peak / background above this multiple of the lattice threshold) whose CeO2 [110]
 #: lattice the network read more than :data:`MAX_MISFIT` degrees away from its training orientation is not
@@ -198,6 +204,8 @@ def assess(
     max_underfocus: float | None = None,
     flag_underfocus: bool = True,
     quasi=None,
+    refute_radius: float | None = REFUTE_RADIUS,
+    refute_fraction: float = REFUTE_FRACTION,
 ) -> xr.Dataset:
     """Add the crystal mask, ``valid``, ``valid_reason`` and their scores to a prediction.
 
@@ -246,6 +254,12 @@ def assess(
         (:func:`segdepth.learn.regime.regime_probability` of the coherence model); its mean over each frame's crystal
         is ``quasi_score``, and the frames scoring above :data:`segdepth.learn.regime.MAX_QUASI` are named in a
         warning (never flagged: the envelope is a simulation shortcut, not a microscope's property).
+    refute_radius, refute_fraction : float or None, float
+        Neighbourhood of a grain (:data:`REFUTE_RADIUS`, :data:`REFUTE_FRACTION`): a crystal pixel more than
+        ``refute_fraction`` of whose lattice windows within ``refute_radius`` A refute CeO2 [110] (another
+        lattice, or a lattice turned away from the model's orientation) is *other lattice* too. A CeO2 grain seen
+        along [100], [111] or [112] refutes [110] in many windows but not in all (a single fringe family fits
+        [110]); ``None`` judges every window alone.
 
     Returns
     -------
@@ -361,6 +375,16 @@ def assess(
         reason[(underfocus_score > max_underfocus)[:, None, None] & near] = 6
     if prediction.attrs.get("beam_energy_status") == "flagged":  # a high tension the counts do not hold at
         reason[near] = 7
+    if refute_radius is not None:  # a grain is seen along one zone: where many lattice windows around refute [110]
+        _check("refute_radius", refute_radius)
+        if not (isinstance(refute_fraction, int | float | np.number) and 0 <= refute_fraction < 1):
+            raise ValueError(f"refute_fraction must be a fraction in [0, 1), got {refute_fraction!r}")
+        disc = _disc(refute_radius / label_px).astype(float)
+        bad = (refuted | ((misfit > MAX_MISFIT) & strong & crystal_lattice)).astype(float)
+        around = np.stack([ndimage.convolve(b, disc, mode="constant") for b in bad])
+        lattice_around = np.stack([ndimage.convolve(c.astype(float), disc, mode="constant") for c in crystal_lattice])
+        share = np.divide(around, lattice_around, out=np.zeros_like(around), where=lattice_around > 0)
+        reason[(share > refute_fraction) & near & (reason != 1)] = 2
     reason[refuted & near] = 2
     no_crystal = ~crystal_lattice.any(axis=(1, 2))
     reason[no_crystal] = 4
@@ -486,6 +510,8 @@ def predict_checked(
     regime_model=None,
     max_underfocus: float | None = None,
     coherence_model=None,
+    refute_radius: float | None = REFUTE_RADIUS,
+    refute_fraction: float = REFUTE_FRACTION,
     **options,
 ) -> xr.Dataset:
     """:func:`segdepth.learn.inference.predict` followed by :func:`assess` (and a 180-degree pass when ``tta``).
@@ -570,13 +596,15 @@ def predict_checked(
     out = assess(image, prediction, rotated=rotated, lattice_average=lattice_average, margin=margin,
                  max_disagreement=max_disagreement, keep_confident=keep_confident, keep_connected=keep_connected,
                  bridge=bridge, reach=reach, count_set_mass=mass, underfocus=underfocus, max_underfocus=max_underfocus,
-                 flag_underfocus=regime == "flag", quasi=quasi)
+                 flag_underfocus=regime == "flag", quasi=quasi, refute_radius=refute_radius,
+                 refute_fraction=refute_fraction)
     if not return_probabilities:
         out = out.drop_vars(["probability", "depth_class"])
     arguments = {"tta": bool(tta), "lattice_average": int(lattice_average), "margin": margin,
                  "max_disagreement": float(max_disagreement), "keep_confident": keep_confident,
                  "keep_connected": keep_connected, "bridge": float(bridge), "reach": reach,
-                 "two_models": rotated_model is not model, "regime": regime if underfocus is not None else "off"}
+                 "two_models": rotated_model is not model, "regime": regime if underfocus is not None else "off",
+                 "refute_radius": refute_radius, "refute_fraction": float(refute_fraction)}
 
     out.attrs["validity_arguments"] = json.dumps(arguments)
     if as_signals:
