@@ -131,6 +131,9 @@ def _bad_cases(root: Path) -> list[tuple[str, list[str], str]]:
         ("bad reach", ["image.npy", *px, "--reach", "far"], "--reach must be a distance >= 0 [A] or 'none', got far"),
         ("negative reach", ["image.npy", *px, "--reach", "-2"],
          "--reach must be a distance >= 0 [A] or 'none', got -2"),
+        ("zero refute radius", ["image.npy", *px, "--refute-radius", "0"],
+         "--refute-radius must be a distance > 0 [A] or 'none', got 0"),
+        ("bad beam energy", ["image.npy", *px, "--beam-energy", "300kV"], "--beam-energy must be a positive number"),
         ("missing model", ["image.npy", *px, "--model", "nowhere.safetensors"], "model file not found"),
         ("no lattice", [npy("noise.npy", image), *model, "--calibrate"], "noise.npy: calibration failed"),
         ("both calibrations", ["image.npy", *px, "--calibrate"], "exclude each other"),
@@ -299,11 +302,11 @@ def test_predict_checks_where_the_estimate_applies_by_default(workdir, capsys):
     plain = workdir / "plain.nc"
     args = ["predict", str(MOVIE), "--out", str(plain), "--crop", "0:180,:", "--frames", "0", "--pixel-size",
             "0.2006", "--no-progress", "--no-tta", "--lattice-average", "1", "--keep-connected", "none",
-            "--reach", "1.5"]
+            "--reach", "1.5", "--refute-radius", "5"]
     assert main(args) == 0, capsys.readouterr().err
     with xr.open_dataset(plain) as ds:
         assert ds.attrs["validity_keep_connected"] == -1.0  # no growth
-        assert ds.attrs["validity_reach"] == 1.5
+        assert ds.attrs["validity_reach"] == 1.5 and ds.attrs["validity_refute_radius"] == 5.0
 
 
 def test_rotated_model_makes_the_180_degree_pass(workdir, capsys):

@@ -347,3 +347,31 @@ def test_a_lattice_read_at_another_orientation_is_not_valid():
     np.testing.assert_allclose(orientation_misfit([2.7055], [120.0], rotation=-10.0), [20.0], atol=1e-9)
     assert np.isnan(orientation_misfit([2.266], [90.0])[0])  # Pt {111}: not a CeO2 reflection
     assert orientation_misfit([1.962], [0.0])[0] == 0.0  # Pt {200}: the maps cannot tell it from CeO2 {220}
+
+
+def test_a_grain_whose_neighbourhood_refutes_110_is_other_lattice():
+    """refute_radius: a pixel with many refuting lattice windows around it is other lattice, even where its own
+    window fits [110] (a grain along [100] refutes [110] in part of its windows only); far from them nothing moves."""
+    from segdepth.data.lattice import local_lattice
+
+    clean = _columns_image(LATTICE_CONSTANT, cation_only=False, angle=12.0)
+    image, pred = _image(clean), _prediction(_columns_everywhere())
+    lattice = local_lattice(image)
+    y, x = np.meshgrid(lattice["y"].values, lattice["x"].values, indexing="ij")
+    patch = (x < 14.0) & (y < 14.0)  # the upper left corner: every other window refutes [110]
+    checker = patch & ((np.floor(x / 1.2) + np.floor(y / 1.2)) % 2 == 0)
+    lattice["ceo2_110"] = lattice["ceo2_110"] & ~xr.DataArray(checker[None], dims=lattice["ceo2_110"].dims)
+    alone = assess(image, pred, lattice=lattice)
+    grain = assess(image, pred, lattice=lattice, refute_radius=3.0)
+    ly, lx = np.meshgrid(alone["y"].values, alone["x"].values, indexing="ij")
+    inside = (lx > 3.0) & (lx < 11.0) & (ly > 3.0) & (ly < 11.0)
+    far = (lx > 20.0) & (ly > 20.0) & (lx < 28.0) & (ly < 28.0)
+    assert 0.2 < float((alone["valid_reason"].values[0][inside] == 2).mean()) < 0.8  # window by window: a mixture
+    assert (grain["valid_reason"].values[0][inside] == 2).all()  # the neighbourhood: the whole grain
+    np.testing.assert_array_equal(grain["valid_reason"].values[0][far], alone["valid_reason"].values[0][far])
+    assert (grain["valid_reason"].values[0][far] == 0).all()
+    np.testing.assert_array_equal(grain["depth"], alone["depth"])  # the counts stay, not vouched for
+    assert grain.attrs["validity_refute_radius"] == 3.0 and alone.attrs["validity_refute_radius"] == -1.0
+    for bad in ({"refute_radius": 0.0}, {"refute_radius": 3.0, "refute_fraction": 1.0}):
+        with pytest.raises(ValueError, match="refute_"):
+            assess(image, pred, lattice=lattice, **bad)

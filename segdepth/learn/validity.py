@@ -424,6 +424,8 @@ def assess(
                      validity_keep_confident=-1.0 if keep_confident is None else float(keep_confident),
                      validity_keep_connected=-1.0 if keep_connected is None else float(keep_connected),
                      validity_bridge=float(bridge), validity_reach=-1.0 if reach is None else float(reach),
+                     validity_refute_radius=-1.0 if refute_radius is None else float(refute_radius),
+                     validity_refute_fraction=float(refute_fraction),
                      validity_max_disagreement=float(max_disagreement),
                      validity_max_underfocus=float(max_underfocus),
                      validity_regime=("off" if underfocus is None else "flag" if flag_underfocus else "warn"),
