@@ -68,7 +68,7 @@ import torch
 import xarray as xr
 from scipy import ndimage
 
-from segdepth.apps.moviescore import run_movie_path
+from segdepth.apps.moviescore import column_table, run_movie_path, write_column_table
 from segdepth.apps.plotting import depth_cmap, save_figure
 from segdepth.data.calibration import calibrate_pixel_size, cubic_spacings, estimate_dose
 from segdepth.data.io import read_image
@@ -176,20 +176,8 @@ print("validity of the single frames:", {k_: round(v, 3) for k_, v in fractions.
 # per-frame count distributions smoothed in time.
 
 # %%
-columns, tracked, hmm = path["columns"], path["tracked"], path["smoothed"]
-valid_at = []
-for f in range(n_frames):
-    v = single["valid"].isel(frame=f).astype(np.float32)
-    valid_at.append(v.interp(y=tracked["y"].isel(frame=f), x=tracked["x"].isel(frame=f), method="nearest").values)
-table = tracked.assign(
-    smoothed_count=hmm["count"], smoothed_expected_count=hmm["expected_count"], smoothed_posterior=hmm["posterior"],
-    smoothed_count_low=hmm["count_low"], smoothed_count_high=hmm["count_high"],
-    viterbi_count=hmm["path"],
-    valid=(("frame", "column"), np.nan_to_num(np.stack(valid_at)).astype(np.uint8),
-           {"long_name": "the validity map at the column in that frame"}),
-)
-table.attrs.update({k: v for k, v in columns.attrs.items() if isinstance(v, int | float | str)})
-table.attrs.update(source=input, pixel_size=px, lam=dose, model=model or "default")
+columns = path["columns"]
+table = column_table(path, source=input, pixel_size=px, lam=dose, model=model or "default")
 elements = {e: int((table.element == e).sum()) for e in ("Ce", "O", "unknown")}
 print(f"{table.sizes['column']} columns ({elements}); lattice fit believed: "
       f"{bool(columns.attrs.get('lattice_found', 0))}")
@@ -200,8 +188,7 @@ print(f"90 % count sets: median {float(width.median()):.0f} counts wide "
       f"{float((table.smoothed_count_high - table.smoothed_count_low + 1).where(table.inside).median()):.0f}")
 changes = (np.diff(table.smoothed_count.values, axis=0) != 0).sum(axis=0)
 print(f"columns whose smoothed count changes during the movie: {int((changes > 0).sum())}")
-write_netcdf_atomic(table.drop_vars([v for v in table.variables if table[v].dtype == bool]).assign(
-    inside=table.inside.astype(np.uint8), aligned=table.aligned.astype(np.uint8)), columns_output)
+write_column_table(table, columns_output)
 
 # %% [markdown]
 # Fig. 11's arrays: input gradient (eq. 7) of the estimated depth's probability at the column with the highest

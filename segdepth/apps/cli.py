@@ -223,6 +223,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="progress bar on stderr (default: when stderr is a terminal)",
     )
     p.set_defaults(func=_predict_command)
+
+    c = commands.add_parser(
+        "columns",
+        help="per-column counts over time of a movie (or one image)",
+        description="Find the atomic columns of a CeO2 [110] movie and follow their atom counts over time: every "
+        "frame read with the validity check, the frames aligned (phase correlation), the columns found in the "
+        "region that is valid CeO2 [110], tracked and their counts smoothed in time (hidden Markov model). Writes a "
+        "(frame, column) table: position, element (Ce or O), the probability of each count, the expected count and "
+        "its spread, the 90 %% count set, the smoothed count and its set, and whether the column was valid in that "
+        "frame (README, 'Columns, not pixels'). The selected frames are read into memory at once.",
+    )
+    c.add_argument("input", metavar="INPUT", help="image or movie file (formats as for predict)")
+    c.add_argument("--out", "-o", required=True, metavar="COLUMNS.nc", help="output netCDF file (written atomically)")
+    c.add_argument("--model", metavar="PATH", help="model file (both passes); default: the shipped default and its "
+                   "second model")
+    c.add_argument("--pixel-size", metavar="A", help="pixel size of INPUT [Angstrom]; overrides the file's calibration")
+    c.add_argument("--calibrate", nargs="?", const="CeO2", metavar="PHASES",
+                   help="measure the pixel size from the lattice reflections (as predict --calibrate)")
+    c.add_argument("--lambda", dest="lam", metavar="L",
+                   help="dose of INPUT [electrons per pixel in vacuum], 'auto' (default: estimated) or 'none'")
+    c.add_argument("--beam-energy", metavar="KV", help="high tension of INPUT [kV] (as predict --beam-energy)")
+    c.add_argument("--frames", metavar="SEL", help="frames to use: '5', '0:10', '0:40:2' or '1,4,7' (default all)")
+    c.add_argument("--crop", metavar="X0:X1,Y0:Y1", help="region to use [pixels, end exclusive], e.g. '0:180,:'")
+    c.add_argument("--average", type=int, default=5, metavar="N",
+                   help="frames in the running means of aligned frames that decide the valid CeO2 region (default 5; "
+                   "1: the single frames)")
+    c.add_argument("--p-change", type=float, default=0.05, metavar="P",
+                   help="the hidden Markov model's probability that a column's count changes between frames "
+                   "(default 0.05)")
+    c.set_defaults(func=_columns_command)
     return parser
 
 
@@ -251,6 +281,23 @@ def _check_preview(preview: Path, out: Path) -> None:
                            + ", ".join(f".{f}" for f in formats))
     if preview.resolve() == out.resolve():
         raise CommandError(f"--preview and --out name the same file ({preview})")
+
+
+def _calibrate(phases: str, frames, source: Path, attrs: dict) -> float:
+    """``--calibrate``: the pixel size [A] measured on (at most 50 of) ``frames``; recorded in ``attrs``."""
+    from segdepth.data.calibration import calibrate_pixel_size, cubic_spacings
+
+    spacings = {}
+    for phase in phases.split(","):
+        spacings.update(cubic_spacings(phase.strip()))
+    try:
+        cal = calibrate_pixel_size(frames.values[:50], spacings=spacings)
+    except ValueError as err:
+        raise CommandError(f"{source}: {err}") from None
+    attrs.update(calibrated_pixel_size=cal.pixel_size, calibrated_pixel_size_uncertainty=cal.uncertainty,
+                 calibration_peaks=json.dumps(cal.peaks), calibration_phases=phases)
+    print(f"{PROG}: calibrated pixel size {cal}", file=sys.stderr)
+    return cal.pixel_size
 
 
 def _plural(n: int, word: str) -> str:
@@ -318,20 +365,8 @@ def _predict_command(args: argparse.Namespace) -> int:
     elif "beam_energy" in first.attrs:
         attrs["beam_energy_source"] = "file"
     if args.calibrate is not None:
-        from segdepth.data.calibration import calibrate_pixel_size, cubic_spacings
-
-        spacings = {}
-        for phase in args.calibrate.split(","):
-            spacings.update(cubic_spacings(phase.strip()))
-        try:
-            cal = calibrate_pixel_size(first.values[:50], spacings=spacings)
-        except ValueError as err:
-            raise CommandError(f"{source}: {err}") from None
-        pixel_size = cal.pixel_size
+        pixel_size = _calibrate(args.calibrate, first, source, attrs)
         first = read_image(source, pixel_size=pixel_size, frames=keys[:n_first], crop=crop)
-        attrs.update(calibrated_pixel_size=cal.pixel_size, calibrated_pixel_size_uncertainty=cal.uncertainty,
-                     calibration_peaks=json.dumps(cal.peaks), calibration_phases=args.calibrate)
-        print(f"{PROG}: calibrated pixel size {cal}", file=sys.stderr)
     from segdepth.learn.inference import image_pixel_size, load_default_model, predict_to_netcdf
 
     image_pixel_size(first)  # fail fast (before torch is imported) when the pixel size is unknown
@@ -448,6 +483,69 @@ def _predict_command(args: argparse.Namespace) -> int:
         print(f"{PROG}: {checked_summary}")
     for line in wrote:
         print(line)
+    return 0
+
+
+def _columns_command(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from segdepth.data.io import check_pixel_size, parse_crop, parse_frames, read_image
+
+    out = Path(args.out)
+    _check_output(out)
+    pixel_size = None if args.pixel_size is None else check_pixel_size(args.pixel_size, name="--pixel-size")
+    if pixel_size is not None and args.calibrate is not None:
+        raise CommandError("--pixel-size and --calibrate exclude each other")
+    lam = None if args.lam in (None, "auto", "none") else _positive_float(args.lam, "--lambda")
+    energy = None if args.beam_energy is None else _positive_float(args.beam_energy, "--beam-energy")
+    if args.average < 1:
+        raise CommandError(f"--average must be >= 1, got {args.average}")
+    if not 0 < args.p_change < 1:
+        raise CommandError(f"--p-change must be a probability in (0, 1), got {args.p_change}")
+    frames, crop = parse_frames(args.frames), parse_crop(args.crop)
+    source = Path(args.input)
+    image = read_image(source, pixel_size=pixel_size, frames=frames, crop=crop)
+    attrs = {"input": str(args.input)}
+    if args.calibrate is not None:
+        pixel_size = _calibrate(args.calibrate, image, source, attrs)
+        image = read_image(source, pixel_size=pixel_size, frames=frames, crop=crop)
+    if energy is not None:
+        image.attrs["beam_energy"] = energy
+    from segdepth.learn.inference import image_pixel_size, load_default_model
+
+    px = image_pixel_size(image)  # fail fast (before torch is imported) when the pixel size is unknown
+    if args.lam != "none" and lam is None:
+        from segdepth.data.calibration import estimate_dose
+
+        try:
+            lam = estimate_dose(image.values[:50])
+        except ValueError as err:
+            if args.lam == "auto":
+                raise CommandError(f"{source}: cannot estimate --lambda: {err}") from None
+    if args.model is None:
+        (model, card), rotated = load_default_model(), load_default_model(rotated=True)
+    else:
+        from segdepth.learn.modelio import load_model
+
+        if not Path(args.model).is_file():
+            raise FileNotFoundError(f"{args.model}: model file not found")
+        (model, card), rotated = load_model(Path(args.model)), None
+    from segdepth.apps.moviescore import column_table, run_movie_path, write_column_table
+
+    path = run_movie_path(image, model, card, lam=lam, average=args.average, p_change=args.p_change, rotated=rotated)
+    if not path["region"].any():
+        raise CommandError(f"{source}: no region is valid CeO2 [110] in half the frames or more: no columns to "
+                           "follow (segdepth predict writes the validity map that says why)")
+    table = column_table(path, source=source.name, pixel_size=px, lam=-1.0 if lam is None else float(lam),
+                         model=args.model or "default", command=json.dumps(["segdepth", *(args.argv or sys.argv[1:])]),
+                         **{k: v for k, v in attrs.items() if k != "input"})
+    write_column_table(table, out)
+    n = table.sizes["column"]
+    elements = ", ".join(f"{int((table.element == e).sum())} {e}" for e in ("Ce", "O", "unknown")
+                         if int((table.element == e).sum()))
+    changing = int(((np.diff(table.smoothed_count.values, axis=0) != 0).sum(axis=0) > 0).sum())
+    print(f"{PROG}: wrote {out}: {_plural(n, 'column')} ({elements}) over {_plural(table.sizes['frame'], 'frame')}; "
+          f"{changing} change their smoothed count during the movie")
     return 0
 
 

@@ -40,7 +40,8 @@ from segdepth.data.tracking import (
     track_columns,
 )
 
-__all__ = ["NEVER", "run_movie_path", "run_simulated_movie", "score_simulated_movie"]
+__all__ = ["NEVER", "column_table", "run_movie_path", "run_simulated_movie", "score_simulated_movie",
+           "write_column_table"]
 
 #: Delay recorded for a change that is never detected (delays of the smoothed posterior may be negative).
 NEVER = -999
@@ -97,6 +98,41 @@ def run_movie_path(image: xr.DataArray, model, card: dict, *, lam: float | None 
                              set_mass=float(tracked["count_low"].attrs["set_mass"]))
     return {"prediction": single, "alignment": alignment, "average_prediction": averaged, "region": region,
             "estimate": estimate, "columns": columns, "tracked": tracked, "smoothed": smoothed}
+
+
+def column_table(path: dict, **attrs) -> xr.Dataset:
+    """The (frame, column) table of a :func:`run_movie_path` result: what a microscopist reads.
+
+    :func:`~segdepth.data.tracking.track_columns`' table (position, element, count probabilities, expected count
+    and its spread, the 90 % count set, ``inside``, ``aligned``) with the hidden-Markov smoothing of
+    :func:`~segdepth.data.tracking.smooth_counts` (``smoothed_count``, ``smoothed_expected_count``,
+    ``smoothed_posterior``, ``smoothed_count_low`` / ``_high``, ``viterbi_count``) and ``valid`` (the validity map at
+    the column in that frame). The column finder's scalar attributes are kept; ``attrs`` are added (source, pixel
+    size, dose, model).
+    """
+    columns, tracked, hmm, single = path["columns"], path["tracked"], path["smoothed"], path["prediction"]
+    valid_at = []
+    for f in range(single.sizes["frame"]):
+        v = single["valid"].isel(frame=f).astype(np.float32)
+        valid_at.append(v.interp(y=tracked["y"].isel(frame=f), x=tracked["x"].isel(frame=f), method="nearest").values)
+    table = tracked.assign(
+        smoothed_count=hmm["count"], smoothed_expected_count=hmm["expected_count"], smoothed_posterior=hmm["posterior"],
+        smoothed_count_low=hmm["count_low"], smoothed_count_high=hmm["count_high"],
+        viterbi_count=hmm["path"],
+        valid=(("frame", "column"), np.nan_to_num(np.stack(valid_at)).astype(np.uint8),
+               {"long_name": "the validity map at the column in that frame"}),
+    )
+    table.attrs.update({k: v for k, v in columns.attrs.items() if isinstance(v, int | float | str)})
+    table.attrs.update(attrs)
+    return table
+
+
+def write_column_table(table: xr.Dataset, path) -> None:
+    """Write :func:`column_table` to netCDF atomically (its boolean variables as uint8)."""
+    from segdepth.data.store import write_netcdf_atomic
+
+    write_netcdf_atomic(table.drop_vars([v for v in table.variables if table[v].dtype == bool]).assign(
+        inside=table.inside.astype(np.uint8), aligned=table.aligned.astype(np.uint8)), path)
 
 
 def run_simulated_movie(movie: xr.Dataset, model, card: dict, *, match_radius: float = 0.7,
