@@ -343,6 +343,7 @@ microscope-shift: $(STAMP)
 	$(PY) benchmarks/simulator_shift.py --model default-pair --kinds aperture30 aperture20 no_aperture kv200 kv80
 	$(PY) benchmarks/simulator_shift.py --model default-pair --seed 78 --kinds kv200 kv120 kv80
 	$(PY) benchmarks/simulator_shift.py --model default-pair --kinds tilt5 tilt10
+	$(PY) benchmarks/simulator_shift.py --model default-pair --kinds pixel0.0265 pixel0.106 pixel0.212
 
 # Other zone axes (2026-12-06, tenth session). benchmarks/zone_axes.py (CeO2 boxes 20 A thick seen along [110],
 # [100], [111], [112], [310], seed 3001, read by the checked path): each lattice window judged alone, the check

@@ -46,6 +46,9 @@ spread: another instrument, or the same one at another high tension; ``make micr
 set of this project is at 300 kV with a 40 mrad aperture. ``tilt5`` / ``tilt10``: the specimen tilted off the
 zone axis by 5 / 10 mrad about an in-plane axis at a random azimuth (per particle; the training sets draw +-2 mrad
 about x and y, the shift test +-3), a new exit wave through the tilted particle (``tilt_structure``).
+``pixel0.0265`` / ``pixel0.106`` / ``pixel0.212``: the same image delivered at another pixel size (the simulation
+binned 1, 4 or 8 times instead of 2) with the same electrons per A^2, read at that pixel size (``predict``
+resamples every input to the model's 0.212 A).
 """
 
 from __future__ import annotations
@@ -68,10 +71,13 @@ STRUCTURE_KINDS = {"entrance": "entrance", "exit": "exit", "random_z": "random"}
 APERTURE_KINDS = {"aperture30": 30.0, "aperture20": 20.0, "no_aperture": 1000.0}
 #: Beam-energy variants [eV]: exit wave and lens at that energy.
 ENERGY_KINDS = {"kv200": 200e3, "kv120": 120e3, "kv80": 80e3}
+#: Delivered pixel sizes: the binning of the 0.0265 A simulation (2: the 0.053 A of every other kind), the same
+#: electrons per A^2 (lambda is per 0.053 A pixel, scaled to the delivered pixel).
+PIXEL_KINDS = {"pixel0.0265": 1, "pixel0.106": 4, "pixel0.212": 8}
 #: Specimen-tilt variants [mrad] (magnitude; the azimuth drawn per particle).
 TILT_KINDS = {"tilt5": 5.0, "tilt10": 10.0}
 KINDS = (LENS_KINDS + tuple(WAVE_KINDS) + tuple(STRUCTURE_KINDS) + tuple(APERTURE_KINDS) + tuple(ENERGY_KINDS)
-         + tuple(TILT_KINDS))
+         + tuple(TILT_KINDS) + tuple(PIXEL_KINDS))
 
 
 def main(argv=None) -> int:
@@ -153,6 +159,9 @@ def main(argv=None) -> int:
                                             sampling=params.sampling, slice_thickness=params.slice_thickness)
             images[kind] = image_exit_wave(other_wave, overfocus, microscope=lenses["incoherent"],
                                            binning=params.binning)[0]
+        for kind in (k for k in kinds if k in PIXEL_KINDS):
+            images[kind] = image_exit_wave(wave, overfocus, microscope=lenses["incoherent"],
+                                           binning=PIXEL_KINDS[kind])[0]
         for kind in (k for k in kinds if k in ENERGY_KINDS):
             energy = ENERGY_KINDS[kind]
             other_wave = simulate_exit_wave(structure, gpts=params.gpts, sampling=params.sampling, energy=energy,
@@ -160,16 +169,17 @@ def main(argv=None) -> int:
             images[kind] = image_exit_wave(other_wave, overfocus, microscope=replace(lenses["incoherent"],
                                            energy=energy), binning=params.binning)[0]
         rms = ", ".join(f"{k} {np.sqrt(np.mean((im - images['incoherent']) ** 2)):.4f}"
-                        for k, im in images.items() if k != "incoherent")
+                        for k, im in images.items() if k != "incoherent" and im.shape == images["incoherent"].shape)
         print(f"structure {i} ({spec.surface}, {structure.n_columns} columns, overfocus {overfocus:.0f} A): "
               f"contrast {images['incoherent'].std():.3f}; rms difference from incoherent: {rms}", flush=True)
         for kind, image in images.items():
             for j, lam in enumerate(args.lam):  # one noise stream per (particle, dose), the same for every kind
                 stream = [1, i, j] if args.seed == 77 else [1, args.seed, i, j]
-                noisy = poisson_noise_paired(image, lam, rng=np.random.default_rng(stream))
+                scale = (PIXEL_KINDS[kind] / params.binning) ** 2 if kind in PIXEL_KINDS else 1.0  # pixel area
+                noisy = poisson_noise_paired(image, lam * scale, rng=np.random.default_rng(stream))
                 for name, ((model, card), (second, second_card)) in models.items():
-                    options = {"pixel_size": params.pixel_size, "return_probabilities": True, "lam": lam,
-                               "dose_matching": not args.no_dose_matching}
+                    options = {"pixel_size": params.pixel_size * np.sqrt(scale), "return_probabilities": True,
+                               "lam": lam * scale, "dose_matching": not args.no_dose_matching}
                     with warnings.catch_warnings():  # doses outside the training range are the point here
                         warnings.simplefilter("ignore", UserWarning)
                         plain = predict(noisy, model, card, **options)
@@ -186,7 +196,7 @@ def main(argv=None) -> int:
     for (name, kind, lam), (exact, n) in hits.items():
         what = (f"{kind} focal spread" if kind in LENS_KINDS else f"{kind} exit wave" if kind in WAVE_KINDS
                 else f"{kind} stacking" if kind in STRUCTURE_KINDS else f"{kind} specimen" if kind in TILT_KINDS
-                else f"{kind} microscope")
+                else f"{kind} A pixels" if kind in PIXEL_KINDS else f"{kind} microscope")
         cal = column_calibration(*(np.concatenate(v) for v in at_columns[name, kind, lam]))
         print(f"{name}: {what}, lambda {lam:g}: exact {exact / n:.3f} of {n} columns; confidence at the columns "
               f"{cal['confidence']:.3f}, column ECE {cal['ece']:.3f}, 90 % count sets hold the truth in "
