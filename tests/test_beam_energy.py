@@ -64,7 +64,7 @@ def test_beam_energy_of_a_signal_dict():
     spaced = {"original_metadata": {"Info": {"High tension_kV": 120}},  # HyperSpy's names: spaces as underscores
               "mapping": {"Info.High_tension_kV": ("Acquisition_instrument.TEM.beam_energy", None)}}
     assert beam_energy(spaced) == 120.0
-    for bad in ("n/a", -300.0, float("nan"), None):
+    for bad in ("n/a", -300.0, float("nan"), None, 0.3, 300000.0):  # 0.3: volts read as kV; 300000: kV as volts
         assert beam_energy({"metadata": {"Acquisition_instrument": {"TEM": {"beam_energy": bad}}}}) is None
     broken = {"original_metadata": {"V": "x"}, "mapping": {"V": ("Acquisition_instrument.TEM.beam_energy", float)}}
     assert beam_energy(broken) is None and beam_energy({}) is None
@@ -79,6 +79,9 @@ def test_status_against_the_card():
     assert beam_energy_status(None, CARD) == "unknown" and beam_energy_status(80.0, {"sampling": PX}) == "unknown"
     with pytest.raises(ValueError, match=r"beam energy must be finite and > 0 \[kV\]"):
         beam_energy_status(-1.0, CARD)
+    volts = r"beam energy must be a high tension in kV \(10-3000\), got 300000.0 \(volts\?\)"
+    with pytest.raises(ValueError, match=volts):
+        beam_energy_status(300000.0, CARD)
 
 
 def test_predict_warns_and_records(half_crystal_image):
@@ -144,10 +147,11 @@ def test_cli_reads_the_energy_from_the_file_and_takes_an_override(tmp_path, caps
     with xr.open_dataset(tmp_path / "fixed.nc") as ds:
         assert ds.attrs["beam_energy"] == 300.0 and ds.attrs["beam_energy_source"] == "--beam-energy"
         assert not (ds["valid_reason"] == 7).any()
-    for bad in ("0", "300kV", "nan"):
+    for bad in ("0", "300kV", "nan", "300000"):
         assert main([*base, "--beam-energy", bad, "--out", str(tmp_path / "bad.nc")]) == 2
         err = capsys.readouterr().err
         assert "--beam-energy must be" in err and err.count("\n") == 1
+    assert "(volts?)" in err
     assert not (tmp_path / "bad.nc").exists()
 
 

@@ -72,6 +72,17 @@ def _number_or_none(text: str, option: str, ok, what: str) -> float | None:
     return value
 
 
+def _beam_energy(text: str) -> float:
+    """``--beam-energy``: a high tension [kV] within segdepth.data.io.BEAM_ENERGY_RANGE."""
+    from segdepth.data.io import check_beam_energy
+
+    value = _positive_float(text, "--beam-energy")
+    try:
+        return check_beam_energy(value, name="--beam-energy")
+    except ValueError as err:
+        raise CommandError(str(err)) from None
+
+
 def _refute_radius(text: str) -> float | None:
     """``--refute-radius``: a distance > 0 [A], or ``none`` (every lattice window judged alone)."""
     return _number_or_none(text, "--refute-radius", lambda v: 0 < v < math.inf, "a distance > 0 [A]")
@@ -318,7 +329,7 @@ def _predict_command(args: argparse.Namespace) -> int:
     if pixel_size is not None and args.calibrate is not None:
         raise CommandError("--pixel-size and --calibrate exclude each other")
     lam = None if args.lam in (None, "auto", "none") else _positive_float(args.lam, "--lambda")
-    energy = None if args.beam_energy is None else _positive_float(args.beam_energy, "--beam-energy")
+    energy = None if args.beam_energy is None else _beam_energy(args.beam_energy)
     limits = (("--tile", args.tile, 1), ("--overlap", args.overlap, 0), ("--batch-size", args.batch_size, 1),
               ("--chunk", args.chunk, 1), ("--lattice-average", args.lattice_average, 1))
     for option, value, least in limits:
@@ -497,7 +508,7 @@ def _columns_command(args: argparse.Namespace) -> int:
     if pixel_size is not None and args.calibrate is not None:
         raise CommandError("--pixel-size and --calibrate exclude each other")
     lam = None if args.lam in (None, "auto", "none") else _positive_float(args.lam, "--lambda")
-    energy = None if args.beam_energy is None else _positive_float(args.beam_energy, "--beam-energy")
+    energy = None if args.beam_energy is None else _beam_energy(args.beam_energy)
     if args.average < 1:
         raise CommandError(f"--average must be >= 1, got {args.average}")
     if not 0 < args.p_change < 1:

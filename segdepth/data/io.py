@@ -70,9 +70,11 @@ if TYPE_CHECKING:  # xarray is imported where it is used: a failing command line
 __all__ = [
     "READERS",
     "SUPPORTED_EXTENSIONS",
+    "BEAM_ENERGY_RANGE",
     "RawImage",
     "Reader",
     "beam_energy",
+    "check_beam_energy",
     "check_pixel_size",
     "check_positive",
     "frame_indices",
@@ -84,6 +86,9 @@ __all__ = [
     "unit_to_angstrom",
 ]
 
+#: High tensions [kV] a transmission electron microscope runs at (wider than any: 20-1300 kV instruments exist);
+#: a stated beam energy outside is not one (an unset tag, a unit slip) and is ignored or refused.
+BEAM_ENERGY_RANGE = (10.0, 3000.0)
 #: Length units understood in file metadata, as their size in Angstrom.
 LENGTH_UNITS = {
     "a": 1.0, "å": 1.0, "\u212b": 1.0, "ang": 1.0, "angstrom": 1.0, "angstroms": 1.0,
@@ -181,6 +186,16 @@ def check_positive(value, *, name: str, units: str) -> float:
     if not math.isfinite(number) or number <= 0:
         raise ValueError(f"{name} must be finite and > 0 [{units}], got {value!r}")
     return number
+
+
+def check_beam_energy(energy, *, name: str = "beam energy") -> float:
+    """Return ``energy`` [kV] as a float, or raise ``ValueError`` unless it lies in :data:`BEAM_ENERGY_RANGE`."""
+    value = check_positive(energy, name=name, units="kV")
+    lo, hi = BEAM_ENERGY_RANGE
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be a high tension in kV ({lo:g}-{hi:g}), got {energy!r}"
+                         + (" (volts?)" if value > hi else ""))
+    return value
 
 
 def check_pixel_size(pixel_size, *, name: str = "pixel size") -> float:
@@ -487,7 +502,8 @@ def beam_energy(signal: dict) -> float | None:
     Read where HyperSpy would put it, ``metadata.Acquisition_instrument.TEM.beam_energy``: from the signal's
     ``metadata``, or by the reader's own ``mapping`` of the file's original metadata (DigitalMicrograph's
     ``Microscope Info.Voltage`` [V], TIA's ``High tension`` [kV], Velox's ``Optics.AccelerationVoltage``), which
-    HyperSpy applies on loading and rosettasciio alone does not. A value that is not a positive number is ignored.
+    HyperSpy applies on loading and rosettasciio alone does not. A value that is not a number within
+    :data:`BEAM_ENERGY_RANGE` (an unset tag, volts written as kilovolts) is ignored.
     """
     candidates = [_metadata_item(signal.get("metadata") or {}, "Acquisition_instrument.TEM.beam_energy")]
     for source, target in (signal.get("mapping") or {}).items():
@@ -505,7 +521,7 @@ def beam_energy(signal: dict) -> float | None:
             number = float(value)
         except (TypeError, ValueError):
             continue
-        if math.isfinite(number) and number > 0:
+        if math.isfinite(number) and BEAM_ENERGY_RANGE[0] <= number <= BEAM_ENERGY_RANGE[1]:
             return number
     return None
 

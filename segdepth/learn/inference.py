@@ -66,7 +66,7 @@ import xarray as xr
 from segdepth.constants import check_int
 from segdepth.data.calibration import CalibrationError, LatticeOrientation, estimate_orientation, rotation_between
 from segdepth.data.hyperspy import is_signal
-from segdepth.data.io import LENGTH_UNITS, check_pixel_size, check_positive
+from segdepth.data.io import LENGTH_UNITS, check_beam_energy, check_pixel_size, check_positive
 from segdepth.data.preprocess import normalise, rotate_frames, rotated_points
 from segdepth.physics.noise import lower_dose
 
@@ -346,7 +346,7 @@ def beam_energy_status(energy, card: dict) -> str:
     trained = trained_beam_energy(card)
     if energy is None or trained is None:
         return "unknown"
-    energy = check_positive(energy, name="beam energy", units="kV")
+    energy = check_beam_energy(energy)
     if abs(energy - trained) <= BEAM_ENERGY_TOLERANCE * trained:
         return "trained"
     return "flagged" if MIN_BEAM_ENERGY is not None and energy <= MIN_BEAM_ENERGY else "other"
@@ -1025,7 +1025,7 @@ def predict(
     if beam_energy is None:
         beam_energy = image.attrs.get("beam_energy")
     if beam_energy is not None:
-        beam_energy = check_positive(beam_energy, name="beam energy", units="kV")
+        beam_energy = check_beam_energy(beam_energy)
     energy_status = beam_energy_status(beam_energy, card)
     if energy_status in ("other", "flagged"):
         _beam_energy_warning(beam_energy, card, energy_status)
