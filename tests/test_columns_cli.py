@@ -45,7 +45,8 @@ def test_columns_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
         (["--average", "0"], "--average must be >= 1"),
         (["--p-change", "1.5"], "--p-change must be a probability in (0, 1)"),
         (["--beam-energy", "high"], "--beam-energy must be a positive number"),
-        ([], "no region is valid CeO2 [110]"),  # a field of noise: no crystal, nothing to follow
+        ([], "no region is valid CeO2 [110] in half the frames or more, no columns to follow: could not vouch for "
+             "100.0 % of the pixels (100.0 % no crystal)"),  # a field of noise: no crystal, nothing to follow
     ]
     for extra, message in cases:
         with warnings.catch_warnings():

@@ -545,8 +545,10 @@ def _columns_command(args: argparse.Namespace) -> int:
 
     path = run_movie_path(image, model, card, lam=lam, average=args.average, p_change=args.p_change, rotated=rotated)
     if not path["region"].any():
-        raise CommandError(f"{source}: no region is valid CeO2 [110] in half the frames or more: no columns to "
-                           "follow (segdepth predict writes the validity map that says why)")
+        from segdepth.learn.validity import summary
+
+        raise CommandError(f"{source}: no region is valid CeO2 [110] in half the frames or more, no columns to "
+                           f"follow: {summary(path['prediction'])}")
     table = column_table(path, source=source.name, pixel_size=px, lam=-1.0 if lam is None else float(lam),
                          model=args.model or "default", command=json.dumps(["segdepth", *(args.argv or sys.argv[1:])]),
                          **{k: v for k, v in attrs.items() if k != "input"})
