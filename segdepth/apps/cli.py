@@ -557,8 +557,9 @@ def _columns_command(args: argparse.Namespace) -> int:
     elements = ", ".join(f"{int((table.element == e).sum())} {e}" for e in ("Ce", "O", "unknown")
                          if int((table.element == e).sum()))
     changing = int(((np.diff(table.smoothed_count.values, axis=0) != 0).sum(axis=0) > 0).sum())
-    print(f"{PROG}: wrote {out}: {_plural(n, 'column')} ({elements}) over {_plural(table.sizes['frame'], 'frame')}; "
-          f"{changing} change their smoothed count during the movie")
+    over = table.sizes["frame"]
+    print(f"{PROG}: wrote {out}: {_plural(n, 'column')} ({elements}) over {_plural(over, 'frame')}"
+          + (f"; {changing} change their smoothed count during the movie" if over > 1 else ""))
     return 0
 
 
