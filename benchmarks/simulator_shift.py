@@ -46,9 +46,12 @@ spread: another instrument, or the same one at another high tension; ``make micr
 set of this project is at 300 kV with a 40 mrad aperture. ``tilt5`` / ``tilt10``: the specimen tilted off the
 zone axis by 5 / 10 mrad about an in-plane axis at a random azimuth (per particle; the training sets draw +-2 mrad
 about x and y, the shift test +-3), a new exit wave through the tilted particle (``tilt_structure``).
-``pixel0.0265`` / ``pixel0.106`` / ``pixel0.212``: the same image delivered at another pixel size (the simulation
-binned 1, 4 or 8 times instead of 2) with the same electrons per A^2, read at that pixel size (``predict``
-resamples every input to the model's 0.212 A).
+``carbon2`` / ``carbon5``: the particle on an amorphous carbon film 2 / 5 nm thick across the whole field, on the
+beam's exit side (``segdepth.physics.structures.on_amorphous_support``: random carbon atoms at 2.0 g/cm^3, none
+closer than 1.3 A: the support of most real specimens;
+every training image is a particle in vacuum). ``pixel0.0265`` / ``pixel0.106`` / ``pixel0.212``: the same image
+delivered at another pixel size (the simulation binned 1, 4 or 8 times instead of 2) with the same electrons per
+A^2, read at that pixel size (``predict`` resamples every input to the model's 0.212 A).
 """
 
 from __future__ import annotations
@@ -74,10 +77,12 @@ ENERGY_KINDS = {"kv200": 200e3, "kv120": 120e3, "kv80": 80e3}
 #: Delivered pixel sizes: the binning of the 0.0265 A simulation (2: the 0.053 A of every other kind), the same
 #: electrons per A^2 (lambda is per 0.053 A pixel, scaled to the delivered pixel).
 PIXEL_KINDS = {"pixel0.0265": 1, "pixel0.106": 4, "pixel0.212": 8}
+#: Amorphous carbon supports [nm of thickness] under the particle.
+SUPPORT_KINDS = {"carbon2": 2.0, "carbon5": 5.0}
 #: Specimen-tilt variants [mrad] (magnitude; the azimuth drawn per particle).
 TILT_KINDS = {"tilt5": 5.0, "tilt10": 10.0}
 KINDS = (LENS_KINDS + tuple(WAVE_KINDS) + tuple(STRUCTURE_KINDS) + tuple(APERTURE_KINDS) + tuple(ENERGY_KINDS)
-         + tuple(TILT_KINDS) + tuple(PIXEL_KINDS))
+         + tuple(TILT_KINDS) + tuple(PIXEL_KINDS) + tuple(SUPPORT_KINDS))
 
 
 def main(argv=None) -> int:
@@ -103,7 +108,7 @@ def main(argv=None) -> int:
     from segdepth.physics.generate import PRESETS
     from segdepth.physics.noise import poisson_noise_paired
     from segdepth.physics.simulation import Microscope, image_exit_wave, simulate_exit_wave, tilt_structure
-    from segdepth.physics.structures import build_particle, random_particle_spec
+    from segdepth.physics.structures import build_particle, on_amorphous_support, random_particle_spec
 
     start = time.perf_counter()
     def pair(m):  # (model, card) of the plain pass, (model, card) of the 180-degree pass
@@ -159,6 +164,13 @@ def main(argv=None) -> int:
                                             sampling=params.sampling, slice_thickness=params.slice_thickness)
             images[kind] = image_exit_wave(other_wave, overfocus, microscope=lenses["incoherent"],
                                            binning=params.binning)[0]
+        for kind in (k for k in kinds if k in SUPPORT_KINDS):
+            supported = on_amorphous_support(structure, 10.0 * SUPPORT_KINDS[kind],
+                                             rng=np.random.default_rng([args.seed, i, 7]))
+            other_wave = simulate_exit_wave(supported, gpts=params.gpts, sampling=params.sampling,
+                                            slice_thickness=params.slice_thickness)
+            images[kind] = image_exit_wave(other_wave, overfocus, microscope=lenses["incoherent"],
+                                           binning=params.binning)[0]
         for kind in (k for k in kinds if k in PIXEL_KINDS):
             images[kind] = image_exit_wave(wave, overfocus, microscope=lenses["incoherent"],
                                            binning=PIXEL_KINDS[kind])[0]
@@ -196,7 +208,8 @@ def main(argv=None) -> int:
     for (name, kind, lam), (exact, n) in hits.items():
         what = (f"{kind} focal spread" if kind in LENS_KINDS else f"{kind} exit wave" if kind in WAVE_KINDS
                 else f"{kind} stacking" if kind in STRUCTURE_KINDS else f"{kind} specimen" if kind in TILT_KINDS
-                else f"{kind} A pixels" if kind in PIXEL_KINDS else f"{kind} microscope")
+                else f"{kind} A pixels" if kind in PIXEL_KINDS else f"{kind} support" if kind in SUPPORT_KINDS
+                else f"{kind} microscope")
         cal = column_calibration(*(np.concatenate(v) for v in at_columns[name, kind, lam]))
         print(f"{name}: {what}, lambda {lam:g}: exact {exact / n:.3f} of {n} columns; confidence at the columns "
               f"{cal['confidence']:.3f}, column ECE {cal['ece']:.3f}, 90 % count sets hold the truth in "

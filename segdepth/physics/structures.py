@@ -21,6 +21,8 @@ Via Deep Learning" (CeO2 surface models, Sec. III).
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -42,6 +44,8 @@ __all__ = [
     "projected_columns",
     "build_particle",
     "random_particle_spec",
+    "on_amorphous_support",
+    "CARBON_DENSITY",
 ]
 
 SURFACES = ("flat", "sawtooth", "stepped")
@@ -524,3 +528,42 @@ def _random_particles(extent, vacuum: float, n: int, thickness_range, rng: np.ra
         t = int(rng.integers(thickness_range[0], thickness_range[1] + 1))
         out.append(tuple(float(v) for v in (x, y, t, *d)))
     return tuple(out)
+
+
+#: Number density of amorphous carbon at 2.0 g/cm^3 [atoms per A^3] (evaporated carbon support films: 1.8-2.1).
+CARBON_DENSITY = 2.0 * 6.02214e23 / 12.011 * 1e-24
+#: No two support atoms closer than this [A] (a carbon-carbon bond is 1.4-1.5 A).
+_SUPPORT_MIN_DISTANCE = 1.3
+
+
+def on_amorphous_support(structure: Structure, thickness: float, *, rng: np.random.Generator) -> Structure:
+    """``structure`` on an amorphous carbon film ``thickness`` [A] thick across the whole field, on the beam's exit
+    side (beyond the particle's largest z), 2 A below it.
+
+    The film is random carbon atoms at :data:`CARBON_DENSITY`, re-drawn where two come closer than 1.3 A (a
+    random close packing without bond-angle order; its image is the speckle of an amorphous support). The column
+    table is unchanged (the film has no columns); the cell grows along z to hold it. ``thickness`` 0 returns
+    ``structure`` itself.
+    """
+    from scipy.spatial import cKDTree
+
+    if not (isinstance(thickness, int | float | np.number) and math.isfinite(thickness) and thickness >= 0):
+        raise ValueError(f"support thickness must be a length >= 0 [A], got {thickness!r}")
+    if thickness == 0:
+        return structure
+    atoms = structure.atoms
+    ex, ey = atoms.cell.lengths()[:2]
+    z0 = (float(atoms.positions[:, 2].max()) if len(atoms) else 0.0) + 2.0
+    lo, hi = (0.0, 0.0, z0), (ex, ey, z0 + thickness)
+    n = int(round(CARBON_DENSITY * ex * ey * thickness))
+    points = rng.uniform(lo, hi, (n, 3))
+    for _ in range(100):
+        pairs = np.array(sorted(cKDTree(points).query_pairs(_SUPPORT_MIN_DISTANCE)), dtype=int).reshape(-1, 2)
+        close = np.unique(pairs[:, 1])
+        if close.size == 0:
+            break
+        points[close] = rng.uniform(lo, hi, (close.size, 3))
+    both = atoms + Atoms(numbers=np.full(n, 6), positions=points)
+    both.set_cell([ex, ey, z0 + thickness + 1.0])
+    both.pbc = True
+    return dataclasses.replace(structure, atoms=both)
