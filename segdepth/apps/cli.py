@@ -294,6 +294,29 @@ def _check_preview(preview: Path, out: Path) -> None:
         raise CommandError(f"--preview and --out name the same file ({preview})")
 
 
+def _pixel_size_option(args) -> float | None:
+    """``--pixel-size`` [A] (``None`` when not given); it and ``--calibrate`` exclude each other."""
+    from segdepth.data.io import check_pixel_size
+
+    pixel_size = None if args.pixel_size is None else check_pixel_size(args.pixel_size, name="--pixel-size")
+    if pixel_size is not None and args.calibrate is not None:
+        raise CommandError("--pixel-size and --calibrate exclude each other")
+    return pixel_size
+
+
+def _estimated_dose(option: str | None, frames, source: Path) -> float | None:
+    """The dose of (at most 50 of) ``frames`` (:func:`segdepth.data.calibration.estimate_dose`); when it cannot be
+    estimated, ``None``, or an error when ``--lambda auto`` asked for it (``option``)."""
+    from segdepth.data.calibration import estimate_dose
+
+    try:
+        return estimate_dose(frames.values[:50])
+    except ValueError as err:
+        if option == "auto":
+            raise CommandError(f"{source}: cannot estimate --lambda: {err}") from None
+        return None
+
+
 def _calibrate(phases: str, frames, source: Path, attrs: dict) -> float:
     """``--calibrate``: the pixel size [A] measured on (at most 50 of) ``frames``; recorded in ``attrs``."""
     from segdepth.data.calibration import calibrate_pixel_size, cubic_spacings
@@ -316,7 +339,7 @@ def _plural(n: int, word: str) -> str:
 
 
 def _predict_command(args: argparse.Namespace) -> int:
-    from segdepth.data.io import READERS, check_pixel_size, frame_indices, parse_crop, parse_frames, read_image
+    from segdepth.data.io import READERS, frame_indices, parse_crop, parse_frames, read_image
 
     out = Path(args.out)
     _check_output(out)
@@ -325,9 +348,7 @@ def _predict_command(args: argparse.Namespace) -> int:
         _check_preview(preview, out)
     elif args.preview_frame is not None:
         raise CommandError("--preview-frame needs --preview")
-    pixel_size = None if args.pixel_size is None else check_pixel_size(args.pixel_size, name="--pixel-size")
-    if pixel_size is not None and args.calibrate is not None:
-        raise CommandError("--pixel-size and --calibrate exclude each other")
+    pixel_size = _pixel_size_option(args)
     lam = None if args.lam in (None, "auto", "none") else _positive_float(args.lam, "--lambda")
     energy = None if args.beam_energy is None else _beam_energy(args.beam_energy)
     limits = (("--tile", args.tile, 1), ("--overlap", args.overlap, 0), ("--batch-size", args.batch_size, 1),
@@ -382,14 +403,8 @@ def _predict_command(args: argparse.Namespace) -> int:
 
     image_pixel_size(first)  # fail fast (before torch is imported) when the pixel size is unknown
     if args.lam in (None, "auto"):  # without --lambda it is estimated too (quietly), so that dose matching applies
-        from segdepth.data.calibration import estimate_dose
-
-        try:
-            lam = estimate_dose(first.values[:50])
-        except ValueError as err:
-            if args.lam == "auto":
-                raise CommandError(f"{source}: cannot estimate --lambda: {err}") from None
-        else:
+        lam = _estimated_dose(args.lam, first, source)
+        if lam is not None:
             attrs["lambda_estimated"] = lam
             if args.lam == "auto":
                 print(f"{PROG}: estimated dose {lam:.3g} e/pixel (Poisson model, unknown gain)", file=sys.stderr)
@@ -500,13 +515,11 @@ def _predict_command(args: argparse.Namespace) -> int:
 def _columns_command(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from segdepth.data.io import check_pixel_size, parse_crop, parse_frames, read_image
+    from segdepth.data.io import parse_crop, parse_frames, read_image
 
     out = Path(args.out)
     _check_output(out)
-    pixel_size = None if args.pixel_size is None else check_pixel_size(args.pixel_size, name="--pixel-size")
-    if pixel_size is not None and args.calibrate is not None:
-        raise CommandError("--pixel-size and --calibrate exclude each other")
+    pixel_size = _pixel_size_option(args)
     lam = None if args.lam in (None, "auto", "none") else _positive_float(args.lam, "--lambda")
     energy = None if args.beam_energy is None else _beam_energy(args.beam_energy)
     if args.average < 1:
@@ -516,7 +529,7 @@ def _columns_command(args: argparse.Namespace) -> int:
     frames, crop = parse_frames(args.frames), parse_crop(args.crop)
     source = Path(args.input)
     image = read_image(source, pixel_size=pixel_size, frames=frames, crop=crop)
-    attrs = {"input": str(args.input)}
+    attrs = {}  # the calibration's, when measured
     if args.calibrate is not None:
         pixel_size = _calibrate(args.calibrate, image, source, attrs)
         image = read_image(source, pixel_size=pixel_size, frames=frames, crop=crop)
@@ -525,14 +538,8 @@ def _columns_command(args: argparse.Namespace) -> int:
     from segdepth.learn.inference import image_pixel_size, load_default_model
 
     px = image_pixel_size(image)  # fail fast (before torch is imported) when the pixel size is unknown
-    if args.lam != "none" and lam is None:
-        from segdepth.data.calibration import estimate_dose
-
-        try:
-            lam = estimate_dose(image.values[:50])
-        except ValueError as err:
-            if args.lam == "auto":
-                raise CommandError(f"{source}: cannot estimate --lambda: {err}") from None
+    if args.lam in (None, "auto"):
+        lam = _estimated_dose(args.lam, image, source)
     if args.model is None:
         (model, card), rotated = load_default_model(), load_default_model(rotated=True)
     else:
@@ -551,7 +558,7 @@ def _columns_command(args: argparse.Namespace) -> int:
                            f"follow: {summary(path['prediction'])}")
     table = column_table(path, source=source.name, pixel_size=px, lam=-1.0 if lam is None else float(lam),
                          model=args.model or "default", command=json.dumps(["segdepth", *(args.argv or sys.argv[1:])]),
-                         **{k: v for k, v in attrs.items() if k != "input"})
+                         **attrs)
     write_column_table(table, out)
     n = table.sizes["column"]
     elements = ", ".join(f"{int((table.element == e).sum())} {e}" for e in ("Ce", "O", "unknown")

@@ -356,7 +356,8 @@ def assess(
     misfit = orientation_misfit(grid["spacing"].values, grid["angle"].values, float(turned.get("rotation") or 0.0),
                                 trained)
     strong = grid["lattice_score"].values > STRONG_LATTICE * float(lattice.attrs.get("threshold", np.inf))
-    reason[(misfit > MAX_MISFIT) & strong & crystal_lattice & near] = 5
+    turned_lattice = (misfit > MAX_MISFIT) & strong & crystal_lattice
+    reason[turned_lattice & near] = 5
     from segdepth.learn.regime import MAX_QUASI, MAX_UNDERFOCUS, frame_scores
 
     max_underfocus = MAX_UNDERFOCUS if max_underfocus is None else max_underfocus
@@ -380,7 +381,7 @@ def assess(
         if not (isinstance(refute_fraction, int | float | np.number) and 0 <= refute_fraction < 1):
             raise ValueError(f"refute_fraction must be a fraction in [0, 1), got {refute_fraction!r}")
         disc = _disc(refute_radius / label_px).astype(float)
-        bad = (refuted | ((misfit > MAX_MISFIT) & strong & crystal_lattice)).astype(float)
+        bad = (refuted | turned_lattice).astype(float)
         around = np.stack([ndimage.convolve(b, disc, mode="constant") for b in bad])
         lattice_around = np.stack([ndimage.convolve(c.astype(float), disc, mode="constant") for c in crystal_lattice])
         share = np.divide(around, lattice_around, out=np.zeros_like(around), where=lattice_around > 0)
@@ -564,37 +565,36 @@ def predict_checked(
         check_same_grid(card, rotated_card)
     else:
         rotated_model, rotated_card = model, card
-    with warnings.catch_warnings(record=True) as caught:  # the two passes read the same frames: warn once
-        warnings.simplefilter("always")
-        prediction = predict(image, model, card, return_probabilities=True, **options)
-        rotated = (predict(rotated_180(image), rotated_model, rotated_card, return_probabilities=True, **options)
-                   if tta else None)
-    for message in dict.fromkeys((str(w.message), w.category) for w in caught):
-        warnings.warn(message[0], message[1], stacklevel=2)
-    mass = pair_set_mass(card, rotated_card) if tta and rotated_model is not model else None
-    underfocus = None
     if regime not in ("off", "warn", "flag"):
         raise ValueError(f"regime must be 'off', 'warn' or 'flag', got {regime!r}")
     for name, given in (("regime_model", regime_model), ("coherence_model", coherence_model)):
         if given is not None and not (isinstance(given, tuple) and len(given) == 2):
             raise ValueError(f"{name} must be a (model, card) pair, got {type(given).__name__}")
-    quasi = None
-    if regime != "off":
-        from segdepth.learn.regime import cached_regime_model, regime_probability, underfocus_probability
+    underfocus = quasi = None
+    with warnings.catch_warnings(record=True) as caught:  # every pass reads the same frames: warn once
+        warnings.simplefilter("always")
+        prediction = predict(image, model, card, return_probabilities=True, **options)
+        rotated = (predict(rotated_180(image), rotated_model, rotated_card, return_probabilities=True, **options)
+                   if tta else None)
+        if regime != "off":
+            from segdepth.learn.regime import cached_regime_model, regime_probability, underfocus_probability
 
-        turned = json.loads(prediction.attrs.get("orientation") or "{}")
-        keep = {k: options[k] for k in ("tile", "overlap", "batch_size", "fast") if k in options}
-        keep["orientation"] = turned.get("angle") if turned.get("rotation") else None
+            turned = json.loads(prediction.attrs.get("orientation") or "{}")
+            keep = {k: options[k] for k in ("tile", "overlap", "batch_size", "fast") if k in options}
+            keep["orientation"] = turned.get("angle") if turned.get("rotation") else None
 
-        def on_grid(p):  # onto the counting model's label grid (the same one for the shipped models: nothing moves)
-            return p.sel(y=prediction["y"].values, x=prediction["x"].values, method="nearest").values
+            def on_grid(p):  # onto the counting model's label grid (the same for the shipped models: nothing moves)
+                return p.sel(y=prediction["y"].values, x=prediction["x"].values, method="nearest").values
 
-        pair = cached_regime_model() if regime_model is None else regime_model
-        if pair is not None:
-            underfocus = on_grid(underfocus_probability(image, *pair, **keep))
-        pair = cached_regime_model(coherence=True) if coherence_model is None else coherence_model
-        if pair is not None:
-            quasi = on_grid(regime_probability(image, *pair, **keep))
+            pair = cached_regime_model() if regime_model is None else regime_model
+            if pair is not None:
+                underfocus = on_grid(underfocus_probability(image, *pair, **keep))
+            pair = cached_regime_model(coherence=True) if coherence_model is None else coherence_model
+            if pair is not None:
+                quasi = on_grid(regime_probability(image, *pair, **keep))
+    for message in dict.fromkeys((str(w.message), w.category) for w in caught):
+        warnings.warn(message[0], message[1], stacklevel=2)
+    mass = pair_set_mass(card, rotated_card) if tta and rotated_model is not model else None
     out = assess(image, prediction, rotated=rotated, lattice_average=lattice_average, margin=margin,
                  max_disagreement=max_disagreement, keep_confident=keep_confident, keep_connected=keep_connected,
                  bridge=bridge, reach=reach, count_set_mass=mass, underfocus=underfocus, max_underfocus=max_underfocus,
